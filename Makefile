@@ -1,0 +1,30 @@
+# Two commands set up and run everything on a fresh machine with Python 3.11:
+#   make train   create .venv, install the pinned dependencies, train the default config
+#   make test    same set-up, then the whole test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test lint benchmark clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m gnp.main --config=gnp/configs/default.py --working_dir=runs/default
+
+test: $(STAMP)
+	$(PY) -m ruff check gnp tests benchmarks
+	$(PY) -m pytest
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/gradient_cost.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

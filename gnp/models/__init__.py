@@ -1,0 +1,11 @@
+"""The model zoo: every family registers its names on import.
+
+    from gnp import models
+    models.names()
+    module = models.get_model("WideResNet_28_10", num_classes=10)
+"""
+
+from gnp.models import small_cnn  # noqa: F401  (registers its names)
+from gnp.models.registry import get_model, names, register
+
+__all__ = ["get_model", "names", "register"]
