@@ -1,0 +1,52 @@
+"""Measurements of a trained (or training) model: gradient norm, Hessian spectrum, landscape.
+
+Pure functions over the user's ``loss_fn(params, batch)`` (the mean loss over
+the batch's real examples), any parameter pytree and an iterable of batches;
+every tool measures the loss of the whole data set (see ``gnp.analysis.data``).
+"""
+
+from gnp.analysis.data import default_weight, mean_loss
+from gnp.analysis.gradient_norm import GradientNormResult, full_gradient_norm
+from gnp.analysis.hessian import (
+    Eigenpairs,
+    HessianOperator,
+    TraceEstimate,
+    hessian_operator,
+    hessian_trace,
+    power_iteration,
+    top_eigenvalues,
+)
+from gnp.analysis.landscape import (
+    filter_normalized_direction,
+    linear_interpolation,
+    loss_slice_1d,
+    loss_slice_2d,
+)
+from gnp.analysis.plots import (
+    plot_alpha_sweep,
+    plot_eigenvalues,
+    plot_loss_contour,
+    plot_loss_curve,
+)
+
+__all__ = [
+    "Eigenpairs",
+    "GradientNormResult",
+    "HessianOperator",
+    "TraceEstimate",
+    "default_weight",
+    "filter_normalized_direction",
+    "full_gradient_norm",
+    "hessian_operator",
+    "hessian_trace",
+    "linear_interpolation",
+    "loss_slice_1d",
+    "loss_slice_2d",
+    "mean_loss",
+    "plot_alpha_sweep",
+    "plot_eigenvalues",
+    "plot_loss_contour",
+    "plot_loss_curve",
+    "power_iteration",
+    "top_eigenvalues",
+]

@@ -1,0 +1,162 @@
+"""Slices of the data-set loss: along random directions, and between two solutions.
+
+Li et al. 2018 ("Visualizing the Loss Landscape of Neural Nets") showed that a
+raw random direction makes sharpness incomparable between networks: a ReLU
+network's function does not change when a layer's weights are scaled up and the
+next one's down, but its landscape along a fixed direction does. *Filter
+normalization* rescales each filter of the direction to the norm of the matching
+filter of θ, so a step of 1 moves every filter by its own size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gnp.analysis.data import LossFn, PyTree, Weights, data_mean, require_reiterable
+
+
+def _normalize_filters(direction: jax.Array, weight: jax.Array, filter_axis: int) -> jax.Array:
+    """Each slice ``direction[..., i, ...]`` along ``filter_axis`` gets the norm of ``weight``'s."""
+    axes = tuple(a for a in range(weight.ndim) if a != filter_axis % weight.ndim)
+    direction_norm = jnp.sqrt(jnp.sum(jnp.square(direction), axis=axes, keepdims=True))
+    weight_norm = jnp.sqrt(jnp.sum(jnp.square(weight), axis=axes, keepdims=True))
+    return direction * weight_norm / jnp.where(direction_norm > 0, direction_norm, 1)
+
+
+def filter_normalized_direction(
+    key: jax.Array,
+    params: PyTree,
+    *,
+    filter_axis: int = -1,
+    keep_one_dimensional: bool = False,
+) -> PyTree:
+    """A Gaussian direction with each filter rescaled to the norm of θ's filter (Li et al. 2018).
+
+    Args:
+      key: the PRNG key; the direction is a function of it and of θ's shapes.
+      params: θ, any pytree of arrays.
+      filter_axis: the output-channel axis of a weight. Flax kernels keep it last
+        (Conv ``HWIO``, Dense ``(in, out)``); PyTorch-layout weights use 0.
+      keep_one_dimensional: leaves of rank ≤ 1 (biases, BatchNorm scales and
+        offsets) get a zero direction by default, as in the paper; with True
+        each such leaf is one filter, a random vector of the leaf's norm.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    directions = []
+    for leaf_key, leaf in zip(keys, leaves, strict=True):
+        weight = jnp.asarray(leaf)
+        dtype = jnp.promote_types(weight.dtype, jnp.float32)
+        if weight.ndim <= 1 and not keep_one_dimensional:
+            directions.append(jnp.zeros_like(weight))
+            continue
+        noise = jax.random.normal(leaf_key, weight.shape, dtype)
+        if weight.ndim <= 1:  # The whole leaf is one filter.
+            scaled = _normalize_filters(
+                noise.reshape(-1, 1), weight.astype(dtype).reshape(-1, 1), -1
+            )
+            scaled = scaled.reshape(weight.shape)
+        else:
+            scaled = _normalize_filters(noise, weight.astype(dtype), filter_axis)
+        directions.append(scaled.astype(weight.dtype))
+    return jax.tree.unflatten(treedef, directions)
+
+
+def _loss_on_grid(
+    loss_fn: LossFn,
+    point: Callable[[jax.Array], PyTree],
+    grid: np.ndarray,
+    batches: Iterable[PyTree],
+    weights: Weights,
+) -> np.ndarray:
+    """The data-set loss at ``point(coefficients)`` for each row of ``grid``."""
+    require_reiterable(batches)
+    loss_at = jax.jit(lambda coefficients, batch: loss_fn(point(coefficients), batch))
+    return np.asarray(
+        [float(data_mean(lambda b, c=row: loss_at(c, b), batches, weights)) for row in grid]
+    )
+
+
+def _combine(params: PyTree, directions: Sequence[PyTree], coefficients: jax.Array) -> PyTree:
+    """θ + Σ_i c_i d_i, computed in float32 or wider and cast back to θ's dtypes."""
+
+    def leaf(p: jax.Array, *ds: jax.Array) -> jax.Array:
+        dtype = jnp.promote_types(p.dtype, jnp.float32)
+        moved = p.astype(dtype) + sum(
+            c * d.astype(dtype) for c, d in zip(coefficients, ds, strict=True)
+        )
+        return moved.astype(p.dtype)
+
+    return jax.tree.map(leaf, params, *directions)
+
+
+def loss_slice_1d(
+    loss_fn: LossFn,
+    params: PyTree,
+    direction: PyTree,
+    batches: Iterable[PyTree],
+    *,
+    coordinates: Sequence[float],
+    weights: Weights = None,
+) -> np.ndarray:
+    """``L(θ + t·d)`` for each ``t`` in ``coordinates``, over the whole data set.
+
+    ``loss_fn``, ``batches`` (re-iterable) and ``weights`` are as in
+    ``hessian_operator``; ``direction`` has θ's structure.
+    """
+    grid = np.asarray(coordinates, np.float64)[:, None]
+    return _loss_on_grid(
+        loss_fn, lambda c: _combine(params, [direction], c), grid, batches, weights
+    )
+
+
+def loss_slice_2d(
+    loss_fn: LossFn,
+    params: PyTree,
+    directions: tuple[PyTree, PyTree],
+    batches: Iterable[PyTree],
+    *,
+    coordinates_x: Sequence[float],
+    coordinates_y: Sequence[float],
+    weights: Weights = None,
+) -> np.ndarray:
+    """``values[i, j] = L(θ + x_i·d₁ + y_j·d₂)``, shape ``(len(x), len(y))``.
+
+    Two independent filter-normalized directions are nearly orthogonal in high
+    dimension, so the plane is an undistorted view.
+    """
+    xs, ys = np.meshgrid(np.asarray(coordinates_x), np.asarray(coordinates_y), indexing="ij")
+    grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    values = _loss_on_grid(
+        loss_fn, lambda c: _combine(params, list(directions), c), grid, batches, weights
+    )
+    return values.reshape(xs.shape)
+
+
+def linear_interpolation(
+    loss_fn: LossFn,
+    params_a: PyTree,
+    params_b: PyTree,
+    batches: Iterable[PyTree],
+    *,
+    coordinates: Sequence[float],
+    weights: Weights = None,
+) -> np.ndarray:
+    """``L((1 − t)·θa + t·θb)`` for each ``t``: 0 is θa, 1 is θb, outside [0, 1] extrapolates.
+
+    The 1-D view of Goodfellow et al. 2015, used to compare the solutions of
+    two runs (e.g. SGD and GNP) and the barrier between them.
+    """
+    difference = jax.tree.map(lambda a, b: jnp.asarray(b) - jnp.asarray(a), params_a, params_b)
+    return loss_slice_1d(
+        loss_fn,
+        params_a,
+        difference,
+        batches,
+        coordinates=coordinates,
+        weights=weights,
+    )
