@@ -1,0 +1,118 @@
+"""Pieces several families share: Shake-Shake and ShakeDrop mixing, stochastic depth, and the
+transformers' patch embedding and MLP.
+
+The shake functions draw one coefficient per example. Unless ``true_gradient`` is set, the
+backward pass sees an independent coefficient (the "shake" trick of Gastaldi 2017 and
+Yamada et al. 2018, written with ``jax.lax.stop_gradient``); GNP's clean pass sets it so the
+gradient it perturbs along is the true gradient of the function evaluated forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Inputs up to this size are treated as CIFAR-like (small patches, no ImageNet stem).
+SMALL_IMAGE_MAX_SIZE = 64
+
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def is_small_image(images: jnp.ndarray) -> bool:
+    """True for CIFAR-sized inputs (height <= 64), which get the small-image variant."""
+    return images.shape[1] <= SMALL_IMAGE_MAX_SIZE
+
+
+def _mix_with_shaken_gradient(
+    forward: jnp.ndarray, backward: jnp.ndarray, true_gradient: bool
+) -> jnp.ndarray:
+    """Value of ``forward``; gradient of ``backward`` unless ``true_gradient``."""
+    if true_gradient:
+        return forward
+    return backward + jax.lax.stop_gradient(forward - backward)
+
+
+def _per_example_uniform(key: jax.Array, x: jnp.ndarray, low: float, high: float) -> jnp.ndarray:
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return jax.random.uniform(key, shape, minval=low, maxval=high).astype(x.dtype)
+
+
+def shake_shake(
+    a: jnp.ndarray, b: jnp.ndarray, *, key: jax.Array | None, train: bool, true_gradient: bool
+) -> jnp.ndarray:
+    """Shake-Shake mixing of two branches: ``g·a + (1−g)·b``, g ~ U[0, 1]; ``(a+b)/2`` in eval."""
+    if not train:
+        return 0.5 * (a + b)
+    forward_key, backward_key = jax.random.split(key)
+    gate_forward = _per_example_uniform(forward_key, a, 0.0, 1.0)
+    gate_backward = _per_example_uniform(backward_key, a, 0.0, 1.0)
+    forward = gate_forward * a + (1 - gate_forward) * b
+    backward = gate_backward * a + (1 - gate_backward) * b
+    return _mix_with_shaken_gradient(forward, backward, true_gradient)
+
+
+def shake_drop(
+    x: jnp.ndarray,
+    *,
+    survival: float,
+    key: jax.Array | None,
+    train: bool,
+    true_gradient: bool,
+    alpha_range: tuple[float, float] = (-1.0, 1.0),
+    beta_range: tuple[float, float] = (0.0, 1.0),
+) -> jnp.ndarray:
+    """ShakeDrop: ``(b + α − bα)·x`` with b ~ Bernoulli(survival); its expectation in eval.
+
+    The backward pass uses β in place of α (unless ``true_gradient``).
+    """
+    expected_alpha = 0.5 * (alpha_range[0] + alpha_range[1])
+    if not train:
+        return (survival + expected_alpha - survival * expected_alpha) * x
+    bernoulli_key, alpha_key, beta_key = jax.random.split(key, 3)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    gate = jax.random.bernoulli(bernoulli_key, survival, shape).astype(x.dtype)
+    alpha = _per_example_uniform(alpha_key, x, *alpha_range)
+    beta = _per_example_uniform(beta_key, x, *beta_range)
+    forward = (gate + alpha - gate * alpha) * x
+    backward = (gate + beta - gate * beta) * x
+    return _mix_with_shaken_gradient(forward, backward, true_gradient)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per example, rescaling the survivors."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("drop_path"), keep, shape)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MlpBlock(nn.Module):
+    """The transformers' feed-forward block: Dense-GELU-dropout-Dense-dropout."""
+
+    hidden_size: int
+    dropout_rate: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        features = x.shape[-1]
+        x = nn.gelu(nn.Dense(self.hidden_size, dtype=self.dtype)(x), approximate=False)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dense(features, dtype=self.dtype)(x)
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+def patchify(x: jnp.ndarray, features: int, patch_size: int, dtype: Any) -> jnp.ndarray:
+    """Non-overlapping patches embedded by a strided convolution, as tokens [B, N, features]."""
+    x = nn.Conv(features, (patch_size, patch_size), strides=patch_size, dtype=dtype)(x)
+    return x.reshape((x.shape[0], -1, features))

@@ -1,0 +1,94 @@
+"""Vision Transformer (Dosovitskiy et al. 2021): class token, learned position embedding.
+
+``patch_size=None`` picks 4×4 patches on inputs up to 64px, as the released code uses ViTs on
+CIFAR (16×16 patches would leave a 32px image four tokens), and 16×16 otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from gnp.models.layers import DropPath, MlpBlock, is_small_image, patchify
+from gnp.models.registry import register
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm self-attention and MLP, each residual with dropout and stochastic depth."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float
+    attention_dropout_rate: float
+    drop_path_rate: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dropout_rate=self.attention_dropout_rate,
+            deterministic=not train,
+            dtype=self.dtype,
+        )(y, y)
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
+        y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype)(
+            nn.LayerNorm(dtype=self.dtype)(x), train
+        )
+        return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
+
+
+class ViT(nn.Module):
+    """ViT with ``depth`` encoder blocks; stochastic depth grows linearly to ``drop_path_rate``."""
+
+    num_classes: int
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int | None = None
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        patch_size = self.patch_size or (4 if is_small_image(x) else 16)
+        x = patchify(x.astype(self.dtype), self.hidden_size, patch_size, self.dtype)
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size))
+        x = jnp.concatenate(
+            [jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])).astype(x.dtype), x], axis=1
+        )
+        position = self.param("position_embedding", nn.initializers.normal(0.02), (1, *x.shape[1:]))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + position.astype(x.dtype))
+        for layer in range(self.depth):
+            x = EncoderBlock(
+                self.num_heads,
+                self.mlp_dim,
+                self.dropout_rate,
+                self.attention_dropout_rate,
+                self.drop_path_rate * layer / max(self.depth - 1, 1),
+                self.dtype,
+            )(x, train)
+        x = nn.LayerNorm(dtype=self.dtype)(x)[:, 0]
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+ViT_TI16 = register("ViT_TI16")(
+    functools.partial(ViT, hidden_size=192, depth=12, num_heads=3, mlp_dim=768)
+)
+ViT_S16 = register("ViT_S16")(
+    functools.partial(ViT, hidden_size=384, depth=12, num_heads=6, mlp_dim=1536)
+)
+ViT_B16 = register("ViT_B16")(
+    functools.partial(ViT, hidden_size=768, depth=12, num_heads=12, mlp_dim=3072)
+)
+ViT_L16 = register("ViT_L16")(
+    functools.partial(ViT, hidden_size=1024, depth=24, num_heads=16, mlp_dim=4096)
+)

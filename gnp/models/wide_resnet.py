@@ -1,0 +1,160 @@
+"""Wide ResNets (Zagoruyko & Komodakis 2016) and Shake-Shake (Gastaldi 2017) for CIFAR.
+
+Both follow google-research/sam (and the released code): WRN-d-k has (d−4)/6 pre-activation
+blocks per group at widths 16k, 32k, 64k; Shake-Shake 26 2×96d has (26−2)/6 = 4 two-branch
+blocks per group at widths 96, 192, 384.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from gnp.models.layers import conv_init, shake_shake
+from gnp.models.registry import register
+
+
+def _conv(features: int, kernel: int, strides: int, dtype: Any) -> nn.Conv:
+    return nn.Conv(
+        features, (kernel, kernel), strides, use_bias=False, kernel_init=conv_init, dtype=dtype
+    )
+
+
+def _norm(train: bool, dtype: Any) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)
+
+
+class WideResNetBlock(nn.Module):
+    """Pre-activation block: BN-ReLU-conv3×3-BN-ReLU-(dropout)-conv3×3, 1×1 conv shortcut."""
+
+    features: int
+    strides: int
+    # The first block shares its BN-ReLU with the shortcut, as in the reference implementation.
+    activate_before_residual: bool
+    dropout_rate: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        if self.activate_before_residual:
+            x = nn.relu(_norm(train, self.dtype)(x))
+            residual = y = x
+        else:
+            residual = x
+            y = nn.relu(_norm(train, self.dtype)(x))
+        y = _conv(self.features, 3, self.strides, self.dtype)(y)
+        y = nn.relu(_norm(train, self.dtype)(y))
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        y = _conv(self.features, 3, 1, self.dtype)(y)
+        if residual.shape[-1] != self.features:
+            residual = _conv(self.features, 1, self.strides, self.dtype)(residual)
+        return residual + y
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen_factor."""
+
+    num_classes: int
+    depth: int
+    widen_factor: int
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        blocks_per_group = (self.depth - 4) // 6
+        x = _conv(16, 3, 1, self.dtype)(x.astype(self.dtype))
+        for group, base in enumerate((16, 32, 64)):
+            for block in range(blocks_per_group):
+                x = WideResNetBlock(
+                    base * self.widen_factor,
+                    strides=2 if group > 0 and block == 0 else 1,
+                    activate_before_residual=group == 0 and block == 0,
+                    dropout_rate=self.dropout_rate,
+                    dtype=self.dtype,
+                )(x, train)
+        x = nn.relu(_norm(train, self.dtype)(x))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class ShakeShakeShortcut(nn.Module):
+    """Shake-Shake's shortcut when the width changes: two strided 1×1 convs, one offset a pixel."""
+
+    features: int
+    strides: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        if x.shape[-1] == self.features:
+            return x
+        shifted = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))[:, 1:, 1:, :]
+        paths = [
+            _conv(self.features // 2, 1, 1, self.dtype)(v[:, :: self.strides, :: self.strides])
+            for v in (x, shifted)
+        ]
+        return _norm(train, self.dtype)(jnp.concatenate(paths, axis=-1))
+
+
+class ShakeShakeBlock(nn.Module):
+    """Two ReLU-conv-BN-ReLU-conv-BN branches mixed by Shake-Shake."""
+
+    features: int
+    strides: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool, true_gradient: bool) -> jnp.ndarray:
+        branches = []
+        for _ in range(2):
+            y = _conv(self.features, 3, self.strides, self.dtype)(nn.relu(x))
+            y = nn.relu(_norm(train, self.dtype)(y))
+            y = _norm(train, self.dtype)(_conv(self.features, 3, 1, self.dtype)(y))
+            branches.append(y)
+        key = self.make_rng("shake") if train else None
+        mixed = shake_shake(*branches, key=key, train=train, true_gradient=true_gradient)
+        return ShakeShakeShortcut(self.features, self.strides, self.dtype)(x, train) + mixed
+
+
+class WideResNetShakeShake(nn.Module):
+    """Shake-Shake-depth 2×(16·widen_factor)d."""
+
+    num_classes: int
+    depth: int
+    widen_factor: int
+    dtype: Any = jnp.float32
+    supports_true_gradient: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, train: bool = True, true_gradient: bool = False
+    ) -> jnp.ndarray:
+        blocks_per_group = (self.depth - 2) // 6
+        x = _conv(16, 3, 1, self.dtype)(x.astype(self.dtype))
+        x = _norm(train, self.dtype)(x)
+        for group, base in enumerate((16, 32, 64)):
+            for block in range(blocks_per_group):
+                strides = 2 if group > 0 and block == 0 else 1
+                x = ShakeShakeBlock(base * self.widen_factor, strides, self.dtype)(
+                    x, train, true_gradient
+                )
+        x = jnp.mean(nn.relu(x), axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+WideResNet_16_4 = register("WideResNet_16_4")(
+    functools.partial(WideResNet, depth=16, widen_factor=4)
+)
+WideResNet_28_10 = register("WideResNet_28_10")(
+    functools.partial(WideResNet, depth=28, widen_factor=10)
+)
+WideResNet_40_10 = register("WideResNet_40_10")(
+    functools.partial(WideResNet, depth=40, widen_factor=10)
+)
+WideResNet_2_96_ShakeShake = register("WideResNet_2_96_ShakeShake")(
+    functools.partial(WideResNetShakeShake, depth=26, widen_factor=6)
+)
