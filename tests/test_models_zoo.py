@@ -1,0 +1,148 @@
+"""The model zoo's registry and parameter counts, checked with ``jax.eval_shape`` (no compile).
+
+Published counts are the papers' / torchvision's / timm's figures for the ImageNet (1000-class,
+224px) or CIFAR-10 models. Where a CIFAR variant differs, its count is derived by hand from
+the ImageNet model's, layer by layer, so the derivation says what differs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from gnp import models
+
+
+def count_params(name: str, *, size: int, num_classes: int, **kwargs) -> int:
+    module = models.get_model(name, num_classes=num_classes, **kwargs)
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), images, train=False))
+    return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+
+
+PUBLISHED = [
+    # name, input size, classes, published parameter count
+    ("WideResNet_28_10", 32, 10, 36.5e6),  # Zagoruyko & Komodakis 2016, table 1
+    ("WideResNet_16_4", 32, 10, 2.75e6),  # ibid.
+    ("WideResNet_2_96_ShakeShake", 32, 10, 26.2e6),  # Gastaldi 2017, table 1
+    ("PyramidNet_164_48", 32, 10, 1.7e6),  # Han et al. 2017, table 4 (bottleneck)
+    ("PyramidNet_272_200", 32, 10, 26.0e6),  # ibid.
+    ("PyramidNet_272_200_ShakeDrop", 32, 10, 26.0e6),  # ShakeDrop adds no parameters
+    ("ResNet18", 224, 1000, 11.7e6),  # torchvision
+    ("ResNet50", 224, 1000, 25.6e6),  # torchvision
+    ("VGG16", 224, 1000, 138e6),  # torchvision: 138.36M
+    ("VGG16BN", 224, 1000, 138e6),  # torchvision: 138.37M
+    ("ViT_B16", 224, 1000, 86.6e6),  # timm vit_base_patch16_224
+    ("ViT_S16", 224, 1000, 22.0e6),  # timm vit_small_patch16_224: 22.05M
+    ("Swin_Tiny_224", 224, 1000, 28.3e6),  # Liu et al. 2021, table 1: 28M; timm 28.29M
+    ("Swin_Base_224", 224, 1000, 87.8e6),  # timm swin_base_patch4_window7_224
+    ("CaiT_XXS24", 224, 1000, 12.0e6),  # Touvron et al. 2021, table 6
+    ("CaiT_S24", 224, 1000, 46.9e6),  # ibid.
+]
+
+
+@pytest.mark.parametrize(("name", "size", "num_classes", "published"), PUBLISHED)
+def test_parameter_count_matches_published(name, size, num_classes, published):
+    count = count_params(name, size=size, num_classes=num_classes)
+    assert abs(count - published) / published < 0.02, f"{name}: {count:,} vs {published:,.0f}"
+
+
+def _head(features: int, num_classes: int) -> int:
+    return features * num_classes + num_classes
+
+
+def test_cifar_resnet18_count():
+    # 3×3 stem instead of 7×7 and a 10-class head: the well-known 11,173,962 of CIFAR ResNet-18.
+    imagenet = count_params("ResNet18", size=224, num_classes=1000)
+    stem_difference = 7 * 7 * 3 * 64 - 3 * 3 * 3 * 64
+    cifar = imagenet - stem_difference - _head(512, 1000) + _head(512, 10)
+    assert cifar == 11_173_962
+    assert count_params("ResNet18", size=32, num_classes=10) == cifar
+
+
+def test_cifar_vgg16_count():
+    # The released code keeps the 4096-4096 classifier; on 32px the features flatten to 512.
+    imagenet = count_params("VGG16", size=224, num_classes=1000)
+    first_dense_difference = (7 * 7 - 1) * 512 * 4096
+    cifar = imagenet - first_dense_difference - _head(4096, 1000) + _head(4096, 10)
+    assert count_params("VGG16", size=32, num_classes=10) == cifar
+
+
+def test_cifar_vit_s16_count():
+    # 4×4 patches: a smaller patch embedding and 8·8 + 1 positions instead of 14·14 + 1.
+    imagenet = count_params("ViT_S16", size=224, num_classes=1000)
+    patch_difference = (16 * 16 - 4 * 4) * 3 * 384
+    position_difference = (14 * 14 - 8 * 8) * 384
+    cifar = imagenet - patch_difference - position_difference
+    cifar += _head(384, 10) - _head(384, 1000)
+    assert count_params("ViT_S16", size=32, num_classes=10) == cifar
+
+
+def test_cifar_swin_tiny_count():
+    # 2×2 patches and 4×4 windows: (2·4−1)² relative-position entries per head instead of
+    # (2·7−1)², except the last stage, whose 2×2 map shrinks its windows to 2×2 (3² entries).
+    imagenet = count_params("Swin_Tiny_224", size=224, num_classes=1000)
+    heads_per_stage = [2 * 3, 2 * 6, 6 * 12, 2 * 24]  # blocks × heads
+    table_224 = 13**2 * sum(heads_per_stage)
+    table_32 = 7**2 * sum(heads_per_stage[:3]) + 3**2 * heads_per_stage[3]
+    patch_difference = (4 * 4 - 2 * 2) * 3 * 96
+    cifar = imagenet - patch_difference - table_224 + table_32
+    cifar += _head(768, 10) - _head(768, 1000)
+    assert count_params("Swin_Tiny", size=32, num_classes=10) == cifar
+
+
+def test_cifar_cait_xxs24_count():
+    # 4×4 patches: 8·8 position embeddings instead of 14·14, and a smaller patch embedding.
+    imagenet = count_params("CaiT_XXS24", size=224, num_classes=1000)
+    patch_difference = (16 * 16 - 4 * 4) * 3 * 192
+    position_difference = (14 * 14 - 8 * 8) * 192
+    cifar = imagenet - patch_difference - position_difference
+    cifar += _head(192, 10) - _head(192, 1000)
+    assert count_params("CaiT_XXS24", size=32, num_classes=10) == cifar
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_registered_name_initializes(name):
+    size = 224 if name.endswith("_224") else 32
+    module = models.get_model(name, num_classes=10)
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    logits, variables = jax.eval_shape(
+        lambda: module.init_with_output(jax.random.key(0), images, train=False)
+    )
+    assert logits.shape == (1, 10) and logits.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+
+
+def test_registered_families():
+    names = set(models.names())
+    expected = {
+        "VGG16", "VGG19", "VGG16BN", "VGG19BN",
+        "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152", "ResNet200",
+        "WideResNet_16_4", "WideResNet_28_10", "WideResNet_40_10", "WideResNet_2_96_ShakeShake",
+        "PyramidNet_164_48", "PyramidNet_164_270", "PyramidNet_200_240", "PyramidNet_272_200",
+        "PyramidNet_164_48_ShakeDrop", "PyramidNet_272_200_ShakeDrop",
+        "ViT_TI16", "ViT_S16", "ViT_B16", "ViT_L16",
+        "Swin_Tiny", "Swin_Small", "Swin_Base",
+        "Swin_Tiny_Patch4", "Swin_Small_Patch4", "Swin_Base_Patch4",
+        "Swin_Tiny_224", "Swin_Small_224", "Swin_Base_224",
+        "CaiT_XXS12", "CaiT_XXS24", "CaiT_XXS36", "CaiT_XS12", "CaiT_XS24",
+        "CaiT_S12", "CaiT_S24", "CaiT_S36", "CaiT_M24", "CaiT_M36", "CaiT_M48",
+    }  # fmt: skip
+    assert expected <= names
+
+
+def test_shake_models_declare_true_gradient():
+    shake = {
+        "WideResNet_2_96_ShakeShake",
+        "PyramidNet_164_48_ShakeDrop",
+        "PyramidNet_272_200_ShakeDrop",
+    }
+    for name in models.names():
+        module = models.get_model(name, num_classes=10)
+        assert getattr(module, "supports_true_gradient", False) == (name in shake), name
+
+
+def test_unknown_name_lists_registered_names():
+    with pytest.raises(ValueError, match=r"registered models:.*WideResNet_28_10"):
+        models.get_model("nope", num_classes=10)
