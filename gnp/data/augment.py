@@ -1,0 +1,154 @@
+"""Image-level augmentations: ``none``, ``basic``, ``autoaugment`` (with basic), ``aa-only``.
+
+Each source picks one of the two families below. Both take one image and a
+``numpy`` Generator that the loader derives from (seed, step, row), so the
+same sample of the same step is augmented the same way in a resumed run, on
+any number of processes or workers. Outputs are uint8 [H, W, C]; the loader
+normalizes after augmenting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+from gnp.data.autoaugment import IMAGENET_AUTOAUGMENT, AutoAugment
+
+IMAGE_AUGMENTATIONS = ("none", "basic", "autoaugment", "aa-only")
+
+
+def check_level(level: str) -> str:
+    if level not in IMAGE_AUGMENTATIONS:
+        raise ValueError(
+            f"unknown dataset.image_level_augmentations {level!r}; "
+            f"choose one of {list(IMAGE_AUGMENTATIONS)}"
+        )
+    return level
+
+
+def _uses_basic(level: str) -> bool:
+    return level in ("basic", "autoaugment")
+
+
+def _uses_autoaugment(level: str) -> bool:
+    return level in ("autoaugment", "aa-only")
+
+
+def pad_crop_flip(
+    image: np.ndarray, padding: int, flip: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """A random same-size crop of the reflect-padded image (a shift of up to ``padding`` px).
+
+    Reflect padding, as the released code uses, keeps the shifted-in border
+    looking like image content rather than black bars.
+    """
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode="reflect")
+    top, left = rng.integers(2 * padding + 1, size=2)
+    image = padded[top : top + height, left : left + width]
+    if flip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _from_pil(image: Image.Image, channels: int) -> np.ndarray:
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[..., None] if channels == 1 else pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayAugment:
+    """Fixed-size in-memory images (CIFAR, digits): AutoAugment, then a padded crop and flip."""
+
+    level: str
+    padding: int
+    flip: bool
+    autoaugment: AutoAugment
+
+    def train(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if _uses_autoaugment(self.level):
+            image = _from_pil(self.autoaugment(_to_pil(image), rng), image.shape[-1])
+        if _uses_basic(self.level):
+            image = pad_crop_flip(image, self.padding, self.flip, rng)
+        return image
+
+    def eval(self, image: np.ndarray) -> np.ndarray:
+        return image
+
+
+def _draft(image: Image.Image, box: tuple[float, float, float, float], size: int) -> tuple:
+    """Let the JPEG decoder shrink by 1/2, 1/4 or 1/8 while the crop stays at least ``size`` px.
+
+    Decoding at reduced scale is the largest single saving for ImageNet-sized
+    JPEGs; ``box`` (in original pixels) is mapped onto the reduced image.
+    """
+    left, top, right, bottom = box
+    width, height = image.size
+    scale_x, scale_y = size / (right - left), size / (bottom - top)
+    image.draft("RGB", (math.ceil(width * scale_x), math.ceil(height * scale_y)))
+    ratio_x, ratio_y = image.size[0] / width, image.size[1] / height
+    return (left * ratio_x, top * ratio_y, right * ratio_x, bottom * ratio_y)
+
+
+def _resize_box(image: Image.Image, box: tuple, size: int) -> np.ndarray:
+    box = _draft(image, box, size)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def center_box(width: int, height: int, fraction: float = 0.875) -> tuple[float, ...]:
+    """The centred square that resizing the shorter side to ``size / fraction`` then cropping
+    ``size`` keeps, in original pixels (the standard ImageNet evaluation crop)."""
+    side = min(width, height) * fraction
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+def random_resized_box(
+    width: int, height: int, rng: np.random.Generator
+) -> tuple[float, float, float, float]:
+    """Inception-style crop: 8-100% of the area, aspect 3/4..4/3, 10 tries, else the centre."""
+    area = width * height
+    for _ in range(10):
+        target_area = area * rng.uniform(0.08, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = round(math.sqrt(target_area * ratio))
+        h = round(math.sqrt(target_area / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.integers(width - w + 1), rng.integers(height - h + 1)
+            return (left, top, left + w, top + h)
+    return center_box(width, height, fraction=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetAugment:
+    """Variable-size decoded images: random-resized crop and flip (train), centre crop (eval).
+
+    AutoAugment runs on the ``image_size`` crop, as in the reference ImageNet
+    preprocessing, which is also what keeps it affordable. ``none`` and
+    ``aa-only`` start from the evaluation crop, since images must share a size.
+    """
+
+    level: str
+    image_size: int
+
+    def train(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        if _uses_basic(self.level):
+            pixels = _resize_box(image, random_resized_box(*image.size, rng), self.image_size)
+            if rng.random() < 0.5:
+                pixels = np.ascontiguousarray(pixels[:, ::-1])
+        else:
+            pixels = self.eval(image)
+        if _uses_autoaugment(self.level):
+            pixels = np.asarray(IMAGENET_AUTOAUGMENT(Image.fromarray(pixels), rng))
+        return pixels
+
+    def eval(self, image: Image.Image) -> np.ndarray:
+        return _resize_box(image, center_box(*image.size), self.image_size)

@@ -1,0 +1,262 @@
+"""The loader the trainer uses: deterministic, reshuffled each epoch, checkpointable.
+
+Batch formats (host-local numpy arrays; the trainer shards them over devices):
+  train: ``{"image": float32 [B, H, W, C], "label": float32 [B, num_classes]}``
+         soft labels, so batch-level mixing (mixup, ...) reaches the loss;
+  eval:  ``{"image": float32 [B, H, W, C], "label": int32 [B], "mask": bool [B]}``
+         where the last batch is padded and ``mask`` marks the real samples.
+
+Every random draw is seeded from ``(seeds, what, global step, row of the global
+batch)``, never from a running generator: a batch depends only on its step, so
+a grain iterator restored with ``set_state`` continues with exactly the batches
+of the uninterrupted run, and the rows each process (or worker) prepares are
+the rows the one-process run would have prepared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import numpy as np
+
+from gnp.data import cifar, digits, imagefolder, mixing
+from gnp.data.source import Source, SourceOptions
+
+_SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
+    "cifar10": cifar.load_cifar10,
+    "cifar100": cifar.load_cifar100,
+    "digits": digits.load,
+    "imagenet": imagefolder.load,
+}
+
+# Keep the seeds of different kinds of draw apart; each kind always uses the same number of
+# indices, since numpy's SeedSequence treats trailing zeros as absent.
+_ORDER, _SAMPLE, _MIX, _CUTOUT = range(4)
+_MAX_AUTO_WORKERS = 16
+
+
+def _rng(seed: int, kind: int, *indices: int) -> np.random.Generator:
+    return np.random.default_rng([seed, kind, *indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the model and the trainer need to know about a data set."""
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    num_train: int
+    num_test: int
+
+
+class InputPipeline:
+    """Train and eval batches of one data set for this process.
+
+    ``batch_size`` is the batch over all processes; this process sees rows
+    ``[process_index * local, (process_index + 1) * local)`` of each.
+    ``num_workers > 0`` prepares training batches in that many grain worker
+    processes; evaluation uses threads, since decoding and resizing release
+    the GIL and worker start-up at every evaluation would cost more.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        batch_level_augmentations: str = "none",
+        mixup_alpha: float = 1.0,
+        cutout_size: int = 0,
+        num_workers: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> None:
+        num_train = len(source.train)
+        if batch_size > num_train:
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {num_train} training images of "
+                f"{source.name}; lower --config.batch_size"
+            )
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if size <= 0 or size % process_count:
+                raise ValueError(
+                    f"{name} {size} must be positive and divide by the {process_count} processes"
+                )
+        self.source = source
+        self.info = DatasetInfo(
+            name=source.name,
+            num_classes=source.num_classes,
+            image_shape=source.image_shape,
+            num_train=num_train,
+            num_test=len(source.test),
+        )
+        self.global_batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.batch_level_augmentations = mixing.check_level(batch_level_augmentations)
+        self.mixup_alpha = mixup_alpha
+        # Cutout's 16 px suits 32 px images; keep the same fraction at other sizes.
+        self.cutout_size = cutout_size or max(1, round(16 * source.image_shape[0] / 32))
+        if num_workers < 0:
+            cpus = len(os.sched_getaffinity(0))
+            num_workers = min(cpus, _MAX_AUTO_WORKERS) if source.worth_workers else 0
+        self.num_workers = num_workers
+        self.process_index = process_index
+        self.process_count = process_count
+        self.mean = np.asarray(source.mean, dtype=np.float32)
+        self.std = np.asarray(source.std, dtype=np.float32)
+        self._order: tuple[int, np.ndarray] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.info.num_train // self.global_batch_size
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.global_batch_size // self.process_count
+
+    @property
+    def local_eval_batch_size(self) -> int:
+        return self.eval_batch_size // self.process_count
+
+    @property
+    def num_eval_batches(self) -> int:
+        return -(-self.info.num_test // self.eval_batch_size)
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        return (images.astype(np.float32) / 255.0 - self.mean) / self.std
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """This epoch's permutation of the training set; computed once per epoch per worker."""
+        cached = self._order
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, _rng(self.seed, _ORDER, epoch).permutation(self.info.num_train))
+            self._order = cached
+        return cached[1]
+
+    def _train_sample(self, step: int, row: int, index: int) -> tuple[np.ndarray, int]:
+        """Row ``row`` of global batch ``step``; an unreadable image gives way to the next one."""
+        rng = _rng(self.seed, _SAMPLE, step, row)
+        split, transform = self.source.train, functools.partial(self.source.augment.train, rng=rng)
+        for offset in range(len(split)):
+            candidate = (index + offset) % len(split)
+            image = split.load(candidate, transform)
+            if image is not None:
+                return image, int(split.labels[candidate])
+        raise ValueError(f"no training image of {self.info.name} could be read")
+
+    def _stack(self, samples: dict[int, tuple[np.ndarray, int]], rows: np.ndarray) -> tuple:
+        images = self.normalize(np.stack([samples[row][0] for row in rows]))
+        labels = np.array([samples[row][1] for row in rows])
+        return images, np.eye(self.info.num_classes, dtype=np.float32)[labels]
+
+    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of global batch ``step`` (a pure function of the step)."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        batch = self.global_batch_size
+        indices = self._epoch_order(epoch)[position * batch : (position + 1) * batch]
+        rows = np.arange(self.local_batch_size) + self.process_index * self.local_batch_size
+        mix = mixing.uses_mixup(self.batch_level_augmentations)
+        # Mixup pairs row j with row B-1-j, which may belong to another process: prepare it
+        # here too; its draws are keyed by its row, so it comes out the same everywhere.
+        needed = np.union1d(rows, batch - 1 - rows) if mix else rows
+        samples = {int(r): self._train_sample(step, int(r), int(indices[r])) for r in needed}
+        images, labels = self._stack(samples, rows)
+        if mix:
+            partner_images, partner_labels = self._stack(samples, batch - 1 - rows)
+            weight = mixing.mixup_weight(self.mixup_alpha, _rng(self.seed, _MIX, step))
+            images, labels = mixing.mixup(images, labels, partner_images, partner_labels, weight)
+        if mixing.uses_cutout(self.batch_level_augmentations):
+            images = np.stack(
+                [
+                    mixing.cutout(image, self.cutout_size, _rng(self.seed, _CUTOUT, step, int(r)))
+                    for image, r in zip(images, rows, strict=True)
+                ]
+            )
+        return {"image": images, "label": labels}
+
+    def eval_batch(self, batch_index: int) -> dict[str, np.ndarray]:
+        """This process's slice of global eval batch ``batch_index``, padding masked out."""
+        split, local = self.source.test, self.local_eval_batch_size
+        positions = batch_index * self.eval_batch_size + self.process_index * local
+        positions = positions + np.arange(local)
+        mask = positions < len(split)
+        images = np.zeros((local, *self.info.image_shape), dtype=np.uint8)
+        for i in np.flatnonzero(mask):
+            image = split.load(int(positions[i]), self.source.augment.eval)
+            if image is None:  # unreadable: leave it out of the metrics
+                mask[i] = False
+            else:
+                images[i] = image
+        labels = np.where(mask, split.labels[np.minimum(positions, len(split) - 1)], 0)
+        return {"image": self.normalize(images), "label": labels.astype(np.int32), "mask": mask}
+
+    # grain passes (index, element); the element is the index again. Bound methods, unlike
+    # lambdas, pickle into worker processes.
+    def _indexed_train_batch(self, step: int, _: int) -> dict[str, np.ndarray]:
+        return self.train_batch(step)
+
+    def _indexed_eval_batch(self, batch_index: int, _: int) -> dict[str, np.ndarray]:
+        return self.eval_batch(batch_index)
+
+    def _iterator(
+        self, dataset: grain.MapDataset, num_workers: int, num_threads: int
+    ) -> grain.DatasetIterator:
+        # A small buffer: elements are whole batches, and 500 ImageNet batches would not fit.
+        options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+        iter_dataset = dataset.to_iter_dataset(options)
+        if num_workers > 0:
+            iter_dataset = iter_dataset.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=num_workers)
+            )
+        return iter(iter_dataset)
+
+    def train_iterator(self) -> grain.DatasetIterator:
+        """Endless batches, reshuffled every epoch; ``get_state``/``set_state`` resume it."""
+        steps = grain.MapDataset.range(self.steps_per_epoch).repeat(None)
+        dataset = steps.map_with_index(self._indexed_train_batch)
+        threads = 1 if self.num_workers else min(8, len(os.sched_getaffinity(0)))
+        return self._iterator(dataset, self.num_workers, threads)
+
+    def eval_batches(self) -> grain.DatasetIterator:
+        """Every test sample exactly once; the last batch padded, with ``mask``."""
+        batches = grain.MapDataset.range(self.num_eval_batches)
+        dataset = batches.map_with_index(self._indexed_eval_batch)
+        return self._iterator(dataset, 0, min(8, len(os.sched_getaffinity(0))))
+
+
+def dataset_names() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def build_input_pipeline(
+    config: Any, *, process_index: int = 0, process_count: int = 1
+) -> InputPipeline:
+    """The pipeline the config names (``config.dataset.dataset_name``)."""
+    dataset_config = config.dataset
+    name = dataset_config.dataset_name
+    if name not in _SOURCES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
+    # Check every name before loading: scanning ImageNet takes a while.
+    batch_level = mixing.check_level(dataset_config.get("batch_level_augmentations", "none"))
+    source = _SOURCES[name](SourceOptions.from_config(dataset_config))
+    return InputPipeline(
+        source,
+        batch_size=config.batch_size,
+        eval_batch_size=config.get("eval_batch_size", None) or config.batch_size,
+        seed=config.seeds,
+        batch_level_augmentations=batch_level,
+        mixup_alpha=dataset_config.get("mixup_alpha", 1.0),
+        cutout_size=dataset_config.get("cutout_size", 0),
+        num_workers=dataset_config.get("num_workers", -1),
+        process_index=process_index,
+        process_count=process_count,
+    )

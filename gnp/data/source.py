@@ -1,0 +1,107 @@
+"""What every data source hands the loader: two random-access splits, constants, augmentations.
+
+A source is one module with one ``load(options: SourceOptions) -> Source`` function,
+registered by name in ``gnp.data.pipeline``; the loader needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from gnp.data.augment import check_level
+
+
+class Split(Protocol):
+    """Images by index; ``load`` returns ``None`` for an unreadable image the source skips."""
+
+    labels: np.ndarray  # int32 [N]
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int, transform: Callable[[Any], np.ndarray]) -> np.ndarray | None: ...
+
+
+class Augment(Protocol):
+    def train(self, image: Any, rng: np.random.Generator) -> np.ndarray: ...
+
+    def eval(self, image: Any) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+    """A split held in memory: images uint8 [N, H, W, C], labels int32 [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int, transform: Callable[[Any], np.ndarray]) -> np.ndarray:
+        return transform(self.images[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A data set ready for the loader.
+
+    ``mean``/``std`` are per-channel statistics of the training images in
+    [0, 1]; ``image_shape`` is what the augmentations output.
+    ``worth_workers`` says whether preparing a batch costs enough (decoding,
+    AutoAugment) that worker processes repay their start-up, which decides
+    what ``dataset.num_workers = -1`` means.
+    """
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: Augment
+    worth_workers: bool
+
+
+DEFAULT_DATA_DIR = "~/gnp_data"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """The ``config.dataset`` keys a source reads, resolved once with their defaults."""
+
+    data_dir: Path
+    imagenet_train_dir: Path
+    imagenet_val_dir: Path
+    image_size: int  # 0: the source's own size (ImageNet: 224)
+    image_level_augmentations: str
+    strict: bool
+
+    @classmethod
+    def from_config(cls, dataset_config: Any) -> SourceOptions:
+        data_dir = Path(dataset_config.get("data_dir", "") or DEFAULT_DATA_DIR).expanduser()
+        train_dir = dataset_config.get("imagenet_train_dir", "") or data_dir / "imagenet" / "train"
+        val_dir = dataset_config.get("imagenet_val_dir", "") or data_dir / "imagenet" / "val"
+        return cls(
+            data_dir=data_dir,
+            imagenet_train_dir=Path(train_dir).expanduser(),
+            imagenet_val_dir=Path(val_dir).expanduser(),
+            image_size=int(dataset_config.get("image_size", 0)),
+            image_level_augmentations=check_level(
+                dataset_config.get("image_level_augmentations", "basic")
+            ),
+            strict=bool(dataset_config.get("strict", False)),
+        )
+
+    def native_size(self, size: int, name: str) -> None:
+        """In-memory sources keep their own resolution: resizing them would only blur."""
+        if self.image_size not in (0, size):
+            raise ValueError(
+                f"{name} images are {size}x{size}; set dataset.image_size to 0 or {size}, "
+                f"not {self.image_size}"
+            )
