@@ -69,3 +69,27 @@ def test_an_empty_data_set_is_an_error():
     params = {"w": jnp.ones(3)}
     with pytest.raises(ValueError, match="empty"):
         analysis.full_gradient_norm(lambda p, b: jnp.sum(p["w"]), params, [])
+
+
+def test_batches_sharded_over_devices_give_the_same_measurements():
+    with jax.enable_x64(True):
+        params = mlp_params(0)
+        batches, _ = uneven_batches(1, sizes=(4, 8), padded=(8, 3))
+        # Auto axes: the compiler partitions the user's loss (Explicit axes ask the loss itself
+        # to say how a contraction over the sharded batch is sharded).
+        mesh = jax.make_mesh(
+            (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+        )
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        sharded = [jax.device_put(b, sharding) for b in batches]
+        assert len(sharded[0]["x"].sharding.device_set) == jax.device_count()
+        local = analysis.full_gradient_norm(masked_mlp_loss, params, batches)
+        spread = analysis.full_gradient_norm(masked_mlp_loss, params, sharded)
+        np.testing.assert_allclose(spread.norm, local.norm, rtol=1e-12)
+        vector = jnp.linspace(-1.0, 1.0, 44)
+        np.testing.assert_allclose(
+            analysis.hessian_operator(masked_mlp_loss, params, sharded).matvec(vector),
+            analysis.hessian_operator(masked_mlp_loss, params, batches).matvec(vector),
+            rtol=1e-10,
+            atol=1e-13,
+        )
