@@ -25,9 +25,12 @@ from gnp.data.source import SourceOptions
 
 
 def make_config(**dataset: object) -> ml_collections.ConfigDict:
+    """A config with the keys the trainer's has; batch sizes go to the top level."""
     config = ml_collections.ConfigDict()
     config.batch_size = dataset.pop("batch_size", 4)
     config.seeds = 0
+    if "eval_batch_size" in dataset:
+        config.eval_batch_size = dataset.pop("eval_batch_size")
     config.dataset = ml_collections.ConfigDict(
         {
             "image_level_augmentations": "none",

@@ -23,6 +23,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from gnp.data import cifar, digits, imagefolder, mixing
 from gnp.data.source import Source, SourceOptions
@@ -214,6 +215,10 @@ class InputPipeline:
         options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
         iter_dataset = dataset.to_iter_dataset(options)
         if num_workers > 0:
+            # grain's worker start-up reads absl flags; outside ``absl.app`` (notebooks, tests,
+            # scripts) nothing has parsed them, and grain would fail on the first batch.
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
             iter_dataset = iter_dataset.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=num_workers)
             )
