@@ -97,7 +97,8 @@ def value_and_grad(
     normalize_reference: bool = False,
     axis_name: str | None = None,
     perturbed_loss_fn: Callable[..., Any] | None = None,
-) -> Callable[..., tuple[Any, PyTree]]:
+    return_clean_grad: bool = False,
+) -> Callable[..., tuple[Any, ...]]:
     """Like ``jax.value_and_grad(loss_fn)``, but returns the GNP gradient.
 
     Args:
@@ -126,9 +127,12 @@ def value_and_grad(
       perturbed_loss_fn: the loss evaluated at the perturbed point, when it must
         differ from the clean one (Shake-Shake's true-gradient mode is used in
         the clean pass only). Defaults to ``loss_fn``.
+      return_clean_grad: also return ``∇L(θ)`` of the clean pass, which is
+        computed anyway; a trainer logs its norm without a third pass.
 
     Returns:
-      A function with ``loss_fn``'s signature returning ``(value, grads)``.
+      A function with ``loss_fn``'s signature returning ``(value, grads)``, or
+      ``(value, grads, clean_grads)`` with ``return_clean_grad``.
       With ``r == 0`` or ``alpha == 0`` it is exactly ``jax.value_and_grad``.
     """
     if method not in METHODS:
@@ -157,39 +161,45 @@ def value_and_grad(
             lambda p, d: (p.astype(_norm_dtype(p.dtype)) + r * d).astype(p.dtype), params, step
         )
         g2 = gradient_only(perturbed, *args, **kwargs)
-        if normalize_reference:
-            g1 = _scale(g1, _safe_inverse(global_norm(reference)))
+        mixed = _scale(g1, _safe_inverse(global_norm(reference))) if normalize_reference else g1
         grads = jax.tree.map(
             lambda a, b: ((1 - alpha) * a.astype(_norm_dtype(a.dtype)) + alpha * b).astype(a.dtype),
-            g1,
+            mixed,
             g2,
         )
-        return value, grads
+        return value, grads, g1
 
     def exact(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, PyTree]:
         value, g1 = clean(params, *args, **kwargs)
         direction = ascent_direction(params, _mean_over_axis(g1, axis_name), "sam", eta)
         _, hvp = jax.jvp(lambda p: gradient_only(p, *args, **kwargs), (params,), (direction,))
         grads = jax.tree.map(lambda g, h: (g + alpha * r * h).astype(g.dtype), g1, hvp)
-        return value, grads
+        return value, grads, g1
 
     penalized = finite_difference if method == "finite_difference" else exact
 
-    def unwrap(result: tuple[Any, PyTree]) -> tuple[Any, PyTree]:
-        value, grads = result
-        return (value if has_aux else value[0]), grads
+    def without_penalty(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, PyTree, PyTree]:
+        value, grads = clean(params, *args, **kwargs)
+        return value, grads, grads
 
-    def value_and_gnp_grad(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, PyTree]:
+    def unwrap(result: tuple[Any, PyTree, PyTree]) -> tuple[Any, ...]:
+        value, grads, clean_grads = result
+        value = value if has_aux else value[0]
+        return (value, grads, clean_grads) if return_clean_grad else (value, grads)
+
+    def value_and_gnp_grad(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         r_zero, alpha_zero = _is_concrete_zero(r), _is_concrete_zero(alpha)
         if r_zero or alpha_zero:
-            return plain(params, *args, **kwargs)
+            if not return_clean_grad:
+                return plain(params, *args, **kwargs)
+            return unwrap(without_penalty(params, *args, **kwargs))
         if r_zero is False and alpha_zero is False:
             return unwrap(penalized(params, *args, **kwargs))
         # Traced r or α: both branches are compiled once, the zero case stays exact.
         is_plain = jnp.logical_or(jnp.asarray(r) == 0, jnp.asarray(alpha) == 0)
         result = jax.lax.cond(
             is_plain,
-            lambda: clean(params, *args, **kwargs),
+            lambda: without_penalty(params, *args, **kwargs),
             lambda: penalized(params, *args, **kwargs),
         )
         return unwrap(result)

@@ -1,0 +1,1 @@
+"""Config files, one per recipe; each ``get_config()`` starts from ``base.get_base_config()``."""

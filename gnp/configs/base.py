@@ -1,0 +1,90 @@
+"""Every config key the trainer reads, with its default.
+
+Key names follow the released code, so its recipes' flags work unchanged.
+Recipe files (``gnp/configs/*.py``) call ``get_base_config()`` and override.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Optimization.
+    config.batch_size = 128  # global, over all devices and hosts
+    config.eval_batch_size = 0  # 0: same as batch_size
+    config.base_lr = 0.1
+    config.total_epochs = 200
+    config.warmup_epochs = 0  # linear learning-rate warmup; also the GR warmup length
+    config.lr_schedule_type = "cosine"  # constant | stepped | cosine | exponential
+    config.stepped_lr_boundaries = (0.3, 0.6, 0.8)  # fractions of total_epochs
+    config.stepped_lr_scales = (0.2, 0.04, 0.008)  # lr = base_lr * scale after each boundary
+    config.exponential_decay_rate = 0.97  # lr multiplied by this every epoch
+    config.l2_regularization = 5e-4  # ½·l2·‖θ‖² added to the loss (both GNP points)
+    config.no_weight_decay_on_bn = False  # skip 1-D params (BatchNorm scales, biases) in L2
+    config.gradient_clipping = 0.0  # global-norm clip of the combined gradient; 0 = off
+    config.label_smoothing = 0.0
+    config.grad_accum_steps = 1  # micro-batches per optimizer step
+
+    config.opt = ml_collections.ConfigDict()
+    config.opt.opt_type = "Momentum"  # SGD | Momentum | Adam | RMSProp
+    # Union of every optimizer's parameters; None means "that optimizer's default".
+    # Setting one the chosen optimizer does not take is an error.
+    config.opt.opt_params = ml_collections.ConfigDict(
+        {
+            "momentum": config_dict.placeholder(float),
+            "nesterov": config_dict.placeholder(bool),
+            "beta1": config_dict.placeholder(float),
+            "beta2": config_dict.placeholder(float),
+            "epsilon": config_dict.placeholder(float),
+            "weight_decay": config_dict.placeholder(float),
+            "decay": config_dict.placeholder(float),
+            "centered": config_dict.placeholder(bool),
+        }
+    )
+
+    # Gradient norm penalty (ICML 2022) and its warmups (ICML 2024).
+    config.gnp = ml_collections.ConfigDict()
+    config.gnp.r = 0.05
+    config.gnp.alpha = 0.8  # α = λ/r; 1.0 is SAM, 0.0 plain training
+    config.gnp.norm_perturbations = False  # released variant: (1-α)·g1/‖g1‖ + α·g2
+    config.gnp.sync_perturbations = False  # perturb with the all-reduced gradient
+    config.gnp.method = "finite_difference"  # or "exact" (Hessian-vector product)
+    config.gnp.perturbation = "sam"  # or "asam"
+    config.gnp.eta = 0.01  # ASAM's η
+    config.gr_warmup_strategy = "none"  # none | r | lambda | zero
+    config.use_hybrid_training = False
+    config.hybrid_config = ml_collections.ConfigDict()
+    config.hybrid_config.p = 0.5  # probability that a step is a GNP step
+
+    # Data.
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.dataset_name = "cifar10"
+    config.dataset.data_dir = ""
+    config.dataset.imagenet_train_dir = ""
+    config.dataset.imagenet_val_dir = ""
+    config.dataset.image_size = 0  # 0: the source's own size (ImageNet: 224)
+    config.dataset.image_level_augmentations = "basic"
+    config.dataset.batch_level_augmentations = "none"
+    config.dataset.mixup_alpha = 1.0
+    config.dataset.cutout_size = 0  # 0: a size that suits the image size
+    config.dataset.num_workers = -1  # -1: from the CPU count
+    config.dataset.strict = False  # fail on a corrupt image instead of skipping it
+
+    # Model.
+    config.model = ml_collections.ConfigDict()
+    config.model.model_name = "WideResNet_28_10"
+    config.model.dtype = "float32"  # compute dtype; params stay float32 ("bfloat16" for AMP)
+
+    # Bookkeeping.
+    config.seeds = 0  # data order, dropout and hybrid draws
+    config.init_seeds = 0  # parameter initialization
+    config.evaluate_every_n_epochs = 1
+    config.save_ckpt_every_n_epochs = 10
+    config.keep_checkpoints = 3
+    config.compute_top_5_error_rate = False
+    config.log_every_n_steps = 50
+    return config

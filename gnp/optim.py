@@ -1,0 +1,119 @@
+"""Optimizers, learning-rate schedules and the L2 term, all from optax and the config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+# Per optimizer: config name -> optax keyword, with the default the released code used.
+OPTIMIZER_PARAMS: dict[str, dict[str, tuple[str, Any]]] = {
+    "SGD": {"momentum": ("momentum", None), "nesterov": ("nesterov", False)},
+    "Momentum": {"momentum": ("momentum", 0.9), "nesterov": ("nesterov", False)},
+    "Adam": {
+        "beta1": ("b1", 0.9),
+        "beta2": ("b2", 0.999),
+        "epsilon": ("eps", 1e-8),
+        "weight_decay": ("weight_decay", 0.0),
+    },
+    "RMSProp": {
+        "decay": ("decay", 0.9),
+        "epsilon": ("eps", 1e-8),
+        "momentum": ("momentum", None),
+        "centered": ("centered", False),
+    },
+}
+SCHEDULES = ("constant", "stepped", "cosine", "exponential")
+
+
+def decay_mask(params: PyTree, *, skip_vectors: bool) -> PyTree:
+    """True for the leaves L2/weight decay applies to; 1-D leaves (BN, biases) skipped if asked."""
+    return jax.tree.map(lambda p: not (skip_vectors and p.ndim <= 1), params)
+
+
+def l2_penalty(params: PyTree, coefficient: float, *, skip_vectors: bool) -> jax.Array:
+    """½·coefficient·‖θ‖² over the decayed leaves."""
+    if coefficient == 0:
+        return jnp.zeros((), jnp.float32)
+    mask = decay_mask(params, skip_vectors=skip_vectors)
+    squares = [
+        jnp.sum(jnp.square(p.astype(jnp.float32)))
+        for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+        if keep
+    ]
+    return 0.5 * coefficient * sum(squares, jnp.zeros((), jnp.float32))
+
+
+def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
+    """``lr_schedule_type`` after a linear warmup from 0 over ``warmup_epochs``."""
+    kind = config.lr_schedule_type
+    base = config.base_lr
+    total_steps = config.total_epochs * steps_per_epoch
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if kind == "constant":
+        main = optax.constant_schedule(base)
+    elif kind == "cosine":
+        main = optax.cosine_decay_schedule(base, decay_steps)
+    elif kind == "exponential":
+        main = optax.exponential_decay(base, steps_per_epoch, config.exponential_decay_rate)
+    elif kind == "stepped":
+        boundaries, scales = config.stepped_lr_boundaries, config.stepped_lr_scales
+        if len(boundaries) != len(scales):
+            raise ValueError(
+                f"stepped_lr_boundaries {tuple(boundaries)} and stepped_lr_scales "
+                f"{tuple(scales)} must have the same length"
+            )
+        # optax multiplies factors cumulatively; the config gives absolute scales.
+        factors, previous = {}, 1.0
+        for fraction, scale in zip(boundaries, scales, strict=True):
+            step = int(fraction * total_steps) - warmup_steps
+            factors[max(step, 0)] = scale / previous
+            previous = scale
+        main = optax.piecewise_constant_schedule(base, factors)
+    else:
+        raise ValueError(f"unknown lr_schedule_type {kind!r}; choose one of {SCHEDULES}")
+    if warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, base, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def optimizer_kwargs(opt_type: str, opt_params: Any) -> dict[str, Any]:
+    """The optax keywords for ``opt_type``; a parameter it does not take is an error."""
+    if opt_type not in OPTIMIZER_PARAMS:
+        raise ValueError(
+            f"unknown opt.opt_type {opt_type!r}; choose one of {list(OPTIMIZER_PARAMS)}"
+        )
+    accepted = OPTIMIZER_PARAMS[opt_type]
+    given = {k: v for k, v in dict(opt_params).items() if v is not None}
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"opt.opt_params {unknown} do not apply to {opt_type}; it takes {sorted(accepted)}"
+        )
+    return {kw: given.get(name, default) for name, (kw, default) in accepted.items()}
+
+
+def build_optimizer(
+    config: Any, schedule: optax.Schedule, params: PyTree
+) -> optax.GradientTransformation:
+    """Clip the combined gradient (if asked), then the configured optimizer."""
+    kwargs = optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)
+    factories: dict[str, Callable[..., optax.GradientTransformation]] = {
+        "SGD": optax.sgd,
+        "Momentum": optax.sgd,
+        "Adam": optax.adamw,
+        "RMSProp": optax.rmsprop,
+    }
+    if config.opt.opt_type == "Adam":
+        kwargs["mask"] = decay_mask(params, skip_vectors=config.no_weight_decay_on_bn)
+    optimizer = factories[config.opt.opt_type](schedule, **kwargs)
+    if config.gradient_clipping > 0:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.gradient_clipping), optimizer)
+    return optimizer

@@ -1,0 +1,1 @@
+"""The training framework: state, steps, GR schedule, checkpoints, metrics and the loop."""

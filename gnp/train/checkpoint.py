@@ -1,0 +1,94 @@
+"""Orbax checkpoints of the train state, the grain iterator and the run's progress.
+
+A checkpoint is written only when every array in it is finite, so the latest
+checkpoint of a run that diverged is always a good one to resume or inspect.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from gnp.train.steps import TrainState
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+def all_finite(tree: Any) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+class Checkpoints:
+    """``working_dir/checkpoints/<step>/{state,data,meta}``; keeps the newest ``keep``."""
+
+    def __init__(self, directory: str, keep: int = 3):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def describe_latest(self) -> str:
+        step = self.latest_step()
+        if step is None:
+            return "none was written yet"
+        return os.path.join(self.directory, str(step))
+
+    def save(self, state: TrainState, data_iterator: Any, meta: dict[str, Any]) -> None:
+        if not all_finite((state.params, state.batch_stats, state.opt_state)):
+            raise NonFiniteError(
+                f"refusing to checkpoint non-finite parameters at step {int(state.step)}; "
+                f"the last good checkpoint is {self.describe_latest()}"
+            )
+        self._manager.save(
+            int(state.step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state.as_dict()),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                meta=ocp.args.JsonSave(meta),
+            ),
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, template: TrainState, data_iterator: Any) -> tuple[TrainState, dict]:
+        """The latest checkpoint into ``template``'s structure and shardings; moves the iterator."""
+        step = self.latest_step()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.as_dict())
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return TrainState(**restored["state"]), dict(restored["meta"])
+
+    def load_latest(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The latest state as saved (a dict of arrays, no template needed) and its progress.
+
+        For analysis tools and tests that read a run without rebuilding its trainer.
+        """
+        step = self.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+        return dict(restored["state"]), dict(restored["meta"])
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

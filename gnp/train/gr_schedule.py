@@ -1,0 +1,78 @@
+"""Which steps use GNP, and with which r and α (ICML 2024 GR warmups, hybrid training).
+
+Over the first ``warmup_steps`` (the learning-rate warmup):
+  ``r``      r rises linearly from 0, α fixed (so λ = α·r rises too);
+  ``lambda`` α rises linearly from 0, r fixed;
+  ``zero``   plain steps, no gradient regularization at all;
+  ``none``   GNP with the configured r and α from the first step.
+Hybrid training makes each step a GNP step with probability ``p``, else a plain one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WARMUP_STRATEGIES = ("none", "r", "lambda", "zero")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRSchedule:
+    r: float
+    alpha: float
+    strategy: str = "none"
+    warmup_steps: int = 0
+    hybrid_p: float | None = None  # None: no hybrid training
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in WARMUP_STRATEGIES:
+            raise ValueError(
+                f"unknown gr_warmup_strategy {self.strategy!r}; choose one of {WARMUP_STRATEGIES}"
+            )
+        if self.hybrid_p is not None and not 0.0 <= self.hybrid_p <= 1.0:
+            raise ValueError(f"hybrid_config.p must lie in [0, 1], got {self.hybrid_p}")
+
+    @property
+    def penalized(self) -> bool:
+        """False when no step can ever use GNP (r = 0, α = 0 or p = 0)."""
+        return self.r != 0 and self.alpha != 0 and self.hybrid_p != 0
+
+    def is_gnp_step(self, step: int) -> bool:
+        """Host-side choice between the GNP and the plain compiled step (deterministic)."""
+        if not self.penalized:
+            return False
+        if self.strategy == "zero" and step < self.warmup_steps:
+            return False
+        if self.hybrid_p is None:
+            return True
+        return bool(np.random.default_rng([self.seed, step]).random() < self.hybrid_p)
+
+    def _warms_up(self) -> bool:
+        return self.warmup_steps > 0 and self.strategy in ("r", "lambda")
+
+    def _scaled(self, ramp: Any) -> tuple[Any, Any]:
+        """r and α with the warmup fraction ``ramp`` applied to the one that warms up."""
+        r = self.r * ramp if self.strategy == "r" else self.r
+        alpha = self.alpha * ramp if self.strategy == "lambda" else self.alpha
+        return r, alpha
+
+    def values(self, step: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+        """(r, α) a GNP step uses at ``step``; traceable, so warmup never recompiles."""
+        ramp = (
+            jnp.minimum(jnp.asarray(step, jnp.float32) / self.warmup_steps, 1.0)
+            if self._warms_up()
+            else 1.0
+        )
+        r, alpha = self._scaled(ramp)
+        return jnp.asarray(r, jnp.float32), jnp.asarray(alpha, jnp.float32)
+
+    def logged_values(self, step: int) -> tuple[float, float]:
+        """(r, α) in force at ``step`` for the metrics: zeros where that step is plain."""
+        if not self.penalized or (self.strategy == "zero" and step < self.warmup_steps):
+            return 0.0, 0.0
+        return self._scaled(min(step / self.warmup_steps, 1.0) if self._warms_up() else 1.0)
