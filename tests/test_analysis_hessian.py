@@ -41,13 +41,20 @@ def test_lanczos_twenty_eigenvalues_with_the_default_iterations():
         np.testing.assert_allclose(result.eigenvalues, spectrum[:20], rtol=1e-6)
 
 
-def test_lanczos_stops_at_an_invariant_subspace_with_exact_eigenvalues():
+def test_lanczos_restarts_when_the_krylov_space_closes():
     with jax.enable_x64(True):
-        spectrum = np.array([3.0, 2.0, 1.0, -1.0])
+        # Repeated eigenvalues: one start vector sees one copy of each; the restarts find the rest.
+        spectrum = np.array([4.0, 4.0, 2.0, 2.0, 1.0, 1.0, -0.5])
         _, operator = quadratic_operator(spectrum)
-        result = analysis.top_eigenvalues(operator, 4, key=jax.random.key(0), num_iterations=50)
-        assert result.num_iterations == 4
+        result = analysis.top_eigenvalues(operator, 7, key=jax.random.key(0), num_iterations=50)
+        assert result.num_iterations == 7
         np.testing.assert_allclose(result.eigenvalues, spectrum, rtol=1e-10)
+        # A zero Hessian (a linear loss) closes the space at once.
+        linear = analysis.hessian_operator(
+            lambda p, batch: jnp.sum(p["w"]), {"w": jnp.ones(5)}, [None], weights=[1.0]
+        )
+        zeros = analysis.top_eigenvalues(linear, 3, key=jax.random.key(0))
+        np.testing.assert_array_equal(zeros.eigenvalues, np.zeros(3))
 
 
 def test_power_iteration_finds_the_top_eigenvalue():

@@ -107,24 +107,25 @@ def _unit_vector(key: jax.Array, operator: HessianOperator) -> jax.Array:
 _rademacher = jax.jit(jax.random.rademacher, static_argnums=(1, 2))
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _lanczos_step(
-    basis: jax.Array, product: jax.Array, index: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Orthogonalizes ``product = H v_index`` against ``v_0..v_index`` and stores ``v_index+1``.
+@jax.jit
+def _orthogonal_part(
+    basis: jax.Array, vector: jax.Array, index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``vector`` minus its projection on ``basis[0..index]``, and the norm of what is left.
 
     Classical Gram-Schmidt done twice ("twice is enough") against the whole
     basis, not only the last two vectors: without it rounding reintroduces
     converged directions and the top eigenvalues come back as spurious copies.
     """
-    alpha = jnp.vdot(basis[index], product)
     previous = jnp.arange(basis.shape[0]) <= index
-    residual = product
     for _ in range(2):
-        residual = residual - basis.T @ jnp.where(previous, basis @ residual, 0)
-    beta = jnp.linalg.norm(residual)
-    basis = basis.at[index + 1].set(residual / jnp.where(beta > 0, beta, 1))
-    return basis, alpha, beta
+        vector = vector - basis.T @ jnp.where(previous, basis @ vector, 0)
+    return vector, jnp.linalg.norm(vector)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _store(basis: jax.Array, vector: jax.Array, norm: jax.Array, index: jax.Array) -> jax.Array:
+    return basis.at[index].set(vector / norm)
 
 
 def top_eigenvalues(
@@ -141,34 +142,42 @@ def top_eigenvalues(
     The default ``3k + 20`` converges the top k of a typical network Hessian,
     whose top eigenvalues stand apart from a bulk near zero; raise it when the
     top ones are close together. Deterministic for a given ``key``.
+
+    When the Krylov space closes (an invariant subspace: its Ritz values are
+    exact), Lanczos restarts from a random vector orthogonal to it, so small or
+    degenerate operators still give k values; an eigenvalue repeated exactly is
+    otherwise found once, as with any single-vector Krylov method.
     """
     if not 1 <= k <= operator.size:
         raise ValueError(f"k must be in [1, {operator.size}], got {k}")
     steps = min(operator.size, 3 * k + 20 if num_iterations is None else num_iterations)
     if steps < k:
         raise ValueError(f"num_iterations ({steps}) must be at least k ({k})")
+    start_key, restart_key = jax.random.split(key)
     # One spare row: the step after the last writes a vector that is never used.
     basis = jnp.zeros((steps + 1, operator.size), operator.dtype)
-    basis = basis.at[0].set(_unit_vector(key, operator))
-    alphas, betas = [], []
+    basis = basis.at[0].set(_unit_vector(start_key, operator))
+    breakdown = 1e3 * np.finfo(operator.dtype).eps
+    alphas, betas, scale = [], [], 0.0
     for index in range(steps):
-        basis, alpha, beta = _lanczos_step(basis, operator.matvec(basis[index]), jnp.asarray(index))
-        alphas.append(float(alpha))
-        betas.append(float(beta))
-        # An invariant subspace is found: its Ritz values are exact eigenvalues.
-        if betas[-1] <= 1e3 * np.finfo(operator.dtype).eps * max(1.0, abs(alphas[-1])):
-            break
-    size = len(alphas)
-    if size < k:
-        raise ValueError(
-            f"the start vector spans an invariant subspace of dimension {size} < k = {k}; "
-            "try another key"
-        )
-    tridiagonal = np.diag(alphas) + np.diag(betas[: size - 1], 1) + np.diag(betas[: size - 1], -1)
+        position = jnp.asarray(index)
+        product = operator.matvec(basis[index])
+        alphas.append(float(jnp.vdot(basis[index], product)))
+        residual, beta = _orthogonal_part(basis, product, position)
+        scale = max(scale, abs(alphas[-1]), float(beta))
+        if float(beta) <= breakdown * scale and index + 1 < steps:
+            start = _unit_vector(jax.random.fold_in(restart_key, index), operator)
+            residual, norm = _orthogonal_part(basis, start, position)
+            basis = _store(basis, residual, norm, position + 1)
+            betas.append(0.0)
+        else:
+            basis = _store(basis, residual, beta, position + 1)
+            betas.append(float(beta))
+    tridiagonal = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
     ritz_values, ritz_vectors = np.linalg.eigh(tridiagonal)
     order = np.argsort(ritz_values)[::-1][:k]
     coefficients = jnp.asarray(ritz_vectors[:, order].T, operator.dtype)
-    return Eigenpairs(ritz_values[order], coefficients @ basis[:size], size)
+    return Eigenpairs(ritz_values[order], coefficients @ basis[:steps], steps)
 
 
 def power_iteration(
