@@ -86,14 +86,15 @@ def hessian_operator(
     # Lanczos in bfloat16 loses orthogonality at once: the solvers work in float32 or wider.
     dtype = jnp.promote_types(flat_params.dtype, jnp.float32)
 
+    # θ is an argument, not a closed-over constant, which a network's size makes slow to compile.
     @jax.jit
-    def batch_hvp(vector: jax.Array, batch: PyTree) -> jax.Array:
+    def batch_hvp(point: jax.Array, vector: jax.Array, batch: PyTree) -> jax.Array:
         gradient = jax.grad(lambda flat: loss_fn(unravel(flat), batch))
-        tangent = vector.astype(flat_params.dtype)
-        return jax.jvp(gradient, (flat_params,), (tangent,))[1].astype(dtype)
+        tangent = vector.astype(point.dtype)
+        return jax.jvp(gradient, (point,), (tangent,))[1].astype(dtype)
 
     def matvec(vector: jax.Array) -> jax.Array:
-        return data_mean(functools.partial(batch_hvp, vector), batches, weights)
+        return data_mean(functools.partial(batch_hvp, flat_params, vector), batches, weights)
 
     return HessianOperator(matvec, flat_params.size, dtype, unravel)
 

@@ -10,7 +10,7 @@ filter of θ, so a step of 1 moves every filter by its own size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,21 +66,6 @@ def filter_normalized_direction(
     return jax.tree.unflatten(treedef, directions)
 
 
-def _loss_on_grid(
-    loss_fn: LossFn,
-    point: Callable[[jax.Array], PyTree],
-    grid: np.ndarray,
-    batches: Iterable[PyTree],
-    weights: Weights,
-) -> np.ndarray:
-    """The data-set loss at ``point(coefficients)`` for each row of ``grid``."""
-    require_reiterable(batches)
-    loss_at = jax.jit(lambda coefficients, batch: loss_fn(point(coefficients), batch))
-    return np.asarray(
-        [float(data_mean(lambda b, c=row: loss_at(c, b), batches, weights)) for row in grid]
-    )
-
-
 def _combine(params: PyTree, directions: Sequence[PyTree], coefficients: jax.Array) -> PyTree:
     """θ + Σ_i c_i d_i, computed in float32 or wider and cast back to θ's dtypes."""
 
@@ -92,6 +77,35 @@ def _combine(params: PyTree, directions: Sequence[PyTree], coefficients: jax.Arr
         return moved.astype(p.dtype)
 
     return jax.tree.map(leaf, params, *directions)
+
+
+def _loss_on_grid(
+    loss_fn: LossFn,
+    params: PyTree,
+    directions: Sequence[PyTree],
+    grid: np.ndarray,
+    batches: Iterable[PyTree],
+    weights: Weights,
+) -> np.ndarray:
+    """The data-set loss at ``θ + Σ_i grid[n, i]·d_i`` for each row n of ``grid``.
+
+    θ and the directions are arguments of the compiled function, not closed-over
+    constants, which a network's size would make slow to compile.
+    """
+    require_reiterable(batches)
+
+    @jax.jit
+    def loss_at(
+        params: PyTree, directions: Sequence[PyTree], coefficients: jax.Array, batch: PyTree
+    ) -> jax.Array:
+        return loss_fn(_combine(params, directions, coefficients), batch)
+
+    return np.asarray(
+        [
+            float(data_mean(lambda b, c=row: loss_at(params, directions, c, b), batches, weights))
+            for row in grid
+        ]
+    )
 
 
 def loss_slice_1d(
@@ -109,9 +123,7 @@ def loss_slice_1d(
     ``hessian_operator``; ``direction`` has θ's structure.
     """
     grid = np.asarray(coordinates, np.float64)[:, None]
-    return _loss_on_grid(
-        loss_fn, lambda c: _combine(params, [direction], c), grid, batches, weights
-    )
+    return _loss_on_grid(loss_fn, params, [direction], grid, batches, weights)
 
 
 def loss_slice_2d(
@@ -131,9 +143,7 @@ def loss_slice_2d(
     """
     xs, ys = np.meshgrid(np.asarray(coordinates_x), np.asarray(coordinates_y), indexing="ij")
     grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-    values = _loss_on_grid(
-        loss_fn, lambda c: _combine(params, list(directions), c), grid, batches, weights
-    )
+    values = _loss_on_grid(loss_fn, params, list(directions), grid, batches, weights)
     return values.reshape(xs.shape)
 
 
