@@ -30,6 +30,13 @@ def test_lanczos_top_eigenvalues_and_vectors_match_the_known_spectrum():
         np.testing.assert_allclose(vectors @ vectors.T, np.eye(5), atol=1e-8)
         again = analysis.top_eigenvalues(operator, 5, key=jax.random.key(0))
         np.testing.assert_array_equal(again.eigenvalues, result.eigenvalues)
+        # Any symmetric product can be wrapped, e.g. a dense test matrix.
+        dense = analysis.HessianOperator(lambda v: jnp.asarray(matrix) @ v, 60, jnp.float64)
+        np.testing.assert_allclose(
+            analysis.top_eigenvalues(dense, 2, key=jax.random.key(0)).eigenvalues,
+            SPECTRUM[:2],
+            rtol=1e-6,
+        )
 
 
 def test_lanczos_twenty_eigenvalues_with_the_default_iterations():
@@ -113,6 +120,8 @@ def test_hvp_summed_over_batches_is_the_hvp_of_the_full_batch_loss():
             operator.matvec(vector), hessian @ vector, rtol=1e-10, atol=1e-12
         )
         top = analysis.top_eigenvalues(operator, 3, key=jax.random.key(3))
+        as_params = operator.unravel(top.eigenvectors[0])
+        assert jax.tree.map(jnp.shape, as_params) == jax.tree.map(jnp.shape, params)
         np.testing.assert_allclose(
             top.eigenvalues, np.linalg.eigvalsh(hessian)[::-1][:3], rtol=1e-6
         )
