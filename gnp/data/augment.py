@@ -37,21 +37,28 @@ def _uses_autoaugment(level: str) -> bool:
     return level in ("autoaugment", "aa-only")
 
 
+def _reflect(index: np.ndarray, size: int) -> np.ndarray:
+    """Map indices up to ``size - 1`` outside an axis back inside, as numpy's ``reflect`` pad."""
+    index = np.abs(index)
+    return np.where(index >= size, 2 * (size - 1) - index, index)
+
+
 def pad_crop_flip(
     image: np.ndarray, padding: int, flip: bool, rng: np.random.Generator
 ) -> np.ndarray:
     """A random same-size crop of the reflect-padded image (a shift of up to ``padding`` px).
 
     Reflect padding, as the released code uses, keeps the shifted-in border
-    looking like image content rather than black bars.
+    looking like image content rather than black bars. The crop is one gather
+    of reflected indices, several times faster than padding then slicing.
     """
     height, width = image.shape[:2]
-    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode="reflect")
-    top, left = rng.integers(2 * padding + 1, size=2)
-    image = padded[top : top + height, left : left + width]
+    top, left = rng.integers(-padding, padding + 1, size=2)
+    rows = _reflect(np.arange(height) + top, height)
+    cols = _reflect(np.arange(width) + left, width)
     if flip and rng.random() < 0.5:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
+        cols = cols[::-1]
+    return image[np.ix_(rows, cols)]
 
 
 def _to_pil(image: np.ndarray) -> Image.Image:

@@ -151,18 +151,17 @@ def read_cifar(
     archive = data_dir / files.archive
     if not archive.is_file():
         archive = _fetch(files, data_dir, download or download_url)
+    wanted = {f"{files.folder}/{name}" for name in (*files.train_files, *files.test_files)}
+    # One pass in archive order: a gzip stream cannot seek back, so reading members by name
+    # would decompress from the start again for each of them.
     with tarfile.open(archive, "r:gz") as tar:
-
-        def read_member(name: str) -> bytes:
-            try:
-                return tar.extractfile(f"{files.folder}/{name}").read()
-            except KeyError as error:
-                raise ValueError(
-                    f"{archive} has no {files.folder}/{name}: it is not the official "
-                    f"python-version archive ({URL}{files.archive})"
-                ) from error
-
-        return _read_splits(files, read_member)
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.name in wanted}
+    if missing := sorted(wanted - set(members)):
+        raise ValueError(
+            f"{archive} lacks {missing}: it is not the official python-version archive "
+            f"({URL}{files.archive})"
+        )
+    return _read_splits(files, lambda name: members[f"{files.folder}/{name}"])
 
 
 def load(files: CifarFiles, options: SourceOptions, download: Downloader | None = None) -> Source:
