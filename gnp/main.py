@@ -17,6 +17,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
 _WORKING_DIR = flags.DEFINE_string("working_dir", None, "The run's own output directory.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and model; no training.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host runs (else auto-detected)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 
 
 def _load_config_file(path: str) -> Any:
@@ -102,6 +107,9 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=PATH is required (e.g. gnp/configs/default.py)")
+    from gnp.train import distributed
+
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         if _DRY_RUN.value:
             dry_run(config)
