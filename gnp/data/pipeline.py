@@ -41,6 +41,13 @@ _ORDER, _SAMPLE, _MIX, _CUTOUT = range(4)
 _MAX_AUTO_WORKERS = 16
 
 
+def _cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _rng(seed: int, kind: int, *indices: int) -> np.random.Generator:
     return np.random.default_rng([seed, kind, *indices])
 
@@ -107,8 +114,7 @@ class InputPipeline:
         # Cutout's 16 px suits 32 px images; keep the same fraction at other sizes.
         self.cutout_size = cutout_size or max(1, round(16 * source.image_shape[0] / 32))
         if num_workers < 0:
-            cpus = len(os.sched_getaffinity(0))
-            num_workers = min(cpus, _MAX_AUTO_WORKERS) if source.worth_workers else 0
+            num_workers = min(_cpu_count(), _MAX_AUTO_WORKERS) if source.worth_workers else 0
         self.num_workers = num_workers
         self.process_index = process_index
         self.process_count = process_count
@@ -234,14 +240,14 @@ class InputPipeline:
         """Endless batches, reshuffled every epoch; ``get_state``/``set_state`` resume it."""
         steps = grain.MapDataset.range(self.steps_per_epoch).repeat(None)
         dataset = steps.map_with_index(self._indexed_train_batch)
-        threads = 1 if self.num_workers else min(8, len(os.sched_getaffinity(0)))
+        threads = 1 if self.num_workers else min(8, _cpu_count())
         return self._iterator(dataset, self.num_workers, threads)
 
     def eval_batches(self) -> grain.DatasetIterator:
         """Every test sample exactly once; the last batch padded, with ``mask``."""
         batches = grain.MapDataset.range(self.num_eval_batches)
         dataset = batches.map_with_index(self._indexed_eval_batch)
-        return self._iterator(dataset, 0, min(8, len(os.sched_getaffinity(0))))
+        return self._iterator(dataset, 0, min(8, _cpu_count()))
 
 
 def dataset_names() -> list[str]:
