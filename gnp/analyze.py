@@ -1,0 +1,569 @@
+"""Analysis of training runs: ``python -m gnp.analyze SUBCOMMAND --working_dir=RUN [...]``.
+
+Also installed as ``gnp-analyze``. Each subcommand reads a run's ``config.json``
+and latest checkpoint, measures it with ``gnp.analysis`` and writes a PNG and a
+JSON of the same stem (the numbers drawn, plus where they came from) to
+``RUN/analysis/``:
+
+  gradient-norm  ‖∇L(θ)‖ over a whole split, and the per-batch norms
+  hessian        top-k Hessian eigenvalues (Lanczos) and the trace (Hutchinson)
+  landscape      the loss along 1 or 2 filter-normalized random directions
+  interpolate    the loss on the segment between two runs' checkpoints
+  alpha-sweep    train one config per α (and r), then plot gradient norm and test
+                 error per epoch for each (Figure 3 of the 2022 paper)
+
+The loss measured is the run's training objective without its randomness:
+mean cross-entropy (with the run's label smoothing) plus the run's L2 term,
+BatchNorm in inference mode (its running statistics), no dropout, no
+augmentation. A fixed function of θ is what a gradient norm, a Hessian or a
+landscape is defined for; the per-step numbers in ``metrics.jsonl`` are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import flags, logging
+from matplotlib.figure import Figure
+from ml_collections import config_flags
+
+from gnp import analysis
+from gnp.analysis.plots import _plain as json_ready
+from gnp.data import InputPipeline, build_input_pipeline
+from gnp.main import _check_override_keys, normalize_argv
+from gnp.optim import l2_penalty
+from gnp.train.checkpoint import Checkpoints
+from gnp.train.config import validate_config
+from gnp.train.loop import build_model, train_and_evaluate
+from gnp.train.metrics import read_metrics
+
+PyTree = Any
+Batch = dict[str, np.ndarray]
+LOSS_DEFINITION = (
+    "mean cross-entropy (with the run's label smoothing) + the run's L2 term; "
+    "BatchNorm in inference mode (running statistics), no dropout, no augmentation"
+)
+# Interpolation goes this far past each run: the loss just outside shows whether a run sits
+# at the bottom of its basin.
+INTERPOLATION_MARGIN = 0.5
+
+
+class RunError(ValueError):
+    """A working directory that is not a usable run; the message says what is missing."""
+
+
+# Reading a run.
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A training run read back from its working directory: config, model and latest state."""
+
+    working_dir: Path
+    config: ml_collections.ConfigDict
+    pipeline: InputPipeline
+    model: nn.Module
+    variables: dict[str, PyTree]  # {"params", "batch_stats"} as host arrays
+    step: int
+    epoch: int
+
+    @property
+    def params(self) -> PyTree:
+        return self.variables["params"]
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "working_dir": str(self.working_dir),
+            "checkpoint_step": self.step,
+            "epoch": self.epoch,
+            "model": self.config.model.model_name,
+            "dataset": self.config.dataset.dataset_name,
+        }
+
+
+def _read_config(working_dir: Path) -> ml_collections.ConfigDict:
+    if not working_dir.is_dir():
+        raise RunError(f"run directory {working_dir} does not exist")
+    path = working_dir / "config.json"
+    if not path.is_file():
+        raise RunError(
+            f"{path} does not exist: {working_dir} is not a training run's --working_dir "
+            "(the trainer writes config.json when it starts)"
+        )
+    return validate_config(ml_collections.ConfigDict(json.loads(path.read_text())))
+
+
+def _read_latest_state(working_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    directory = working_dir / "checkpoints"
+    missing = RunError(
+        f"no checkpoint in {directory}: the run has not saved one yet "
+        "(it saves every save_ckpt_every_n_epochs epochs and at the end)"
+    )
+    if not directory.is_dir():  # Checkpoints() would create it.
+        raise missing
+    checkpoints = Checkpoints(str(directory))
+    try:
+        if checkpoints.latest_step() is None:
+            raise missing
+        return checkpoints.load_latest()
+    finally:
+        checkpoints.close()
+
+
+def load_run(working_dir: str | Path) -> Run:
+    """The run in ``working_dir`` with its latest checkpoint's params and BatchNorm statistics.
+
+    Arrays come back to the host, so a run trained on several devices is read on one.
+    """
+    working_dir = Path(working_dir)
+    config = _read_config(working_dir)
+    state, progress = _read_latest_state(working_dir)
+    pipeline = build_input_pipeline(config)
+    variables = {
+        "params": jax.tree.map(np.asarray, state["params"]),
+        "batch_stats": jax.tree.map(np.asarray, state.get("batch_stats") or {}),
+    }
+    return Run(
+        working_dir=working_dir,
+        config=config,
+        pipeline=pipeline,
+        model=build_model(config, pipeline.info.num_classes),
+        variables=variables,
+        step=int(state["step"]),
+        epoch=int(progress.get("epoch", 0)),
+    )
+
+
+def split_batches(pipeline: InputPipeline, split: str, max_batches: int | None) -> list[Batch]:
+    """Eval-style batches (no augmentation, padded last batch with ``mask``) of one split.
+
+    The training split goes through a pipeline whose test split is the training
+    set, so both splits get the evaluation transform and padding. The batches
+    are held in memory: the Hessian and landscape tools pass over them many times.
+    """
+    if split == "train":
+        source = dataclasses.replace(pipeline.source, test=pipeline.source.train)
+        pipeline = InputPipeline(
+            source,
+            batch_size=pipeline.global_batch_size,
+            eval_batch_size=pipeline.eval_batch_size,
+            seed=pipeline.seed,
+        )
+    return list(itertools.islice(pipeline.eval_batches(), max_batches))
+
+
+def variables_loss(run: Run) -> Callable[[dict[str, PyTree], Batch], jax.Array]:
+    """``loss(variables, batch)``: the objective of ``LOSS_DEFINITION`` as a masked batch mean."""
+    config = run.config
+
+    def loss(variables: dict[str, PyTree], batch: Batch) -> jax.Array:
+        inputs = {"params": variables["params"]}
+        if variables["batch_stats"]:
+            inputs["batch_stats"] = variables["batch_stats"]
+        logits = run.model.apply(inputs, batch["image"], train=False)
+        targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
+        if config.label_smoothing > 0:
+            targets = optax.smooth_labels(targets, config.label_smoothing)
+        mask = jnp.asarray(batch["mask"], jnp.float32)
+        cross_entropy = jnp.sum(optax.softmax_cross_entropy(logits, targets) * mask)
+        l2 = l2_penalty(
+            variables["params"],
+            config.l2_regularization,
+            skip_vectors=config.no_weight_decay_on_bn,
+        )
+        return cross_entropy / jnp.maximum(jnp.sum(mask), 1.0) + l2
+
+    return loss
+
+
+def params_loss(run: Run) -> analysis.data.LossFn:
+    """``loss(params, batch)`` with the run's BatchNorm statistics held fixed."""
+    loss = variables_loss(run)
+    batch_stats = run.variables["batch_stats"]
+    return lambda params, batch: loss({"params": params, "batch_stats": batch_stats}, batch)
+
+
+# Outputs.
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    directory = Path(args.output_dir or Path(args.working_dir) / "analysis")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _write_json(path: Path, numbers: dict[str, Any]) -> None:
+    path.write_text(json.dumps(json_ready(numbers), indent=1) + "\n")
+
+
+def _add_to_json(png: Path, results: dict[str, Any]) -> None:
+    """Adds ``results`` to the JSON the plot wrote beside ``png``: one file per figure."""
+    path = png.with_suffix(".json")
+    _write_json(path, json.loads(path.read_text()) | results)
+
+
+def _measurement(run: Run, split: str, batches: list[Batch]) -> dict[str, Any]:
+    examples = sum(analysis.default_weight(batch) for batch in batches)
+    return {
+        **run.provenance(),
+        "split": split,
+        "num_examples": int(examples),
+        "num_batches": len(batches),
+        "loss_definition": LOSS_DEFINITION,
+    }
+
+
+def _plot_histogram(norms: np.ndarray, full_norm: float, png: Path) -> None:
+    figure = Figure(figsize=(5, 3.5))
+    axes = figure.subplots()
+    axes.hist(norms, bins=max(5, min(50, norms.size // 2)), color="tab:blue", alpha=0.7)
+    axes.axvline(full_norm, color="k", linestyle="--", label=f"whole split ‖∇L‖ = {full_norm:.4g}")
+    axes.set_xlabel("per-batch gradient norm ‖∇L_b‖")
+    axes.set_ylabel("batches")
+    axes.legend()
+    figure.savefig(png, dpi=150, bbox_inches="tight")
+
+
+# Subcommands.
+
+
+def gradient_norm(args: argparse.Namespace) -> None:
+    run = load_run(args.working_dir)
+    batches = split_batches(run.pipeline, args.split, args.max_batches)
+    result = analysis.full_gradient_norm(params_loss(run), run.params, batches)
+    png = _output_dir(args) / "gradient_norm.png"
+    _plot_histogram(result.batch_norms, result.norm, png)
+    _write_json(
+        png.with_suffix(".json"),
+        {
+            **_measurement(run, args.split, batches),
+            **result.summary(),
+            "batch_gradient_norms": result.batch_norms,
+            "batch_sizes": result.batch_weights,
+        },
+    )
+    print(f"‖∇L(θ)‖ = {result.norm:.6g}, L(θ) = {result.loss:.6g} over the {args.split} split")
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+def hessian(args: argparse.Namespace) -> None:
+    run = load_run(args.working_dir)
+    batches = split_batches(run.pipeline, args.split, args.max_batches)
+    operator = analysis.hessian_operator(params_loss(run), run.params, batches)
+    lanczos_key, trace_key = jax.random.split(jax.random.key(args.seed))
+    top = analysis.top_eigenvalues(
+        operator, args.k, key=lanczos_key, num_iterations=args.lanczos_iterations
+    )
+    results = {
+        **_measurement(run, args.split, batches),
+        "num_parameters": operator.size,
+        "lanczos_iterations": top.num_iterations,
+    }
+    title = f"top {args.k} Hessian eigenvalues"
+    if args.trace_probes:
+        trace = analysis.hessian_trace(operator, key=trace_key, num_probes=args.trace_probes)
+        results |= {
+            "trace": trace.mean,
+            "trace_standard_error": trace.standard_error,
+            "trace_samples": trace.samples,
+        }
+        title += f"; trace ≈ {trace.mean:.4g} ± {trace.standard_error:.2g}"
+    png = analysis.plot_eigenvalues(top.eigenvalues, _output_dir(args) / "hessian.png", title=title)
+    _add_to_json(png, results)
+    print(f"top eigenvalues {np.array2string(top.eigenvalues, precision=5)}")
+    if args.trace_probes:
+        print(f"trace {results['trace']:.6g} ± {results['trace_standard_error']:.2g}")
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+def symmetric_grid(span: float, points: int) -> np.ndarray:
+    """``points`` even steps over [-span, span]; an odd count puts exactly 0 in the middle."""
+    half = (points - 1) / 2
+    return span * (np.arange(points) - half) / half
+
+
+def landscape(args: argparse.Namespace) -> None:
+    run = load_run(args.working_dir)
+    batches = split_batches(run.pipeline, args.split, args.max_batches)
+    loss = params_loss(run)
+    coordinates = symmetric_grid(args.span, args.points)
+    keys = jax.random.split(jax.random.key(args.seed), args.dims)
+    directions = [analysis.filter_normalized_direction(key, run.params) for key in keys]
+    png = _output_dir(args) / f"landscape_{args.dims}d.png"
+    results = {**_measurement(run, args.split, batches), "seed": args.seed}
+    if args.dims == 1:
+        values = analysis.loss_slice_1d(
+            loss, run.params, directions[0], batches, coordinates=coordinates
+        )
+        analysis.plot_loss_curve(coordinates, values, png, title="filter-normalized direction")
+    else:
+        values = analysis.loss_slice_2d(
+            loss,
+            run.params,
+            tuple(directions),
+            batches,
+            coordinates_x=coordinates,
+            coordinates_y=coordinates,
+        )
+        analysis.plot_loss_contour(coordinates, coordinates, values, png)
+    _add_to_json(png, results)
+    print(f"loss from {np.nanmin(values):.6g} to {np.nanmax(values):.6g} over the grid")
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+def _check_same_model(run: Run, other: Run) -> None:
+    """Interpolating needs the same parameter shapes and the same data set."""
+    shapes = [jax.tree.map(np.shape, r.variables) for r in (run, other)]
+    if jax.tree.structure(shapes[0]) != jax.tree.structure(shapes[1]) or shapes[0] != shapes[1]:
+        raise RunError(
+            f"{run.working_dir} ({run.config.model.model_name}) and {other.working_dir} "
+            f"({other.config.model.model_name}) have different parameter shapes; "
+            "interpolate between runs of one model"
+        )
+    if run.config.dataset.dataset_name != other.config.dataset.dataset_name:
+        raise RunError(
+            f"{run.working_dir} trained on {run.config.dataset.dataset_name} and "
+            f"{other.working_dir} on {other.config.dataset.dataset_name}; use runs of one data set"
+        )
+
+
+def interpolate(args: argparse.Namespace) -> None:
+    run, other = load_run(args.working_dir), load_run(args.other)
+    _check_same_model(run, other)
+    batches = split_batches(run.pipeline, args.split, args.max_batches)
+    coordinates = np.linspace(-INTERPOLATION_MARGIN, 1 + INTERPOLATION_MARGIN, args.points)
+    # BatchNorm statistics move along the segment with the weights, so both ends are exact.
+    values = analysis.linear_interpolation(
+        variables_loss(run), run.variables, other.variables, batches, coordinates=coordinates
+    )
+    png = _output_dir(args) / f"interpolation_{other.working_dir.resolve().name}.png"
+    analysis.plot_loss_curve(
+        coordinates,
+        values,
+        png,
+        xlabel=f"t (0: {run.working_dir.name}, 1: {other.working_dir.name})",
+    )
+    results = {
+        **_measurement(run, args.split, batches),
+        "other": other.provenance(),
+        "note": "t=0 is working_dir, t=1 is other; params and BatchNorm statistics interpolated; "
+        "the objective (L2, label smoothing) is working_dir's",
+    }
+    _add_to_json(png, results)
+    print(
+        f"loss {values[0]:.6g} at t={coordinates[0]:g}, {values[-1]:.6g} at t={coordinates[-1]:g}"
+    )
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+def _sweep_config(argv: list[str]) -> ml_collections.ConfigDict:
+    """The config file with its ``--config.KEY=VALUE`` overrides, as ``gnp-train`` reads it."""
+    _check_override_keys(argv)
+    flag_values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "config file", flag_values=flag_values, sys_argv=argv
+    )
+    flag_values(argv)
+    return holder.value
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def alpha_sweep(args: argparse.Namespace) -> None:
+    base = _sweep_config(["gnp-analyze", f"--config={args.config}", *args.config_overrides])
+    base.evaluate_every_n_epochs = 1  # A curve needs the test error at every epoch.
+    rs = args.rs or [base.gnp.r]
+    output = Path(args.working_dir)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for r, alpha in itertools.product(rs, args.alphas):
+        config = base.copy_and_resolve_references()
+        config.gnp.r, config.gnp.alpha = r, alpha
+        run_dir = output / f"alpha_{_number(alpha)}_r_{_number(r)}"
+        print(f"α={alpha:g}, r={r:g}: {run_dir}")
+        train_and_evaluate(config, str(run_dir))
+        label = f"α={alpha:g}" if len(rs) == 1 else f"α={alpha:g}, r={r:g}"
+        curves[label] = read_metrics(str(run_dir / "metrics.jsonl"))
+    png = analysis.plot_alpha_sweep(
+        curves,
+        output / "alpha_sweep.png",
+        title=f"{base.model.model_name} on {base.dataset.dataset_name}",
+    )
+    for label, rows in curves.items():
+        last = rows[-1]
+        print(
+            f"{label}: epoch {last['epoch']}, gradient norm {last['gradient_norm']:.4g}, "
+            f"test error {last.get('test_error_rate', float('nan')):.4f}"
+        )
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+# The command line.
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _measured_run_flags() -> argparse.ArgumentParser:
+    """The flags every subcommand that measures one checkpoint takes."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--working_dir", required=True, help="the run's directory")
+    parser.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="data to measure the loss on, without augmentation (default: train)",
+    )
+    parser.add_argument(
+        "--max_batches",
+        type=_at_least(1),
+        default=None,
+        help="use only the first N eval batches of the split (default: all)",
+    )
+    parser.add_argument(
+        "--output_dir", default=None, help="where outputs go (default: WORKING_DIR/analysis)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed for random vectors")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gnp-analyze",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    common = _measured_run_flags()
+
+    def add(name: str, handler: Callable, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=summary, description=summary, allow_abbrev=False, **kwargs
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add(
+        "gradient-norm",
+        gradient_norm,
+        "‖∇L(θ)‖ of the latest checkpoint over a whole split, and the per-batch norms.",
+        parents=[common],
+    )
+    sub = add(
+        "hessian",
+        hessian,
+        "Top-k Hessian eigenvalues (Lanczos) and the trace (Hutchinson) at the latest checkpoint.",
+        parents=[common],
+    )
+    sub.add_argument("--k", type=_at_least(1), default=5, help="eigenvalues to find (default: 5)")
+    sub.add_argument(
+        "--lanczos_iterations",
+        type=_at_least(1),
+        default=None,
+        help="Lanczos steps (default: 3k + 20)",
+    )
+    sub.add_argument(
+        "--trace_probes",
+        type=int,
+        default=50,
+        help="Hutchinson probes, at least 2; 0 skips the trace (default: 50)",
+    )
+    sub = add(
+        "landscape",
+        landscape,
+        "The loss along 1 or 2 filter-normalized random directions from the latest checkpoint.",
+        parents=[common],
+    )
+    sub.add_argument("--dims", type=int, choices=(1, 2), default=1, help="directions (default: 1)")
+    sub.add_argument(
+        "--points", type=_at_least(2), default=21, help="grid points per direction (default: 21)"
+    )
+    sub.add_argument("--span", type=float, default=1.0, help="grid from -span to span (default: 1)")
+    sub = add(
+        "interpolate",
+        interpolate,
+        f"The loss on the line from this run's checkpoint (t=0) to another's (t=1), "
+        f"t in [-{INTERPOLATION_MARGIN:g}, {1 + INTERPOLATION_MARGIN:g}].",
+        parents=[common],
+    )
+    sub.add_argument("--other", required=True, help="the other run's directory (t=1)")
+    sub.add_argument(
+        "--points", type=_at_least(2), default=21, help="points on the line (default: 21)"
+    )
+    sub = add(
+        "alpha-sweep",
+        alpha_sweep,
+        "Train a config once per α (and r) into WORKING_DIR/alpha_<a>_r_<r>/ (finished runs are "
+        "skipped, interrupted ones resume), then plot gradient norm and test error per epoch. "
+        "Further --config.KEY=VALUE flags override the config as in gnp-train; "
+        "evaluate_every_n_epochs is set to 1.",
+    )
+    sub.add_argument("--config", required=True, metavar="PATH", help="a config file")
+    sub.add_argument("--working_dir", required=True, help="the sweep's directory")
+    sub.add_argument(
+        "--alphas", type=_numbers, required=True, help="comma-separated α values, e.g. 0,0.5,0.8,1"
+    )
+    sub.add_argument(
+        "--rs", type=_numbers, default=None, help="comma-separated r values (default: the config's)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str]) -> None:
+    """Runs one subcommand; a bad run directory or config exits with ``error: ...``."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(normalize_argv(list(argv)))
+    overrides = [arg for arg in unknown if arg.startswith("--config.")]
+    if len(overrides) < len(unknown) or (overrides and args.command != "alpha-sweep"):
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown)} "
+            "(only alpha-sweep takes --config.KEY=VALUE)"
+        )
+    args.config_overrides = overrides
+    try:
+        args.handler(args)
+    except ValueError as e:  # RunError, and the trainer's config errors
+        raise SystemExit(f"error: {e}") from None
+
+
+def run() -> None:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,167 @@
+"""``gnp-analyze`` on tiny real training runs of the digits set, checked by hand computations."""
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_train import tiny_config
+
+from gnp import analysis, analyze, models
+from gnp.data.digits import load_digits_split
+from gnp.train.checkpoint import Checkpoints
+from gnp.train.loop import train_and_evaluate
+
+L2 = 5e-4  # the default config's l2_regularization, on every parameter
+DEFAULT_CONFIG = Path(analyze.__file__).parent / "configs" / "default.py"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    working_dir = tmp_path_factory.mktemp("run")
+    train_and_evaluate(tiny_config(total_epochs=2, l2_regularization=L2), str(working_dir))
+    return working_dir
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    working_dir = tmp_path_factory.mktemp("sweep")
+    analyze.main(
+        [
+            "alpha-sweep",
+            f"--config={DEFAULT_CONFIG}",
+            f"--working_dir={working_dir}",
+            "--alphas=0,1",
+            "--config.total_epochs=1",
+            "--config.warmup_epochs=0",
+            "--config.batch_size=256",
+            "--config.save_ckpt_every_n_epochs=1",
+        ]
+    )
+    return working_dir
+
+
+def hand_loss(working_dir):
+    """L(θ) of a checkpoint over all 360 test digits in one batch, written out by hand."""
+    state, _ = Checkpoints(os.path.join(working_dir, "checkpoints")).load_latest()
+    state = jax.tree.map(np.asarray, state)  # restored arrays keep the training mesh's sharding
+    split = load_digits_split()
+    train_pixels = split["train"][0] / 255.0
+    images = (split["test"][0] / 255.0 - train_pixels.mean()) / train_pixels.std()
+    labels = split["test"][1]
+    model = models.get_model("SmallCNN", num_classes=10)
+
+    def loss(params):
+        variables = {"params": params, "batch_stats": state["batch_stats"]}
+        logits = model.apply(variables, jnp.asarray(images, jnp.float32), train=False)
+        cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        squares = sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
+        return cross_entropy + 0.5 * L2 * squares
+
+    return loss, state["params"]
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_gradient_norm_equals_a_direct_computation(run_dir):
+    analyze.main(["gradient-norm", f"--working_dir={run_dir}", "--split=test"])
+    numbers = read_json(run_dir / "analysis" / "gradient_norm.json")
+    loss, params = hand_loss(run_dir)
+    value, gradient = jax.value_and_grad(loss)(params)
+    expected = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(gradient)))
+    assert numbers["num_examples"] == 360
+    assert numbers["loss"] == pytest.approx(float(value), rel=1e-5)
+    assert numbers["gradient_norm"] == pytest.approx(float(expected), rel=1e-4)
+    assert len(numbers["batch_gradient_norms"]) == numbers["num_batches"] == 2
+    assert (run_dir / "analysis" / "gradient_norm.png").stat().st_size > 0
+
+
+def test_hessian_lanczos_agrees_with_power_iteration(run_dir):
+    analyze.main(
+        ["hessian", f"--working_dir={run_dir}", "--split=test", "--k=2", "--trace_probes=4"]
+    )
+    numbers = read_json(run_dir / "analysis" / "hessian.json")
+    eigenvalues = numbers["eigenvalues"]["eigenvalues"]
+    assert len(eigenvalues) == 2 and eigenvalues[0] >= eigenvalues[1]
+    assert len(numbers["trace_samples"]) == 4
+
+    run = analyze.load_run(run_dir)
+    batches = analyze.split_batches(run.pipeline, "test", None)
+    operator = analysis.hessian_operator(analyze.params_loss(run), run.params, batches)
+    power = analysis.power_iteration(operator, key=jax.random.key(7), num_iterations=200)
+    assert eigenvalues[0] == pytest.approx(float(power.eigenvalues[0]), rel=0.03)
+
+
+def test_landscape_at_zero_is_the_loss_at_theta(run_dir):
+    loss, params = hand_loss(run_dir)
+    at_theta = float(loss(params))
+    for dims in (1, 2):
+        flags = ["--split=test", f"--dims={dims}", "--points=3", "--span=0.5"]
+        analyze.main(["landscape", f"--working_dir={run_dir}", *flags])
+    curve = read_json(run_dir / "analysis" / "landscape_1d.json")
+    assert curve["coordinates"] == [-0.5, 0.0, 0.5]
+    assert curve["losses"]["loss"][1] == pytest.approx(at_theta, rel=1e-5)
+    assert curve["split"] == "test" and curve["checkpoint_step"] == 10
+    plane = read_json(run_dir / "analysis" / "landscape_2d.json")
+    assert plane["values"][1][1] == pytest.approx(at_theta, rel=1e-5)
+    # A filter-normalized step of half of every filter's norm raises the loss.
+    assert min(curve["losses"]["loss"][0], curve["losses"]["loss"][2]) > at_theta
+
+
+def test_alpha_sweep_draws_one_curve_per_alpha(sweep_dir):
+    assert sorted(os.listdir(sweep_dir)) == [
+        "alpha_0_r_0.05",
+        "alpha_1_r_0.05",
+        "alpha_sweep.json",
+        "alpha_sweep.png",
+    ]
+    curves = read_json(sweep_dir / "alpha_sweep.json")["curves"]
+    assert sorted(curves) == ["α=0", "α=1"]
+    for label, alpha in (("α=0", 0.0), ("α=1", 1.0)):
+        (epoch,) = curves[label]
+        assert epoch["epoch"] == 1 and epoch["alpha"] == alpha
+        assert 0 <= epoch["test_error_rate"] <= 1 and epoch["gradient_norm"] > 0
+    config = read_json(sweep_dir / "alpha_1_r_0.05" / "config.json")
+    assert config["evaluate_every_n_epochs"] == 1 and config["total_epochs"] == 1
+    assert (sweep_dir / "alpha_sweep.png").stat().st_size > 0
+
+
+def test_interpolation_ends_are_the_two_runs(sweep_dir):
+    run_a, run_b = sweep_dir / "alpha_0_r_0.05", sweep_dir / "alpha_1_r_0.05"
+    flags = ["--split=test", "--points=5"]
+    analyze.main(["interpolate", f"--working_dir={run_a}", f"--other={run_b}", *flags])
+    numbers = read_json(run_a / "analysis" / "interpolation_alpha_1_r_0.05.json")
+    assert numbers["coordinates"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    losses = numbers["losses"]["loss"]
+    for index, run in ((1, run_a), (3, run_b)):
+        loss, params = hand_loss(run)
+        assert losses[index] == pytest.approx(float(loss(params)), rel=1e-5)
+
+
+def test_errors_name_what_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        analyze.main(["gradient-norm", f"--working_dir={tmp_path / 'absent'}"])
+    with pytest.raises(SystemExit, match=r"config\.json does not exist"):
+        analyze.main(["hessian", f"--working_dir={tmp_path}"])
+    config = tiny_config()
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        analyze.main(["landscape", f"--working_dir={tmp_path}"])
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_usage_errors_exit_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        analyze.main(["sharpness", "--working_dir=x"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'sharpness'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        analyze.main(["gradient-norm", "--working_dir=x", "--config.total_epochs=1"])
+    assert exit_info.value.code == 2
+    assert "only alpha-sweep takes" in capsys.readouterr().err
