@@ -4,7 +4,7 @@
 training loop; ``python -m gnp.main`` is the training framework built on it.
 """
 
-from gnp.gradient import ascent_direction, global_norm, value_and_grad
+from gnp.gradient import ascent_direction, global_norm, penalized_gradient, value_and_grad
 
-__all__ = ["ascent_direction", "global_norm", "value_and_grad"]
+__all__ = ["ascent_direction", "global_norm", "penalized_gradient", "value_and_grad"]
 __version__ = "0.1.0"

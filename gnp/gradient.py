@@ -85,6 +85,83 @@ def _mean_over_axis(tree: PyTree, axis_name: str | None) -> PyTree:
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+def _check_options(method: str, perturbation: str, normalize_reference: bool) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}")
+    if method == "exact" and (perturbation != "sam" or normalize_reference):
+        raise ValueError(
+            "method='exact' is the gradient of L + λ‖∇L‖ and takes perturbation='sam' "
+            "with normalize_reference=False; use method='finite_difference' for the others"
+        )
+
+
+def penalized_gradient(
+    clean_value_and_grad: Callable[[PyTree], tuple[Any, PyTree]],
+    gradient_at: Callable[[PyTree], PyTree],
+    params: PyTree,
+    *,
+    r: float | jax.Array,
+    alpha: float | jax.Array,
+    method: Method = "finite_difference",
+    perturbation: Perturbation = "sam",
+    eta: float = 0.01,
+    normalize_reference: bool = False,
+    axis_name: str | None = None,
+) -> tuple[Any, PyTree, PyTree]:
+    """The GNP math on two gradient passes given as functions: ``(value, grads, g1)``.
+
+    ``value_and_grad`` is this with both passes taken from one loss. Use it
+    directly when a pass is not one call of a loss, e.g. a gradient accumulated
+    over micro-batches: then the perturbation comes from the gradient of the
+    whole accumulated batch, as if it had been one batch.
+
+    Args:
+      clean_value_and_grad: ``θ ↦ (value, ∇L(θ))``; ``value`` is passed through.
+      gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point.
+      Other arguments as in ``value_and_grad``.
+    """
+    _check_options(method, perturbation, normalize_reference)
+
+    def without_penalty() -> tuple[Any, PyTree, PyTree]:
+        value, grads = clean_value_and_grad(params)
+        return value, grads, grads
+
+    def finite_difference() -> tuple[Any, PyTree, PyTree]:
+        value, g1 = clean_value_and_grad(params)
+        reference = _mean_over_axis(g1, axis_name)
+        step = ascent_direction(params, reference, perturbation, eta)
+        perturbed = jax.tree.map(
+            lambda p, d: (p.astype(_norm_dtype(p.dtype)) + r * d).astype(p.dtype), params, step
+        )
+        g2 = gradient_at(perturbed)
+        mixed = _scale(g1, _safe_inverse(global_norm(reference))) if normalize_reference else g1
+        grads = jax.tree.map(
+            lambda a, b: ((1 - alpha) * a.astype(_norm_dtype(a.dtype)) + alpha * b).astype(a.dtype),
+            mixed,
+            g2,
+        )
+        return value, grads, g1
+
+    def exact() -> tuple[Any, PyTree, PyTree]:
+        value, g1 = clean_value_and_grad(params)
+        direction = ascent_direction(params, _mean_over_axis(g1, axis_name), "sam", eta)
+        _, hvp = jax.jvp(gradient_at, (params,), (direction,))
+        grads = jax.tree.map(lambda g, h: (g + alpha * r * h).astype(g.dtype), g1, hvp)
+        return value, grads, g1
+
+    penalized = finite_difference if method == "finite_difference" else exact
+    r_zero, alpha_zero = _is_concrete_zero(r), _is_concrete_zero(alpha)
+    if r_zero or alpha_zero:
+        return without_penalty()
+    if r_zero is False and alpha_zero is False:
+        return penalized()
+    # Traced r or α: both branches are compiled once, and the zero case stays exact.
+    is_plain = jnp.logical_or(jnp.asarray(r) == 0, jnp.asarray(alpha) == 0)
+    return jax.lax.cond(is_plain, without_penalty, penalized)
+
+
 def value_and_grad(
     loss_fn: Callable[..., Any],
     *,
@@ -135,73 +212,33 @@ def value_and_grad(
       ``(value, grads, clean_grads)`` with ``return_clean_grad``.
       With ``r == 0`` or ``alpha == 0`` it is exactly ``jax.value_and_grad``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if perturbation not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}")
-    if method == "exact" and (perturbation != "sam" or normalize_reference):
-        raise ValueError(
-            "method='exact' is the gradient of L + λ‖∇L‖ and takes perturbation='sam' "
-            "with normalize_reference=False; use method='finite_difference' for the others"
-        )
+    _check_options(method, perturbation, normalize_reference)
     second_loss_fn = loss_fn if perturbed_loss_fn is None else perturbed_loss_fn
     plain = jax.value_and_grad(loss_fn, has_aux=has_aux)
     with_aux = loss_fn if has_aux else lambda *a, **k: (loss_fn(*a, **k), None)
     clean = jax.value_and_grad(with_aux, has_aux=True)
 
-    def gradient_only(params: PyTree, *args: Any, **kwargs: Any) -> PyTree:
-        grads = jax.grad(second_loss_fn, has_aux=has_aux)(params, *args, **kwargs)
-        return grads[0] if has_aux else grads
+    def value_and_gnp_grad(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        if not return_clean_grad and (_is_concrete_zero(r) or _is_concrete_zero(alpha)):
+            return plain(params, *args, **kwargs)
 
-    def finite_difference(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, PyTree]:
-        value, g1 = clean(params, *args, **kwargs)
-        reference = _mean_over_axis(g1, axis_name)
-        step = ascent_direction(params, reference, perturbation, eta)
-        perturbed = jax.tree.map(
-            lambda p, d: (p.astype(_norm_dtype(p.dtype)) + r * d).astype(p.dtype), params, step
+        def gradient_at(point: PyTree) -> PyTree:
+            grads = jax.grad(second_loss_fn, has_aux=has_aux)(point, *args, **kwargs)
+            return grads[0] if has_aux else grads
+
+        value, grads, clean_grads = penalized_gradient(
+            lambda p: clean(p, *args, **kwargs),
+            gradient_at,
+            params,
+            r=r,
+            alpha=alpha,
+            method=method,
+            perturbation=perturbation,
+            eta=eta,
+            normalize_reference=normalize_reference,
+            axis_name=axis_name,
         )
-        g2 = gradient_only(perturbed, *args, **kwargs)
-        mixed = _scale(g1, _safe_inverse(global_norm(reference))) if normalize_reference else g1
-        grads = jax.tree.map(
-            lambda a, b: ((1 - alpha) * a.astype(_norm_dtype(a.dtype)) + alpha * b).astype(a.dtype),
-            mixed,
-            g2,
-        )
-        return value, grads, g1
-
-    def exact(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, PyTree]:
-        value, g1 = clean(params, *args, **kwargs)
-        direction = ascent_direction(params, _mean_over_axis(g1, axis_name), "sam", eta)
-        _, hvp = jax.jvp(lambda p: gradient_only(p, *args, **kwargs), (params,), (direction,))
-        grads = jax.tree.map(lambda g, h: (g + alpha * r * h).astype(g.dtype), g1, hvp)
-        return value, grads, g1
-
-    penalized = finite_difference if method == "finite_difference" else exact
-
-    def without_penalty(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, PyTree, PyTree]:
-        value, grads = clean(params, *args, **kwargs)
-        return value, grads, grads
-
-    def unwrap(result: tuple[Any, PyTree, PyTree]) -> tuple[Any, ...]:
-        value, grads, clean_grads = result
         value = value if has_aux else value[0]
         return (value, grads, clean_grads) if return_clean_grad else (value, grads)
-
-    def value_and_gnp_grad(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        r_zero, alpha_zero = _is_concrete_zero(r), _is_concrete_zero(alpha)
-        if r_zero or alpha_zero:
-            if not return_clean_grad:
-                return plain(params, *args, **kwargs)
-            return unwrap(without_penalty(params, *args, **kwargs))
-        if r_zero is False and alpha_zero is False:
-            return unwrap(penalized(params, *args, **kwargs))
-        # Traced r or α: both branches are compiled once, the zero case stays exact.
-        is_plain = jnp.logical_or(jnp.asarray(r) == 0, jnp.asarray(alpha) == 0)
-        result = jax.lax.cond(
-            is_plain,
-            lambda: without_penalty(params, *args, **kwargs),
-            lambda: penalized(params, *args, **kwargs),
-        )
-        return unwrap(result)
 
     return value_and_gnp_grad

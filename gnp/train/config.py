@@ -53,6 +53,11 @@ def validate_config(config: Any) -> Any:
             f"batch_size {config.batch_size} must divide by the {devices} devices; "
             f"use a multiple of {devices}"
         )
+    if config.grad_accum_steps < 1 or config.batch_size % (devices * config.grad_accum_steps):
+        raise ValueError(
+            f"grad_accum_steps {config.grad_accum_steps} must be at least 1 and divide each "
+            f"device's batch ({config.batch_size} / {devices} devices)"
+        )
     eval_batch = config.eval_batch_size or config.batch_size
     config.eval_batch_size = -(-eval_batch // devices) * devices  # round up: padding is masked
     return config

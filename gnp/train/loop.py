@@ -141,6 +141,7 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
             no_weight_decay_on_bn=config.no_weight_decay_on_bn,
         ),
         gr=gr,
+        accumulation_steps=config.grad_accum_steps,
         gnp_options=GNPOptions(
             method=config.gnp.method,
             perturbation=config.gnp.perturbation,

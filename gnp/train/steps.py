@@ -65,11 +65,16 @@ def _supports_true_gradient(model: nn.Module) -> bool:
 
 
 def make_loss_fn(
-    model: nn.Module, loss_config: LossConfig, images: jax.Array, labels: jax.Array, rngs: dict
-) -> Callable[..., tuple[jax.Array, tuple]]:
-    """``loss(params, batch_stats, true_gradient)`` → (objective, (new_batch_stats, logits, ce))."""
+    model: nn.Module, loss_config: LossConfig
+) -> Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]:
+    """``loss(params, batch_stats, images, labels, rngs, true_gradient)``.
 
-    def loss_fn(params: PyTree, batch_stats: PyTree, true_gradient: bool = False):
+    Returns ``(objective, (new_batch_stats, metrics))``: the objective is the
+    (label-smoothed) cross-entropy plus the L2 term, the metrics the plain
+    cross-entropy and error rate of this batch.
+    """
+
+    def loss_fn(params, batch_stats, images, labels, rngs, true_gradient=False):
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
@@ -86,13 +91,85 @@ def make_loss_fn(
             loss_config.l2_regularization,
             skip_vectors=loss_config.no_weight_decay_on_bn,
         )
-        return objective, (updates.get("batch_stats", batch_stats), logits, cross_entropy)
+        metrics = {
+            "train_loss": optax.softmax_cross_entropy(logits, labels).mean(),
+            "train_error_rate": jnp.mean(jnp.argmax(logits, -1) != jnp.argmax(labels, -1)),
+        }
+        return objective, (updates.get("batch_stats", batch_stats), metrics)
 
     return loss_fn
 
 
-def _error_rate(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.argmax(logits, -1) != jnp.argmax(labels, -1))
+def _micro_batches(tree: PyTree, count: int) -> PyTree:
+    """[B, ...] → [count, B/count, ...]."""
+    return jax.tree.map(lambda x: x.reshape(count, x.shape[0] // count, *x.shape[1:]), tree)
+
+
+def _tree_mean(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
+
+
+def make_gradient_passes(
+    loss_fn: Callable[..., Any],
+    batch_stats: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    rng: jax.Array,
+    *,
+    accumulation_steps: int,
+    true_gradient_first: bool,
+) -> tuple[Callable, Callable]:
+    """The clean pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ ∇L(θ')``.
+
+    With ``accumulation_steps`` > 1 each pass walks the micro-batches in a scan,
+    so only one micro-batch's activations live at a time, and returns the mean
+    gradient: exactly the whole batch's gradient (for models without
+    BatchNorm; with it, each micro-batch normalizes by its own statistics and
+    updates the running statistics in turn, as PyTorch accumulation does).
+    Micro-batch i uses the same random draws in both passes.
+    """
+
+    def rngs_for(index: jax.Array | int) -> dict[str, jax.Array]:
+        key = jax.random.fold_in(rng, index)
+        return {name: jax.random.fold_in(key, i) for i, name in enumerate(RNG_STREAMS)}
+
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    if accumulation_steps == 1:
+        rngs = rngs_for(0)
+
+        def clean(params):
+            return value_and_grad(params, batch_stats, images, labels, rngs, true_gradient_first)
+
+        def perturbed(params):
+            return value_and_grad(params, batch_stats, images, labels, rngs, False)[1]
+
+        return clean, perturbed
+
+    micro = _micro_batches((images, labels), accumulation_steps)
+    indices = jnp.arange(accumulation_steps)
+
+    def clean(params):
+        def body(stats, xs):
+            index, (x, y) = xs
+            (objective, (stats, metrics)), grads = value_and_grad(
+                params, stats, x, y, rngs_for(index), true_gradient_first
+            )
+            return stats, (objective, metrics, grads)
+
+        stats, (objectives, metrics, grads) = jax.lax.scan(body, batch_stats, (indices, micro))
+        return (jnp.mean(objectives), (stats, _tree_mean(metrics))), _tree_mean(grads)
+
+    def perturbed(params):
+        def body(total, xs):
+            index, (x, y) = xs
+            grads = value_and_grad(params, batch_stats, x, y, rngs_for(index), False)[1]
+            return jax.tree.map(jnp.add, total, grads), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        total, _ = jax.lax.scan(body, zeros, (indices, micro))
+        return jax.tree.map(lambda g: g / accumulation_steps, total)
+
+    return clean, perturbed
 
 
 def make_train_step(
@@ -105,48 +182,47 @@ def make_train_step(
     gr: GRSchedule,
     gnp_options: GNPOptions,
     penalized: bool,
+    accumulation_steps: int = 1,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """One jitted step; ``penalized`` picks the GNP step or the plain one (each compiles once)."""
+    loss_fn = make_loss_fn(model, loss_config)
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
         rng = jax.random.fold_in(
             jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS)
         )
-        rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(RNG_STREAMS)}
-        loss_fn = make_loss_fn(model, loss_config, images, labels, rngs)
-        true_gradient = _supports_true_gradient(model)
+        clean, perturbed = make_gradient_passes(
+            loss_fn,
+            state.batch_stats,
+            images,
+            labels,
+            rng,
+            accumulation_steps=accumulation_steps,
+            true_gradient_first=penalized and _supports_true_gradient(model),
+        )
         if penalized:
             r, alpha = gr.values(state.step)
-            grad_fn = gnp.value_and_grad(
-                lambda p, s: loss_fn(p, s, true_gradient),
-                perturbed_loss_fn=lambda p, s: loss_fn(p, s, False),
+            (_, (batch_stats, metrics)), grads, clean_grads = gnp.penalized_gradient(
+                clean,
+                perturbed,
+                state.params,
                 r=r,
                 alpha=alpha,
-                has_aux=True,
                 method=gnp_options.method,
                 perturbation=gnp_options.perturbation,
                 eta=gnp_options.eta,
                 normalize_reference=gnp_options.normalize_reference,
                 axis_name=AXIS if gnp_options.sync_perturbations else None,
-                return_clean_grad=True,
-            )
-            (_, (batch_stats, logits, cross_entropy)), grads, clean_grads = grad_fn(
-                state.params, state.batch_stats
             )
         else:
             r = alpha = jnp.zeros((), jnp.float32)
-            (_, (batch_stats, logits, cross_entropy)), grads = jax.value_and_grad(
-                loss_fn, has_aux=True
-            )(state.params, state.batch_stats)
+            (_, (batch_stats, metrics)), grads = clean(state.params)
             clean_grads = grads
-        grads, clean_grads, batch_stats = jax.lax.pmean((grads, clean_grads, batch_stats), AXIS)
+        grads, clean_grads, batch_stats, metrics = jax.lax.pmean(
+            (grads, clean_grads, batch_stats, metrics), AXIS
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "train_loss": cross_entropy,
-            "train_error_rate": _error_rate(logits, labels),
-        }
-        metrics = jax.lax.pmean(metrics, AXIS)
         metrics |= {
             "gradient_norm": gnp.global_norm(clean_grads),
             "update_norm": gnp.global_norm(updates),
