@@ -1,8 +1,8 @@
 """The model zoo: every family registers its names on import.
 
-    from gnp import models
-    models.names()
-    module = models.get_model("WideResNet_28_10", num_classes=10)
+from gnp import models
+models.names()
+module = models.get_model("WideResNet_28_10", num_classes=10)
 """
 
 from gnp.models import (  # noqa: F401  (each registers its names)

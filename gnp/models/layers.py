@@ -32,7 +32,8 @@ def _mix_with_shaken_gradient(
     """Value of ``forward``; gradient of ``backward`` unless ``true_gradient``."""
     if true_gradient:
         return forward
-    return backward + jax.lax.stop_gradient(forward - backward)
+    # forward + (an exact zero), not backward + (forward − backward), which would round.
+    return jax.lax.stop_gradient(forward) + (backward - jax.lax.stop_gradient(backward))
 
 
 def _per_example_uniform(key: jax.Array, x: jnp.ndarray, low: float, high: float) -> jnp.ndarray:

@@ -1,0 +1,247 @@
+"""What the trainer relies on from every family, on tiny variants: shapes, dtypes, RNG streams,
+train/eval behaviour, Shake-Shake/ShakeDrop semantics, and that a few SGD steps reduce the loss."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gnp import models
+from gnp.models.layers import DropPath, shake_drop, shake_shake
+
+NUM_CLASSES = 5
+IMAGE_SIZE = 16
+
+# family -> (registered name, kwargs shrinking it to a few thousand parameters)
+SMALL = {
+    "vgg": ("VGG16BN", dict(stage_sizes=(1, 1, 1), width=4, hidden_size=16)),
+    "resnet": ("ResNet18", dict(stage_sizes=(1, 1), width=4)),
+    "resnet_bottleneck": ("ResNet50", dict(stage_sizes=(1, 1), width=4)),
+    "wide_resnet": ("WideResNet_16_4", dict(depth=10, widen_factor=1)),
+    "shake_shake": ("WideResNet_2_96_ShakeShake", dict(depth=8, widen_factor=1)),
+    "pyramidnet": ("PyramidNet_164_48", dict(depth=11, alpha=12)),
+    "shake_drop": ("PyramidNet_164_48_ShakeDrop", dict(depth=11, alpha=12)),
+    "vit": ("ViT_TI16", dict(hidden_size=16, depth=2, num_heads=2, mlp_dim=32)),
+    # 16px, 2×2 patches: an 8×8 map, so the first stage really shifts and masks its windows.
+    "swin": (
+        "Swin_Tiny",
+        dict(embed_dim=8, depths=(2, 2), num_heads=(1, 2), attention_dropout_rate=0.0),
+    ),
+    "cait": ("CaiT_XXS12", dict(embed_dim=16, depth=2, num_heads=2)),
+}
+TRAINED = ["vgg", "resnet", "wide_resnet", "shake_drop", "vit", "swin", "cait"]
+
+
+def key(seed: int) -> jax.Array:
+    # XLA compiles the "rbg" generator several times faster than threefry on CPU.
+    return jax.random.key(seed, impl="rbg")
+
+
+def rngs(seed: int = 0) -> dict[str, jax.Array]:
+    keys = jax.random.split(key(seed), 3)
+    return dict(zip(("dropout", "drop_path", "shake"), keys, strict=True))
+
+
+def images(batch: int = 4, seed: int = 1) -> jnp.ndarray:
+    return jax.random.normal(jax.random.key(seed), (batch, IMAGE_SIZE, IMAGE_SIZE, 3))
+
+
+def small_model(family: str, **overrides):
+    name, kwargs = SMALL[family]
+    return models.get_model(name, num_classes=NUM_CLASSES, **{**kwargs, **overrides})
+
+
+def init(module, x: jnp.ndarray):
+    return module.init(key(0), x, train=False)
+
+
+# Each test compiles one function: compiling dominates these tiny models' cost on CPU.
+
+
+@pytest.mark.parametrize("family", SMALL)
+def test_forward_shapes_and_train_eval_difference(family):
+    module = small_model(family)
+
+    @jax.jit
+    def forward(x, rngs):
+        variables = init(module, x)
+        eval_logits = module.apply(variables, x, train=False)
+        train_logits, updates = module.apply(
+            variables, x, train=True, rngs=rngs, mutable=["batch_stats"]
+        )
+        return variables, eval_logits, train_logits, updates
+
+    variables, eval_logits, train_logits, updates = forward(images(), rngs())
+    for logits in (eval_logits, train_logits):
+        assert logits.shape == (4, NUM_CLASSES) and logits.dtype == jnp.float32
+        assert np.all(np.isfinite(logits))
+    has_batch_norm = "batch_stats" in variables
+    assert set(updates) == ({"batch_stats"} if has_batch_norm else set())
+    if has_batch_norm:  # training normalizes with batch statistics and updates the running ones
+        before, after = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updates)
+        assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    # With dropout rates at zero, only BatchNorm and shake noise tell training from eval.
+    random_in_training = has_batch_norm or family in ("shake_shake", "shake_drop")
+    assert np.allclose(train_logits, eval_logits, rtol=1e-5, atol=1e-6) != random_in_training
+
+
+@pytest.mark.parametrize("family", SMALL)
+def test_bfloat16_compute_keeps_float32_params_and_logits(family):
+    module = small_model(family, dtype=jnp.bfloat16)
+    x = images()
+    logits, variables = jax.eval_shape(
+        lambda: module.init_with_output(jax.random.key(0), x, train=False)
+    )
+    assert logits.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, x, train=False))(variables))
+    assert "bf16" in jaxpr
+
+
+@pytest.mark.parametrize(
+    "rate", [dict(dropout_rate=0.5), dict(attention_dropout_rate=0.5), dict(drop_path_rate=0.5)]
+)
+def test_dropout_and_drop_path_act_in_training_only(rate):
+    module = small_model("vit", **rate)
+
+    @jax.jit
+    def forward(x):
+        variables = init(module, x)
+        train = lambda seed: module.apply(variables, x, train=True, rngs=rngs(seed))
+        return module.apply(variables, x, train=False), train(0), train(1), train(0)
+
+    eval_logits, first, second, first_again = forward(images())
+    assert not np.allclose(first, eval_logits)
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(first, first_again)
+
+
+def test_shake_shake_by_hand():
+    a, b = jax.random.normal(jax.random.key(0), (2, 64, 3, 3, 2))
+    np.testing.assert_allclose(
+        shake_shake(a, b, key=None, train=False, true_gradient=False), (a + b) / 2
+    )
+    mixed = shake_shake(a, b, key=jax.random.key(1), train=True, true_gradient=False)
+    gate = (mixed - b) / (a - b)  # one gate per example, in [0, 1]
+    np.testing.assert_allclose(gate, np.broadcast_to(gate[:, :1, :1, :1], gate.shape), rtol=1e-4)
+    assert np.all((gate >= -1e-5) & (gate <= 1 + 1e-5))
+    # Over many examples the gates average to the eval value's 1/2.
+    assert abs(float(gate[:, 0, 0, 0].mean()) - 0.5) < 0.15
+
+
+def test_shake_drop_by_hand():
+    x = jnp.ones((2000, 1, 1, 1))
+    survival = 0.7
+    np.testing.assert_allclose(
+        shake_drop(x, survival=survival, key=None, train=False, true_gradient=False), 0.7 * x
+    )
+    # E[b + α − bα] with α ~ U[0, 1]: p + 1/2 − p/2.
+    np.testing.assert_allclose(
+        shake_drop(x, survival=0.7, key=None, train=False, true_gradient=False,
+                   alpha_range=(0.0, 1.0)),
+        (0.7 + 0.5 - 0.35) * x,
+    )  # fmt: skip
+    coefficient = shake_drop(
+        x, survival=survival, key=jax.random.key(0), train=True, true_gradient=False
+    ).ravel()
+    kept = coefficient == 1.0  # b = 1: the branch passes unchanged
+    assert abs(float(kept.mean()) - survival) < 0.05
+    shaken = coefficient[~kept]  # b = 0: α ~ U[−1, 1]
+    assert np.all(np.abs(shaken) <= 1.0) and abs(float(shaken.mean())) < 0.1
+    assert abs(float(coefficient.mean()) - survival) < 0.05
+
+
+@pytest.mark.parametrize("true_gradient", [True, False])
+def test_shake_gradient_uses_forward_coefficient_only_with_true_gradient(true_gradient):
+    shake_key = jax.random.key(3)
+    a, b = jax.random.normal(jax.random.key(0), (2, 8, 2, 2, 1))
+    forward = shake_shake(a, b, key=shake_key, train=True, true_gradient=true_gradient)
+    forward_gate = (forward - b) / (a - b)
+    grad_a = jax.grad(
+        lambda a: shake_shake(a, b, key=shake_key, train=True, true_gradient=true_gradient).sum()
+    )(a)
+    assert np.allclose(grad_a, forward_gate, rtol=1e-4) == true_gradient
+
+    x = jnp.ones((64, 1, 1, 1))
+    drop = lambda x: shake_drop(
+        x, survival=0.5, key=shake_key, train=True, true_gradient=true_gradient
+    )
+    assert np.allclose(jax.grad(lambda x: drop(x).sum())(x), drop(x)) == true_gradient
+
+
+@pytest.mark.parametrize("family", ["shake_shake", "shake_drop"])
+def test_true_gradient_changes_only_the_backward_pass(family):
+    module = small_model(family)
+    assert module.supports_true_gradient
+    x = images(batch=16)  # ShakeDrop keeps whole branches: more examples, fewer ties
+
+    @jax.jit
+    def gradients_and_eval(x):
+        variables = init(module, x)
+
+        def loss(params, true_gradient):
+            logits, _ = module.apply(
+                {**variables, "params": params},
+                x,
+                train=True,
+                rngs=rngs(),
+                mutable=["batch_stats"],
+                true_gradient=true_gradient,
+            )
+            return jnp.sum(logits**2), logits
+
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+        evals = [module.apply(variables, x, train=False, true_gradient=t) for t in (False, True)]
+        return grad_fn(variables["params"], False), grad_fn(variables["params"], True), evals
+
+    ((_, shaken_logits), shaken), ((_, true_logits), true), evals = gradients_and_eval(x)
+    np.testing.assert_allclose(shaken_logits, true_logits, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ravel(shaken), ravel(true))
+    np.testing.assert_array_equal(*evals)  # eval is the deterministic expectation either way
+
+
+def ravel(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+def test_drop_path_drops_whole_examples():
+    x = jnp.ones((1000, 3, 3, 2))
+    y = DropPath(0.25).apply({}, x, deterministic=False, rngs={"drop_path": jax.random.key(0)})
+    per_example = np.asarray(y).reshape(1000, -1)
+    assert np.all((per_example == 0).all(1) | np.isclose(per_example, 1 / 0.75).all(1))
+    assert abs(float((per_example[:, 0] == 0).mean()) - 0.25) < 0.05
+
+
+@pytest.mark.parametrize("family", TRAINED)
+def test_a_few_sgd_steps_reduce_the_loss(family):
+    module = small_model(family)
+    x = images(batch=8)
+    labels = jnp.arange(8) % NUM_CLASSES
+    optimizer = optax.sgd(0.05)
+
+    def loss_fn(params, state):
+        logits, updates = module.apply(
+            {"params": params, **state}, x, train=True, rngs=rngs(), mutable=["batch_stats"]
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, {**state, **updates}
+
+    def step(carry, _):
+        params, state, opt_state = carry
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), state, opt_state), loss
+
+    @jax.jit
+    def train(x):
+        variables = init(module, x)
+        params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+        _, losses = jax.lax.scan(step, (params, state, optimizer.init(params)), length=10)
+        return losses
+
+    losses = np.asarray(train(x))
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0], losses
