@@ -110,7 +110,11 @@ def penalized_gradient(
     normalize_reference: bool = False,
     axis_name: str | None = None,
 ) -> tuple[Any, PyTree, PyTree]:
-    """The GNP math on two gradient passes given as functions: ``(value, grads, g1)``.
+    """The GNP math on two gradient passes given as functions: ``(value, grads, reference)``.
+
+    ``reference`` is the gradient the perturbation was computed from: ``∇L(θ)``
+    of the clean pass, averaged over ``axis_name`` when one is given (so a
+    trainer can log its norm without another all-reduce).
 
     ``value_and_grad`` is this with both passes taken from one loss. Use it
     directly when a pass is not one call of a loss, e.g. a gradient accumulated
@@ -142,14 +146,15 @@ def penalized_gradient(
             mixed,
             g2,
         )
-        return value, grads, g1
+        return value, grads, reference
 
     def exact() -> tuple[Any, PyTree, PyTree]:
         value, g1 = clean_value_and_grad(params)
-        direction = ascent_direction(params, _mean_over_axis(g1, axis_name), "sam", eta)
+        reference = _mean_over_axis(g1, axis_name)
+        direction = ascent_direction(params, reference, "sam", eta)
         _, hvp = jax.jvp(gradient_at, (params,), (direction,))
         grads = jax.tree.map(lambda g, h: (g + alpha * r * h).astype(g.dtype), g1, hvp)
-        return value, grads, g1
+        return value, grads, reference
 
     penalized = finite_difference if method == "finite_difference" else exact
     r_zero, alpha_zero = _is_concrete_zero(r), _is_concrete_zero(alpha)
@@ -204,8 +209,9 @@ def value_and_grad(
       perturbed_loss_fn: the loss evaluated at the perturbed point, when it must
         differ from the clean one (Shake-Shake's true-gradient mode is used in
         the clean pass only). Defaults to ``loss_fn``.
-      return_clean_grad: also return ``∇L(θ)`` of the clean pass, which is
-        computed anyway; a trainer logs its norm without a third pass.
+      return_clean_grad: also return ``∇L(θ)`` of the clean pass (averaged over
+        ``axis_name`` if given), which is computed anyway: a trainer logs its
+        norm without a third pass.
 
     Returns:
       A function with ``loss_fn``'s signature returning ``(value, grads)``, or

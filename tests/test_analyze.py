@@ -55,6 +55,7 @@ def hand_loss(working_dir):
     labels = split["test"][1]
     model = models.get_model("SmallCNN", num_classes=10)
 
+    @jax.jit
     def loss(params):
         variables = {"params": params, "batch_stats": state["batch_stats"]}
         logits = model.apply(variables, jnp.asarray(images, jnp.float32), train=False)

@@ -202,7 +202,7 @@ def make_train_step(
         )
         if penalized:
             r, alpha = gr.values(state.step)
-            (_, (batch_stats, metrics)), grads, clean_grads = gnp.penalized_gradient(
+            (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
                 clean,
                 perturbed,
                 state.params,
@@ -214,17 +214,19 @@ def make_train_step(
                 normalize_reference=gnp_options.normalize_reference,
                 axis_name=AXIS if gnp_options.sync_perturbations else None,
             )
+            # Per-device perturbations: the mean of the local norms, a scalar all-reduce
+            # instead of a second gradient-sized one; synced: the global norm.
+            gradient_norm = jax.lax.pmean(gnp.global_norm(reference), AXIS)
         else:
             r = alpha = jnp.zeros((), jnp.float32)
             (_, (batch_stats, metrics)), grads = clean(state.params)
-            clean_grads = grads
-        grads, clean_grads, batch_stats, metrics = jax.lax.pmean(
-            (grads, clean_grads, batch_stats, metrics), AXIS
-        )
+        grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
+        if not penalized:
+            gradient_norm = gnp.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics |= {
-            "gradient_norm": gnp.global_norm(clean_grads),
+            "gradient_norm": gradient_norm,
             "update_norm": gnp.global_norm(updates),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "r": jnp.asarray(r, jnp.float32),
