@@ -3,6 +3,8 @@ train/eval behaviour, Shake-Shake/ShakeDrop semantics, and that a few SGD steps 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +59,9 @@ def init(module, x: jnp.ndarray):
     return module.init(key(0), x, train=False)
 
 
-# Each test compiles one function: compiling dominates these tiny models' cost on CPU.
+# Each test compiles one function, with LLVM's optimizations off: compiling, not running,
+# dominates these tiny models' cost on CPU.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.mark.parametrize("family", SMALL)
@@ -79,7 +83,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(family):
 def test_dropout_and_drop_path_act_in_training_only(rate):
     module = small_model("vit", **rate)
 
-    @jax.jit
+    @jit
     def forward(x):
         variables = init(module, x)
         train = lambda seed: module.apply(variables, x, train=True, rngs=rngs(seed))
@@ -150,7 +154,7 @@ def test_true_gradient_changes_only_the_backward_pass(family):
     assert module.supports_true_gradient
     x = images(batch=16)  # ShakeDrop keeps whole branches: more examples, fewer ties
 
-    @jax.jit
+    @jit
     def gradients_and_eval(x):
         variables = init(module, x)
 
@@ -201,7 +205,7 @@ def test_forward_train_eval_and_a_few_sgd_steps(family):
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, {**state, **updates}
 
-    @jax.jit
+    @jit
     def run(x):
         variables = init(module, x)
         eval_logits = module.apply(variables, x, train=False)
