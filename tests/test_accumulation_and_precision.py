@@ -40,7 +40,8 @@ def step_with(accumulation_steps, *, synced, method="finite_difference"):
         penalized=True,
         accumulation_steps=accumulation_steps,
     )
-    new_state, metrics = step(replicate(state, mesh), shard_batch(batch, mesh))
+    batch = shard_batch(batch, mesh)
+    new_state, metrics = step(replicate(state, mesh), batch["image"], batch["label"])
     return jax.device_get(new_state.params), jax.device_get(metrics)
 
 

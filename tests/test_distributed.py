@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -30,9 +31,9 @@ HERE = os.path.dirname(__file__)
 LR = 0.5
 
 
-def one_step(mesh, state, batch, *, synced):
+def build_step(mesh, *, synced):
     model = models.get_model("TinyMLP", num_classes=10)
-    step = make_train_step(
+    return make_train_step(
         model=model,
         optimizer=optax.sgd(LR),
         schedule=optax.constant_schedule(LR),
@@ -42,7 +43,12 @@ def one_step(mesh, state, batch, *, synced):
         gnp_options=GNPOptions(sync_perturbations=synced),
         penalized=True,
     )
-    new_state, metrics = step(replicate(state, mesh), shard_batch(batch, mesh))
+
+
+def one_step(mesh, state, batch, *, synced):
+    step = build_step(mesh, synced=synced)
+    batch = shard_batch(batch, mesh)
+    new_state, metrics = step(replicate(state, mesh), batch["image"], batch["label"])
     return jax.device_get(new_state.params), jax.device_get(metrics)
 
 
@@ -96,6 +102,23 @@ def test_per_device_step_is_the_mean_of_four_shard_gradients():
         )
         > 1e-6
     )
+
+
+@pytest.mark.parametrize("synced,expected", [(False, 1), (True, 2)])
+def test_all_reduces_per_step(synced, expected):
+    """Per-device perturbations: the first pass communicates nothing; one all-reduce of the
+    combined gradient (with BN statistics and metrics) per step. Synced: one more, of g1."""
+    _, state, batch = setup()
+    mesh, _ = meshes()
+    batch = shard_batch(batch, mesh)
+    compiled = (
+        build_step(mesh, synced=synced)
+        .lower(replicate(state, mesh), batch["image"], batch["label"])
+        .compile()
+    )
+    lines = compiled.as_text().splitlines()
+    all_reduces = [line for line in lines if re.search(r"= .*\ball-reduce(-start)?\(", line)]
+    assert len(all_reduces) == expected, all_reduces
 
 
 RUN = {

@@ -51,7 +51,8 @@ def evaluate(eval_step: Any, state: TrainState, pipeline: InputPipeline, mesh: A
     """Loss and error rates over every test sample exactly once (padding masked out)."""
     totals: dict[str, float] = {}
     for batch in pipeline.eval_batches():
-        sums = jax.device_get(eval_step(state, shard_batch(batch, mesh)))
+        batch = shard_batch(batch, mesh)
+        sums = jax.device_get(eval_step(state, batch["image"], batch["label"], batch["mask"]))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     count = totals["count"]
@@ -174,7 +175,7 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                 penalized = gr.is_gnp_step(step)
                 gnp_steps += penalized
                 batch = shard_batch(next(train_iterator), mesh)
-                state, metrics = train_steps[penalized](state, batch)
+                state, metrics = train_steps[penalized](state, batch["image"], batch["label"])
                 step_metrics.append(metrics)
                 if (i + 1) % config.log_every_n_steps == 0:
                     latest = jax.device_get(metrics)

@@ -183,8 +183,11 @@ def make_train_step(
     gnp_options: GNPOptions,
     penalized: bool,
     accumulation_steps: int = 1,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """One jitted step; ``penalized`` picks the GNP step or the plain one (each compiles once)."""
+) -> Any:
+    """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
+
+    ``penalized`` picks the GNP step or the plain one (each compiles once).
+    """
     loss_fn = make_loss_fn(model, loss_config)
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
@@ -244,12 +247,14 @@ def make_train_step(
         out_specs=(P(), P()),
         check_vma=False,
     )
-    jitted = jax.jit(step, donate_argnums=(0,))
-    return lambda state, batch: jitted(state, batch["image"], batch["label"])
+    return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, dict], dict]:
-    """Sums (not means) over the real samples of a padded batch, so a set's totals are exact."""
+def make_eval_step(model: nn.Module, mesh: Mesh) -> Any:
+    """``step(state, images, labels, mask) → sums``, jitted.
+
+    Sums (not means) over the real samples of a padded batch, so a set's totals are exact.
+    """
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array):
         variables = {"params": state.params}
@@ -274,8 +279,7 @@ def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, dict],
         out_specs=P(),
         check_vma=False,
     )
-    jitted = jax.jit(step)
-    return lambda state, batch: jitted(state, batch["image"], batch["label"], batch["mask"])
+    return jax.jit(step)
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
