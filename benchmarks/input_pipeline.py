@@ -100,7 +100,7 @@ def main() -> None:
             ),
         }
         workers = (0, 1, 2)
-        print("| loader | " + " | ".join(f"{w} workers" for w in workers) + " |")
+        print("| loader | " + " | ".join(f"{w} worker{'s' * (w != 1)}" for w in workers) + " |")
         print("|---" * (len(workers) + 1) + "|")
         for name, (dataset, batch_size) in cases.items():
             pipeline = build_input_pipeline(config(dataset, batch_size))
