@@ -22,6 +22,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_IMAGENET_MIXUP_ALPHA = flags.DEFINE_float(
+    "imagenet_mixup_alpha", None, "The released scripts' name for --config.dataset.mixup_alpha."
+)
 
 
 def _load_config_file(path: str) -> Any:
@@ -107,6 +110,8 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=PATH is required (e.g. gnp/configs/default.py)")
+    if _IMAGENET_MIXUP_ALPHA.value is not None:
+        config.dataset.mixup_alpha = _IMAGENET_MIXUP_ALPHA.value
     from gnp.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

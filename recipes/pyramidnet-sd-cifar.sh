@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The released 'pyramidnet-sd-cifar' training script: gnp/configs/pyramidnet_sd_cifar.py holds its hyper-parameters.
+# Override anything with --config.KEY=VALUE after the script's name, e.g.
+#   recipes/pyramidnet-sd-cifar.sh --config.seeds=1 --config.gnp.alpha=0.6
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKING_DIR=${WORKING_DIR:-runs/pyramidnet-sd-cifar}
+PYTHON=${PYTHON:-.venv/bin/python}
+DATA_DIR=${DATA_DIR:-$HOME/data/cifar}  # holds cifar-10-python.tar.gz (or its folder)
+exec "$PYTHON" -m gnp.main --config=gnp/configs/pyramidnet_sd_cifar.py --working_dir="$WORKING_DIR" \
+    --config.dataset.data_dir="$DATA_DIR" "$@"
