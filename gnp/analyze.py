@@ -45,13 +45,13 @@ from gnp.analysis.plots import _plain as json_ready
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.main import _check_override_keys, normalize_argv
 from gnp.optim import l2_penalty
-from gnp.train.checkpoint import Checkpoints
+from gnp.train.checkpoint import Checkpoints, NonFiniteError
 from gnp.train.config import validate_config
 from gnp.train.loop import build_model, train_and_evaluate
 from gnp.train.metrics import read_metrics
 
 PyTree = Any
-Batch = dict[str, np.ndarray]
+Batch = dict[str, Any]  # "image", "label", "mask" (an eval batch), on the host or a device
 LOSS_DEFINITION = (
     "mean cross-entropy (with the run's label smoothing) + the run's L2 term; "
     "BatchNorm in inference mode (running statistics), no dropout, no augmentation"
@@ -152,7 +152,8 @@ def split_batches(pipeline: InputPipeline, split: str, max_batches: int | None) 
 
     The training split goes through a pipeline whose test split is the training
     set, so both splits get the evaluation transform and padding. The batches
-    are held in memory: the Hessian and landscape tools pass over them many times.
+    are held on the device: the Hessian and landscape tools pass over them many
+    times, and copying them from the host every time would dominate on a GPU.
     """
     if split == "train":
         source = dataclasses.replace(pipeline.source, test=pipeline.source.train)
@@ -162,7 +163,7 @@ def split_batches(pipeline: InputPipeline, split: str, max_batches: int | None) 
             eval_batch_size=pipeline.eval_batch_size,
             seed=pipeline.seed,
         )
-    return list(itertools.islice(pipeline.eval_batches(), max_batches))
+    return jax.device_put(list(itertools.islice(pipeline.eval_batches(), max_batches)))
 
 
 def variables_loss(run: Run) -> Callable[[dict[str, PyTree], Batch], jax.Array]:
@@ -327,7 +328,7 @@ def landscape(args: argparse.Namespace) -> None:
 def _check_same_model(run: Run, other: Run) -> None:
     """Interpolating needs the same parameter shapes and the same data set."""
     shapes = [jax.tree.map(np.shape, r.variables) for r in (run, other)]
-    if jax.tree.structure(shapes[0]) != jax.tree.structure(shapes[1]) or shapes[0] != shapes[1]:
+    if shapes[0] != shapes[1]:
         raise RunError(
             f"{run.working_dir} ({run.config.model.model_name}) and {other.working_dir} "
             f"({other.config.model.model_name}) have different parameter shapes; "
@@ -380,10 +381,6 @@ def _sweep_config(argv: list[str]) -> ml_collections.ConfigDict:
     return holder.value
 
 
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
 def alpha_sweep(args: argparse.Namespace) -> None:
     base = _sweep_config(["gnp-analyze", f"--config={args.config}", *args.config_overrides])
     base.evaluate_every_n_epochs = 1  # A curve needs the test error at every epoch.
@@ -393,11 +390,15 @@ def alpha_sweep(args: argparse.Namespace) -> None:
     for r, alpha in itertools.product(rs, args.alphas):
         config = base.copy_and_resolve_references()
         config.gnp.r, config.gnp.alpha = r, alpha
-        run_dir = output / f"alpha_{_number(alpha)}_r_{_number(r)}"
+        run_dir = output / f"alpha_{alpha:g}_r_{r:g}"
         print(f"α={alpha:g}, r={r:g}: {run_dir}")
-        train_and_evaluate(config, str(run_dir))
-        label = f"α={alpha:g}" if len(rs) == 1 else f"α={alpha:g}, r={r:g}"
-        curves[label] = read_metrics(str(run_dir / "metrics.jsonl"))
+        try:
+            train_and_evaluate(config, str(run_dir))
+        except NonFiniteError as e:  # One diverging setting is a result, not the sweep's end.
+            print(f"α={alpha:g}, r={r:g} diverged: {e}")
+        rows = read_metrics(str(run_dir / "metrics.jsonl"))
+        if rows:
+            curves[f"α={alpha:g}" if len(rs) == 1 else f"α={alpha:g}, r={r:g}"] = rows
     png = analysis.plot_alpha_sweep(
         curves,
         output / "alpha_sweep.png",
