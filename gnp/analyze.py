@@ -399,6 +399,8 @@ def alpha_sweep(args: argparse.Namespace) -> None:
         rows = read_metrics(str(run_dir / "metrics.jsonl"))
         if rows:
             curves[f"α={alpha:g}" if len(rs) == 1 else f"α={alpha:g}, r={r:g}"] = rows
+    if not curves:
+        raise RunError(f"no run of the sweep in {output} finished an epoch; nothing to plot")
     png = analysis.plot_alpha_sweep(
         curves,
         output / "alpha_sweep.png",
