@@ -78,6 +78,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.model_name = "WideResNet_28_10"
     config.model.dtype = "float32"  # compute dtype; params stay float32 ("bfloat16" for AMP)
+    # Fields of the model to override, as in the released config (set them in a config file:
+    # e.g. model_params.depth = 4 for a smaller ViT).
+    config.model.model_params = ml_collections.ConfigDict()
 
     # Bookkeeping.
     config.seeds = 0  # data order, dropout and hybrid draws

@@ -42,8 +42,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: Any, num_classes: int) -> Any:
+    """The configured model; ``model.model_params`` override its fields (e.g. a smaller ViT)."""
     return models.get_model(
-        config.model.model_name, num_classes=num_classes, dtype=DTYPES[config.model.dtype]
+        config.model.model_name,
+        num_classes=num_classes,
+        dtype=DTYPES[config.model.dtype],
+        **config.model.get("model_params", {}),
     )
 
 
