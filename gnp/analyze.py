@@ -41,9 +41,9 @@ from matplotlib.figure import Figure
 from ml_collections import config_flags
 
 from gnp import analysis
-from gnp.analysis.plots import _plain as json_ready
+from gnp.analysis.plots import json_ready
 from gnp.data import InputPipeline, build_input_pipeline
-from gnp.main import _check_override_keys, normalize_argv
+from gnp.main import check_override_keys, normalize_argv
 from gnp.optim import l2_penalty
 from gnp.train.checkpoint import Checkpoints, NonFiniteError
 from gnp.train.config import validate_config
@@ -372,7 +372,7 @@ def interpolate(args: argparse.Namespace) -> None:
 
 def _sweep_config(argv: list[str]) -> ml_collections.ConfigDict:
     """The config file with its ``--config.KEY=VALUE`` overrides, as ``gnp-train`` reads it."""
-    _check_override_keys(argv)
+    check_override_keys(argv)
     flag_values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file(
         "config", None, "config file", flag_values=flag_values, sys_argv=argv

@@ -36,7 +36,7 @@ def _load_config_file(path: str) -> Any:
     return module.get_config()
 
 
-def _check_override_keys(argv: list[str]) -> None:
+def check_override_keys(argv: list[str]) -> None:
     """An unknown ``--config.KEY`` is a clear error listing the valid keys at that level."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if path is None:
@@ -136,7 +136,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     argv = normalize_argv(sys.argv)
-    _check_override_keys(argv)
+    check_override_keys(argv)
     app.run(main, argv=argv)
 
 

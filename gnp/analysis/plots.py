@@ -21,12 +21,12 @@ from numpy.typing import ArrayLike
 EpochMetrics = Mapping[str, float]
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Arrays and numpy scalars as JSON lists and floats; NaN and ±inf as None."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, np.ndarray | list | tuple):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -38,7 +38,7 @@ def _save(figure: Figure, path: str | Path, numbers: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150, bbox_inches="tight")
-    path.with_suffix(".json").write_text(json.dumps(_plain(numbers), indent=1) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(json_ready(numbers), indent=1) + "\n")
     return path
 
 
