@@ -13,6 +13,12 @@ import pytest
 
 from gnp import models
 from gnp.models.layers import DropPath, shake_drop, shake_shake
+from gnp.models.swin import (
+    relative_position_index,
+    shifted_window_mask,
+    window_merge,
+    window_partition,
+)
 
 NUM_CLASSES = 5
 IMAGE_SIZE = 16
@@ -236,3 +242,30 @@ def test_forward_train_eval_and_a_few_sgd_steps(family):
     random_in_training = has_batch_norm or family in ("shake_shake", "shake_drop")
     assert np.allclose(train_logits, eval_logits, rtol=1e-5, atol=1e-6) != random_in_training
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_swin_windows_by_hand():
+    x = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1)
+    windows = window_partition(x, 2)
+    assert windows.shape == (8, 4, 1)
+    np.testing.assert_array_equal(windows[1, :, 0], [2, 3, 6, 7])  # image 0, top-right window
+    np.testing.assert_array_equal(window_merge(windows, 2, 4, 4), x)
+    # Tokens (0,0) (0,1) (1,0) (1,1); offset (dy, dx) ∈ {−1, 0, 1}² is entry 3·(dy+1) + (dx+1).
+    expected = [[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]]
+    np.testing.assert_array_equal(relative_position_index(2), expected)
+
+
+def test_swin_shifted_window_mask_by_hand():
+    # 4×4 map, 2×2 windows shifted by 1: rows and columns fall in bands {0, 1}, {2}, {3}.
+    mask = shifted_window_mask(4, 4, window=2, shift=1) != 0
+    assert mask.shape == (4, 4, 4)
+    assert not mask[0].any()  # top-left window: one region
+    alternate = np.array([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]], bool)
+    np.testing.assert_array_equal(mask[1], alternate)  # top-right: columns 2 and 3 differ
+    np.testing.assert_array_equal(mask[3], ~np.eye(4, dtype=bool))  # bottom-right: four regions
+
+
+def test_unknown_resnet_stem_is_an_error():
+    module = small_model("resnet", stem="imagenet_like")
+    with pytest.raises(ValueError, match="stem must be"):
+        jax.eval_shape(lambda: module.init(key(0), images(), train=False))

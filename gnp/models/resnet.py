@@ -74,6 +74,8 @@ class ResNet(nn.Module):
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype
         )
+        if self.stem not in ("auto", "imagenet", "cifar"):
+            raise ValueError(f"stem must be 'auto', 'imagenet' or 'cifar', not {self.stem!r}")
         cifar_stem = self.stem == "cifar" or (self.stem == "auto" and is_small_image(x))
         x = x.astype(self.dtype)
         if cifar_stem:
