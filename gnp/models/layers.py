@@ -18,6 +18,7 @@ import jax.numpy as jnp
 # Inputs up to this size are treated as CIFAR-like (small patches, no ImageNet stem).
 SMALL_IMAGE_MAX_SIZE = 64
 
+# He initialization over fan-out, as the reference ResNet, WRN and PyramidNet code uses.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
