@@ -73,6 +73,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dataset.cutout_size = 0  # 0: a size that suits the image size
     config.dataset.num_workers = -1  # -1: from the CPU count
     config.dataset.strict = False  # fail on a corrupt image instead of skipping it
+    config.dataset.label_noise = 0.0  # fraction of training labels flipped to another class
 
     # Model.
     config.model = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from gnp.data import cifar, digits, imagefolder, mixing
+from gnp.data import cifar, digits, imagefolder, label_noise, mixing
 from gnp.data.source import Source, SourceOptions
 
 _SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
@@ -37,7 +37,7 @@ _SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
 
 # Keep the seeds of different kinds of draw apart; each kind always uses the same number of
 # indices, since numpy's SeedSequence treats trailing zeros as absent.
-_ORDER, _SAMPLE, _MIX, _CUTOUT = range(4)
+_ORDER, _SAMPLE, _MIX, _CUTOUT, _LABEL_NOISE = range(5)
 _MAX_AUTO_WORKERS = 16
 
 
@@ -264,7 +264,9 @@ def build_input_pipeline(
         raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
     # Check every name before loading: scanning ImageNet takes a while.
     batch_level = mixing.check_level(dataset_config.get("batch_level_augmentations", "none"))
+    noise = label_noise.check_fraction(dataset_config.get("label_noise", 0.0))
     source = _SOURCES[name](SourceOptions.from_config(dataset_config))
+    source = label_noise.with_label_noise(source, noise, _rng(config.seeds, _LABEL_NOISE))
     return InputPipeline(
         source,
         batch_size=config.batch_size,
