@@ -1,0 +1,87 @@
+"""``python -m gnp.study`` on a tiny setting: its tables are the runs' own metrics."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gnp import study
+from gnp.train.checkpoint import Checkpoints
+
+
+def last_line(working_dir):
+    with open(f"{working_dir}/metrics.jsonl") as f:
+        return json.loads(f.readlines()[-1])
+
+
+def tiny_argv(out, variants):
+    """One seed, one epoch, clean labels: two SmallCNN runs of a few seconds each."""
+    common = ["--seeds=1", "--epochs=1", "--only=icml2022", "--label_noise=0"]
+    return [*common, f"--out={out}", f"--variants={variants}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    return out, study.main(tiny_argv(out, "SGD,SAM"))
+
+
+def test_results_json_structure(tiny_study):
+    out, results = tiny_study
+    assert json.loads((out / "results.json").read_text()) == results
+    assert "icml2024" not in results and results["seeds"] == [0]
+    part = results["icml2022"]
+    assert part["epochs"] == 1
+    assert [v["label"] for v in part["variants"]] == ["SGD", "SAM"]
+    assert [v["overrides"]["gnp.alpha"] for v in part["variants"]] == [0.0, 1.0]
+    for variant in part["variants"]:
+        assert set(variant["test_error_rate"]) == {"mean", "std", "n"}
+        assert [run["seed"] for run in variant["runs"]] == [0]
+    assert (out / "icml2022_noise0.png").exists() and (out / "results.md").exists()
+    assert "| 0% | SAM |" in (out / "results.md").read_text()
+
+
+def test_numbers_come_from_the_runs_metrics(tiny_study):
+    _, results = tiny_study
+    for variant in results["icml2022"]["variants"]:
+        (run,) = variant["runs"]
+        final = last_line(run["working_dir"])
+        assert final["epoch"] == 1
+        for key in ("test_error_rate", "gradient_norm", "train_loss"):
+            assert run[key] == final[key]
+            assert variant[key]["mean"] == final[key] and variant[key]["std"] == 0.0
+    sgd, sam = results["icml2022"]["variants"]
+    assert last_line(sgd["runs"][0]["working_dir"])["alpha"] == 0.0
+    assert last_line(sam["runs"][0]["working_dir"])["alpha"] == 1.0
+
+
+def test_finished_runs_are_skipped(tiny_study):
+    out, results = tiny_study
+    metrics = out / "icml2022" / "noise0_alpha0" / "seed0" / "metrics.jsonl"
+    written = metrics.stat().st_mtime_ns
+    again = study.main(tiny_argv(out, "SGD"))
+    assert metrics.stat().st_mtime_ns == written
+    assert again["icml2022"]["variants"][0]["runs"] == results["icml2022"]["variants"][0]["runs"]
+
+
+def test_second_moment_is_adams_bias_corrected_nu(tmp_path):
+    """Mean √ν̂ read per epoch equals the one computed by hand from the final checkpoint."""
+    results = study.main(
+        ["--seeds=1", "--epochs=2", f"--out={tmp_path}", "--only=icml2024", "--variants=adam"]
+    )
+    (variant,) = results["icml2024"]["variants"]
+    (run,) = variant["runs"]
+    assert [row["epoch"] for row in run["second_moment"]] == [1, 2]
+    state, _ = Checkpoints(f"{run['working_dir']}/checkpoints").load_latest()
+    adam = state["opt_state"][0]
+    correction = 1 - 0.999 ** int(adam["count"])
+    nu = np.concatenate([np.ravel(v) for v in _leaves(adam["nu"])])
+    np.testing.assert_allclose(
+        run["second_moment"][-1]["mean_sqrt_nu"], np.sqrt(nu / correction).mean(), rtol=1e-6
+    )
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        return [leaf for child in tree.values() for leaf in _leaves(child)]
+    return [tree]
