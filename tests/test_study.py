@@ -2,10 +2,11 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
-from gnp import study
+from gnp import analyze, study
 from gnp.train.checkpoint import Checkpoints
 
 
@@ -55,6 +56,19 @@ def test_numbers_come_from_the_runs_metrics(tiny_study):
     assert last_line(sam["runs"][0]["working_dir"])["alpha"] == 1.0
 
 
+def test_full_gradient_norm_is_what_gnp_analyze_measures(tiny_study, tmp_path):
+    _, results = tiny_study
+    sam = results["icml2022"]["variants"][1]
+    (run,) = sam["runs"]
+    analyze.main(
+        ["gradient-norm", f"--working_dir={run['working_dir']}", f"--output_dir={tmp_path}"]
+    )
+    measured = json.loads((tmp_path / "gradient_norm.json").read_text())
+    assert measured["split"] == "train" and measured["num_examples"] == 1437
+    np.testing.assert_allclose(run["full_gradient_norm"], measured["gradient_norm"], rtol=1e-6)
+    assert sam["full_gradient_norm"]["mean"] == run["full_gradient_norm"]
+
+
 def test_finished_runs_are_skipped(tiny_study):
     out, results = tiny_study
     metrics = out / "icml2022" / "noise0_alpha0" / "seed0" / "metrics.jsonl"
@@ -75,13 +89,7 @@ def test_second_moment_is_adams_bias_corrected_nu(tmp_path):
     state, _ = Checkpoints(f"{run['working_dir']}/checkpoints").load_latest()
     adam = state["opt_state"][0]
     correction = 1 - 0.999 ** int(adam["count"])
-    nu = np.concatenate([np.ravel(v) for v in _leaves(adam["nu"])])
+    nu = np.concatenate([np.ravel(v) for v in jax.tree.leaves(adam["nu"])])
     np.testing.assert_allclose(
         run["second_moment"][-1]["mean_sqrt_nu"], np.sqrt(nu / correction).mean(), rtol=1e-6
     )
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        return [leaf for child in tree.values() for leaf in _leaves(child)]
-    return [tree]
