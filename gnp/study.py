@@ -440,20 +440,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the study, write ``results.json`` and ``results.md`` under ``--out``, return them."""
+    """Run the study, write ``results.json`` and ``results.md`` under ``--out``, return them.
+
+    A part not run this time (``--only``) keeps its results from an earlier invocation, so
+    the parts can be run with different seeds into one ``--out``.
+    """
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    results: dict[str, Any] = {"seeds": list(range(args.seeds))}
+    path = out / "results.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for part in [args.only] if args.only else PARTS:
-        results[part] = run_part(part, args, out)
-    results["wall_seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(json_ready(results), indent=1) + "\n")
+        started = time.perf_counter()
+        results[part] = {"seeds": list(range(args.seeds))} | run_part(part, args, out)
+        # Finished runs are skipped, so this is the time of what was left to do.
+        results[part]["wall_seconds"] = time.perf_counter() - started
+    path.write_text(json.dumps(json_ready(results), indent=1) + "\n")
     tables = [f"## {part}\n\n{results[part]['table']}\n" for part in PARTS if part in results]
     (out / "results.md").write_text("\n".join(tables))
     print("\n".join(tables))
-    print(f"wall time of this invocation: {results['wall_seconds']:.0f} s (finished runs skipped)")
+    for part in PARTS:
+        if part in results:
+            print(f"{part}: {results[part]['wall_seconds']:.0f} s when last run")
     return results
 
 
