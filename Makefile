@@ -21,6 +21,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check gnp tests benchmarks
+	$(PY) -m ruff format --check gnp tests benchmarks
 	$(PY) -m pytest
 
 benchmark: $(STAMP)
