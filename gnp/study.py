@@ -44,7 +44,9 @@ LABEL_NOISE = (0.0, 0.2)
 SMALL_VIT = {"hidden_size": 64, "depth": 4, "num_heads": 4, "mlp_dim": 128, "patch_size": 2}
 WARMUP_FRACTION = 0.3  # of the ViT run, as learning-rate (and GR) warmup
 REPORTED = ("test_error_rate", "gradient_norm", "train_loss", "train_error_rate")
-MEASURED = ("full_gradient_norm",)  # from the final checkpoint, where the part measures it
+# Where a part measures them: ‖∇L‖ of the final checkpoint (ICML 2022); test error when the
+# warmup ends and Adam's √ν̂ after the first epoch, where the paper sees GR do its harm (2024).
+MEASURED = ("full_gradient_norm", "warmup_test_error_rate", "first_epoch_mean_sqrt_nu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +249,10 @@ def run_variant(variant: Variant, base: Any, seeds: Sequence[int], out: Path) ->
             beta2 = config.opt.opt_params.beta2 or 0.999
             last = max(2 * config.warmup_epochs, 1)
             run["second_moment"] = second_moment(working_dir, beta2, last)
+            run["first_epoch_mean_sqrt_nu"] = run["second_moment"][0]["mean_sqrt_nu"]
+            if config.warmup_epochs > 0:
+                warmup_end = rows[config.warmup_epochs - 1]
+                run["warmup_test_error_rate"] = warmup_end["test_error_rate"]
         else:
             run["full_gradient_norm"] = full_train_gradient_norm(working_dir)
         runs.append(run)
@@ -306,26 +312,35 @@ def _plain(stats: dict[str, float]) -> str:
 
 
 def markdown_table(variants: Sequence[dict[str, Any]], *, noise_column: bool) -> str:
-    """Test error (%), its paired difference to the group's first row, gradient norms and
-    train loss at the end: mean ± std over seeds."""
-    head = ["label noise"] if noise_column else []
-    full = "full_gradient_norm" in variants[0]
-    head += ["variant", "test error (%)", "Δ vs first row (pp, paired)"]
-    head += ["last-epoch mean batch ‖∇L‖"]
-    head += ["final ‖∇L‖ (whole train set)"] if full else []
-    head += ["last-epoch train loss", "seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """Test error (%), its paired difference to the group's first row, what the part
+    measures, gradient norm and train loss at the end: mean ± std over seeds."""
+    columns: list[tuple[str, Any]] = [
+        ("variant", lambda v: v["label"]),
+        ("test error (%)", lambda v: _percent(v["test_error_rate"])),
+        ("Δ vs first row (pp, paired)", lambda v: _delta(v["paired_delta_test_error_rate"])),
+    ]
+    if noise_column:
+        label_noise = lambda v: f"{v['overrides']['dataset.label_noise']:.0%}"
+        columns.insert(0, ("label noise", label_noise))
+    optional = {
+        "warmup_test_error_rate": ("test error at warmup end (%)", _percent),
+        "first_epoch_mean_sqrt_nu": ("Adam mean √ν̂ after epoch 1", _plain),
+        "full_gradient_norm": ("final ‖∇L‖ (whole train set)", _plain),
+    }
+    for key, (title, render) in optional.items():
+        if key in variants[0]:
+            columns.append((title, lambda v, key=key, render=render: render(v[key])))
+    columns += [
+        ("last-epoch mean batch ‖∇L‖", lambda v: _plain(v["gradient_norm"])),
+        ("last-epoch train loss", lambda v: _plain(v["train_loss"])),
+        ("seeds", lambda v: str(v["test_error_rate"]["n"])),
+    ]
+    lines = [
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for variant in variants:
-        cells = [f"{variant['overrides']['dataset.label_noise']:.0%}"] if noise_column else []
-        cells += [
-            variant["label"],
-            _percent(variant["test_error_rate"]),
-            _delta(variant["paired_delta_test_error_rate"]),
-            _plain(variant["gradient_norm"]),
-        ]
-        cells += [_plain(variant["full_gradient_norm"])] if full else []
-        cells += [_plain(variant["train_loss"]), str(variant["test_error_rate"]["n"])]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cell(variant) for _, cell in columns) + " |")
     return "\n".join(lines)
 
 

@@ -91,6 +91,12 @@ def test_second_moment_is_adams_bias_corrected_nu(tmp_path, monkeypatch):
     (variant,) = results["icml2024"]["variants"]
     (run,) = variant["runs"]
     assert [row["epoch"] for row in run["second_moment"]] == [1, 2]
+    assert results["icml2024"]["warmup_epochs"] == 1
+    with open(f"{run['working_dir']}/metrics.jsonl") as f:
+        first_epoch = json.loads(f.readline())
+    assert run["warmup_test_error_rate"] == first_epoch["test_error_rate"]
+    assert run["first_epoch_mean_sqrt_nu"] == run["second_moment"][0]["mean_sqrt_nu"]
+    assert "| Adam mean √ν̂ after epoch 1 |" in results["icml2024"]["table"]
     state, _ = Checkpoints(f"{run['working_dir']}/checkpoints").load_latest()
     adam = state["opt_state"][0]
     correction = 1 - 0.999 ** int(adam["count"])
