@@ -10,40 +10,15 @@ outputs and temporaries), which is exact and repeatable, unlike a sampled peak.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
-import statistics
-import time
 
 import jax
 import optax
+from timing import interleaved_medians, program_mib  # benchmarks/ is on the path
 
 import gnp
 from gnp import models
-
-
-def median_seconds(candidates: dict, args: tuple, steps: int) -> dict[str, float]:
-    """Median time per call of each candidate, timed in interleaved rounds so that a
-    slow spell of this shared machine hits every candidate alike."""
-    for fn in candidates.values():  # compile and warm up
-        jax.block_until_ready(fn(*args))
-        jax.block_until_ready(fn(*args))
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(steps):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def program_bytes(fn, args) -> int:
-    memory = fn.lower(*args).compile().memory_analysis()
-    return (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        + memory.temp_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
 
 
 def main() -> None:
@@ -80,8 +55,13 @@ def main() -> None:
             gnp.value_and_grad(loss_fn, r=0.05, alpha=0.8, has_aux=True, method="exact")
         ),
     }
-    seconds = median_seconds(candidates, inputs, args.steps)
-    results = {name: (seconds[name], program_bytes(fn, inputs)) for name, fn in candidates.items()}
+    seconds = interleaved_medians(
+        {name: functools.partial(fn, *inputs) for name, fn in candidates.items()}, args.steps
+    )
+    results = {
+        name: (seconds[name], program_mib(fn.lower(*inputs).compile()))
+        for name, fn in candidates.items()
+    }
     base_time, base_bytes = results["jax.value_and_grad"]
     print(
         f"SmallCNN(width={args.width}) with BatchNorm, batch {args.batch}, "
@@ -94,7 +74,7 @@ def main() -> None:
     for name, (seconds, nbytes) in results.items():
         print(
             f"| {name} | {seconds * 1e3:.2f} | {seconds / base_time:.2f} | "
-            f"{nbytes / 2**20:.1f} | {nbytes / base_bytes:.2f} |"
+            f"{nbytes:.1f} | {nbytes / base_bytes:.2f} |"
         )
 
 

@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from timing import interleaved_medians, program_mib  # benchmarks/ is on the path
 
 from gnp import models
 from gnp.optim import l2_penalty
@@ -106,30 +104,6 @@ def minimal_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: di
         return loss
 
     return run, compiled
-
-
-def program_mib(compiled: Any) -> float:
-    memory = compiled.memory_analysis()
-    total = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        + memory.temp_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
-    return total / 2**20
-
-
-def interleaved_medians(runs: dict[str, Callable[[], Any]], steps: int) -> dict[str, float]:
-    for run in runs.values():  # compile and warm up
-        jax.block_until_ready(run())
-        jax.block_until_ready(run())
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(steps):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def torch_wrn_16_4_steps(batch: int, steps: int) -> dict[str, float]:

@@ -3,15 +3,10 @@
 recipes/vggbn-imagenet.sh
 """
 
-from gnp.configs.recipes import imagenet
+from gnp.configs.resnet_imagenet import get_config as resnet_imagenet_config
 
 
 def get_config():
-    config = imagenet()
+    config = resnet_imagenet_config()
     config.model.model_name = "VGG16BN"
-    config.batch_size = 512
-    config.base_lr = 0.2
-    config.total_epochs = 100
-    config.l2_regularization = 1e-4
-    config.gnp.r = 0.05
     return config
