@@ -185,8 +185,13 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                     latest = jax.device_get(metrics)
                     if _first_non_finite([latest]) is not None:
                         break
+                    images_per_second = (
+                        (i + 1) * config.batch_size / (time.perf_counter() - started)
+                    )
                     bar.set_postfix(
-                        loss=f"{latest['train_loss']:.4f}", err=f"{latest['train_error_rate']:.3f}"
+                        loss=f"{latest['train_loss']:.4f}",
+                        err=f"{latest['train_error_rate']:.3f}",
+                        img_s=f"{images_per_second:.0f}",
                     )
             bar.close()
             fetched = jax.device_get(step_metrics)
