@@ -233,6 +233,23 @@ def mean_curve(curves: Sequence[Sequence[dict[str, Any]]], keys: Sequence[str]) 
     ]
 
 
+def measurements(config: Any, working_dir: Path, rows: Sequence[dict]) -> dict[str, Any]:
+    """What each part looks at beyond metrics.jsonl's last line (``MEASURED``).
+
+    Adam runs (ICML 2024): √ν̂ over the warmup and as many epochs after it, and the test
+    error when the warmup ends. Others (ICML 2022): ‖∇L‖ of the final checkpoint.
+    """
+    if config.opt.opt_type != "Adam":
+        return {"full_gradient_norm": full_train_gradient_norm(working_dir)}
+    beta2 = config.opt.opt_params.beta2 or 0.999
+    moments = second_moment(working_dir, beta2, max(2 * config.warmup_epochs, 1))
+    result = {"second_moment": moments, "first_epoch_mean_sqrt_nu": moments[0]["mean_sqrt_nu"]}
+    for row in rows:
+        if row["epoch"] == config.warmup_epochs:
+            result["warmup_test_error_rate"] = row["test_error_rate"]
+    return result
+
+
 def run_variant(variant: Variant, base: Any, seeds: Sequence[int], out: Path) -> dict[str, Any]:
     """Train (or skip, if finished) every seed of ``variant``; its numbers from metrics.jsonl."""
     runs, curves = [], []
@@ -245,17 +262,7 @@ def run_variant(variant: Variant, base: Any, seeds: Sequence[int], out: Path) ->
         final = rows[-1]
         run = {"seed": seed, "working_dir": str(working_dir), "epoch": final["epoch"]}
         run |= {key: final[key] for key in REPORTED}
-        if config.opt.opt_type == "Adam":
-            beta2 = config.opt.opt_params.beta2 or 0.999
-            last = max(2 * config.warmup_epochs, 1)
-            run["second_moment"] = second_moment(working_dir, beta2, last)
-            run["first_epoch_mean_sqrt_nu"] = run["second_moment"][0]["mean_sqrt_nu"]
-            if config.warmup_epochs > 0:
-                warmup_end = rows[config.warmup_epochs - 1]
-                run["warmup_test_error_rate"] = warmup_end["test_error_rate"]
-        else:
-            run["full_gradient_norm"] = full_train_gradient_norm(working_dir)
-        runs.append(run)
+        runs.append(run | measurements(config, working_dir, rows))
         curves.append(rows)
     keys = ("test_error_rate", "gradient_norm", "train_loss", "update_norm", "learning_rate")
     summary = {
