@@ -112,9 +112,9 @@ def _read_latest_state(working_dir: Path) -> tuple[dict[str, Any], dict[str, Any
         f"no checkpoint in {directory}: the run has not saved one yet "
         "(it saves every save_ckpt_every_n_epochs epochs and at the end)"
     )
-    if not directory.is_dir():  # Checkpoints() would create it.
+    if not directory.is_dir():
         raise missing
-    checkpoints = Checkpoints(str(directory))
+    checkpoints = Checkpoints(str(directory), read_only=True)
     try:
         if checkpoints.latest_step() is None:
             raise missing

@@ -28,13 +28,13 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from matplotlib.figure import Figure
 
 from gnp import analysis
 from gnp.analysis.plots import json_ready, plot_alpha_sweep
 from gnp.analyze import load_run, params_loss, split_batches
 from gnp.configs.default import get_config as digits_config
+from gnp.train.checkpoint import Checkpoints
 from gnp.train.loop import train_and_evaluate
 
 PARTS = ("icml2022", "icml2024")
@@ -170,27 +170,18 @@ def second_moment(working_dir: Path, beta2: float, last_epoch: int) -> list[dict
     if cache.exists():
         return json.loads(cache.read_text())
     epochs = {row["step"]: row["epoch"] for row in read_metrics(working_dir)}
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     rows = []
-    # orbax takes absolute paths only.
-    directory = (working_dir / "checkpoints").absolute()
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        for step in manager.all_steps():
-            if epochs.get(step, math.inf) > last_epoch:
-                continue
-            restored = manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-            )
-            adam = _adam_state(restored["state"]["opt_state"])
-            if adam is None:
-                raise ValueError(f"no Adam state in the checkpoint at step {step} of {working_dir}")
-            correction = 1.0 - beta2 ** int(np.asarray(adam["count"]))
-            leaves = [
-                np.sqrt(np.asarray(v) / correction).ravel() for v in jax.tree.leaves(adam["nu"])
-            ]
-            rows.append(
-                {"epoch": epochs[step], "mean_sqrt_nu": float(np.concatenate(leaves).mean())}
-            )
+    checkpoints = Checkpoints(str(working_dir / "checkpoints"), read_only=True)
+    for step in checkpoints.all_steps():
+        if epochs.get(step, math.inf) > last_epoch:
+            continue
+        adam = _adam_state(checkpoints.load(step)[0]["opt_state"])
+        if adam is None:
+            raise ValueError(f"no Adam state in the checkpoint at step {step} of {working_dir}")
+        correction = 1.0 - beta2 ** int(np.asarray(adam["count"]))
+        leaves = [np.sqrt(np.asarray(v) / correction).ravel() for v in jax.tree.leaves(adam["nu"])]
+        rows.append({"epoch": epochs[step], "mean_sqrt_nu": float(np.concatenate(leaves).mean())})
+    checkpoints.close()
     cache.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 

@@ -29,12 +29,14 @@ def all_finite(tree: Any) -> bool:
 class Checkpoints:
     """``working_dir/checkpoints/<step>/{state,data,meta}``; keeps the newest ``keep``."""
 
-    def __init__(self, directory: str, keep: int = 3):
-        self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    def __init__(self, directory: str, keep: int = 3, *, read_only: bool = False):
+        self.directory = os.path.abspath(directory)  # orbax takes absolute paths only
+        options = (
+            ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+            if read_only
+            else ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -75,12 +77,13 @@ class Checkpoints:
         )
         return TrainState(**restored["state"]), dict(restored["meta"])
 
-    def load_latest(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The latest state as saved (a dict of arrays, no template needed) and its progress.
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
-        For analysis tools and tests that read a run without rebuilding its trainer.
-        """
-        step = self.latest_step()
+    def load(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The state at ``step`` (default: the latest) as saved, a dict of arrays with no
+        template needed, and its progress: for tools that read a run without its trainer."""
+        step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         restored = self._manager.restore(
@@ -88,6 +91,9 @@ class Checkpoints:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
         )
         return dict(restored["state"]), dict(restored["meta"])
+
+    def load_latest(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.load()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
