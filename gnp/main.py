@@ -121,13 +121,15 @@ def main(argv: list[str]) -> None:
             return
         if not _WORKING_DIR.value:
             raise app.UsageError("--working_dir=DIR is required")
-        from gnp.train.checkpoint import NonFiniteError
+        from gnp.train.checkpoint import NonFiniteError, Preempted
         from gnp.train.loop import train_and_evaluate
 
         try:
             record = train_and_evaluate(config, _WORKING_DIR.value)
         except NonFiniteError as e:
             raise SystemExit(f"error: {e}") from None
+        except Preempted as e:
+            raise SystemExit(f"preempted: {e}") from None
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     if "test_error_rate" in record:

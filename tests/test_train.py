@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from gnp.configs import default
 from gnp.train import loop
-from gnp.train.checkpoint import Checkpoints, NonFiniteError
+from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted
 from gnp.train.loop import train_and_evaluate
 
 
@@ -198,3 +199,27 @@ def test_hybrid_p_zero_is_plain_training_and_p_one_is_gnp(tmp_path):
 def test_config_errors_name_the_valid_choices(tmp_path, key, value, match):
     with pytest.raises(ValueError, match=match):
         train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
+
+
+def test_sigterm_saves_mid_epoch_and_the_resumed_run_equals_the_uninterrupted(
+    tmp_path, monkeypatch
+):
+    config = tiny_config(total_epochs=3, save_ckpt_every_n_epochs=3)
+    train_and_evaluate(config, str(tmp_path / "straight"))
+
+    real_shard, calls = loop.shard_batch, []
+
+    def preempt_in_epoch_two(batch, mesh):
+        if "mask" not in batch:
+            calls.append(1)
+            if len(calls) == 7:  # SIGTERM arrives while step 6 (epoch 2's second) runs
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real_shard(batch, mesh)
+
+    monkeypatch.setattr(loop, "shard_batch", preempt_in_epoch_two)
+    with pytest.raises(Preempted, match="stopped at step 7"):
+        train_and_evaluate(config, str(tmp_path / "preempted"))
+    assert Checkpoints(str(tmp_path / "preempted" / "checkpoints")).latest_step() == 7
+    monkeypatch.setattr(loop, "shard_batch", real_shard)
+    train_and_evaluate(config, str(tmp_path / "preempted"))
+    assert_trees_equal(final_params(tmp_path / "preempted"), final_params(tmp_path / "straight"))

@@ -7,6 +7,8 @@ checkpoint of a run that diverged is always a good one to resume or inspect.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 import grain
@@ -24,6 +26,39 @@ class NonFiniteError(RuntimeError):
 def all_finite(tree: Any) -> bool:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+class Preempted(RuntimeError):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint at the current step."""
+
+
+class PreemptionGuard:
+    """Turns SIGTERM, a cluster's preemption notice, into "save at the next step and stop".
+
+    One process: a signal handler sets a flag. Several: JAX's preemption sync point
+    (through orbax), so that every host saves at the same step.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals go to it only
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def reached(self, step: int, checkpoints: Checkpoints) -> bool:
+        if jax.process_count() > 1:
+            return checkpoints.reached_preemption(step)
+        return self.requested
 
 
 class Checkpoints:
@@ -76,6 +111,9 @@ class Checkpoints:
             ),
         )
         return TrainState(**restored["state"]), dict(restored["meta"])
+
+    def reached_preemption(self, step: int) -> bool:
+        return self._manager.reached_preemption(step)
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())

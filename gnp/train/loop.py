@@ -21,7 +21,7 @@ from tqdm import tqdm
 from gnp import models
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.optim import build_optimizer, learning_rate_schedule
-from gnp.train.checkpoint import Checkpoints, NonFiniteError
+from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted, PreemptionGuard
 from gnp.train.config import validate_config
 from gnp.train.gr_schedule import GRSchedule
 from gnp.train.metrics import MetricWriter, plot_curves
@@ -162,13 +162,16 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
     writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
 
     record: dict[str, Any] = {}
+    resume_step = int(state.step)  # past an epoch's start when the run was preempted mid-epoch
+    preemption = PreemptionGuard()
+    preemption.install()
     try:
         for epoch in range(progress["epoch"] + 1, config.total_epochs + 1):
             first_step = (epoch - 1) * steps_per_epoch
             step_metrics, gnp_steps = [], 0
             started = time.perf_counter()
             bar = tqdm(
-                range(steps_per_epoch),
+                range(max(resume_step - first_step, 0), steps_per_epoch),
                 desc=f"epoch {epoch}/{config.total_epochs}",
                 disable=not is_chief,
                 leave=False,
@@ -176,6 +179,12 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
             )
             for i in bar:
                 step = first_step + i
+                if preemption.reached(step, checkpoints):
+                    checkpoints.save(state, train_iterator, {"epoch": epoch - 1, "finished": False})
+                    raise Preempted(
+                        f"stopped at step {step} (epoch {epoch}) on request and saved "
+                        f"{checkpoints.describe_latest()}; run the same command to resume"
+                    )
                 penalized = gr.is_gnp_step(step)
                 gnp_steps += penalized
                 batch = shard_batch(next(train_iterator), mesh)
@@ -216,8 +225,9 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                 "learning_rate": float(fetched[-1]["learning_rate"]),
                 "r": r_used,
                 "alpha": alpha_used,
-                "gnp_step_fraction": gnp_steps / steps_per_epoch,
-                "images_per_second": steps_per_epoch * config.batch_size / seconds,
+                # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
+                "gnp_step_fraction": gnp_steps / len(fetched),
+                "images_per_second": len(fetched) * config.batch_size / seconds,
             }
             if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:
                 record |= evaluate(
@@ -233,6 +243,7 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                     {"epoch": epoch, "finished": finished, "final_metrics": record},
                 )
     finally:
+        preemption.restore()
         writer.close()
         checkpoints.close()
 
