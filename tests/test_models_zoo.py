@@ -146,3 +146,10 @@ def test_shake_models_declare_true_gradient():
 def test_unknown_name_lists_registered_names():
     with pytest.raises(ValueError, match=r"registered models:.*WideResNet_28_10"):
         models.get_model("nope", num_classes=10)
+
+
+def test_swin_with_an_image_size_its_windows_do_not_divide_is_a_clear_error():
+    model = models.get_model("Swin_Tiny_224", num_classes=10)
+    images = jax.ShapeDtypeStruct((1, 96, 96, 3), jnp.float32)  # 24x24 map, 7x7 windows
+    with pytest.raises(ValueError, match="does not divide into 7x7 windows"):
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)

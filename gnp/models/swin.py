@@ -170,6 +170,13 @@ class Swin(nn.Module):
             if stage > 0:
                 x = PatchMerging(self.dtype)(x)
             window = min(self.window_size, *x.shape[1:3])
+            if x.shape[1] % window or x.shape[2] % window:
+                raise ValueError(
+                    f"Swin stage {stage} sees a {x.shape[1]}x{x.shape[2]} feature map, which "
+                    f"does not divide into {window}x{window} windows; use an image size whose "
+                    f"maps divide (32 px for the plain and _Patch4 names, 224 px for _224) or "
+                    "set model.model_params.window_size"
+                )
             for block in range(depth):
                 shifted = block % 2 == 1 and window < min(x.shape[1:3])
                 x = SwinBlock(
