@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gnp.choices import check_choice
+
 PyTree = Any
 Method = Literal["finite_difference", "exact"]
 Perturbation = Literal["sam", "asam"]
@@ -61,16 +63,12 @@ def ascent_direction(
     eta: float = 0.01,
 ) -> PyTree:
     """The unit-radius perturbation: ``g/‖g‖`` (SAM) or ``T²g/‖Tg‖``, ``T = |θ| + η`` (ASAM)."""
-    if perturbation == "sam":
+    if check_choice(perturbation, PERTURBATIONS, "perturbation") == "sam":
         return _scale(grads, _safe_inverse(global_norm(grads)))
-    if perturbation == "asam":
-        weights = jax.tree.map(lambda p: jnp.abs(p.astype(_norm_dtype(p.dtype))) + eta, params)
-        scaled = jax.tree.map(lambda t, g: t * g.astype(t.dtype), weights, grads)
-        inverse = _safe_inverse(global_norm(scaled))
-        return jax.tree.map(
-            lambda t, s, g: (t * s * inverse).astype(g.dtype), weights, scaled, grads
-        )
-    raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}")
+    weights = jax.tree.map(lambda p: jnp.abs(p.astype(_norm_dtype(p.dtype))) + eta, params)
+    scaled = jax.tree.map(lambda t, g: t * g.astype(t.dtype), weights, grads)
+    inverse = _safe_inverse(global_norm(scaled))
+    return jax.tree.map(lambda t, s, g: (t * s * inverse).astype(g.dtype), weights, scaled, grads)
 
 
 def _is_concrete_zero(value: Any) -> bool | None:
@@ -86,10 +84,8 @@ def _mean_over_axis(tree: PyTree, axis_name: str | None) -> PyTree:
 
 
 def _check_options(method: str, perturbation: str, normalize_reference: bool) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if perturbation not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}")
+    check_choice(method, METHODS, "method")
+    check_choice(perturbation, PERTURBATIONS, "perturbation")
     if method == "exact" and (perturbation != "sam" or normalize_reference):
         raise ValueError(
             "method='exact' is the gradient of L + λ‖∇L‖ and takes perturbation='sam' "

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gnp.choices import check_choice
+
 PyTree = Any
 
 # Per optimizer: config name -> optax keyword, with the default the released code used.
@@ -51,7 +53,7 @@ def l2_penalty(params: PyTree, coefficient: float, *, skip_vectors: bool) -> jax
 
 def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
     """``lr_schedule_type`` after a linear warmup from 0 over ``warmup_epochs``."""
-    kind = config.lr_schedule_type
+    kind = check_choice(config.lr_schedule_type, SCHEDULES, "lr_schedule_type")
     base = config.base_lr
     total_steps = config.total_epochs * steps_per_epoch
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
@@ -62,7 +64,7 @@ def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
         main = optax.cosine_decay_schedule(base, decay_steps)
     elif kind == "exponential":
         main = optax.exponential_decay(base, steps_per_epoch, config.exponential_decay_rate)
-    elif kind == "stepped":
+    else:  # stepped
         boundaries, scales = config.stepped_lr_boundaries, config.stepped_lr_scales
         if len(boundaries) != len(scales):
             raise ValueError(
@@ -76,8 +78,6 @@ def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
             factors[max(step, 0)] = scale / previous
             previous = scale
         main = optax.piecewise_constant_schedule(base, factors)
-    else:
-        raise ValueError(f"unknown lr_schedule_type {kind!r}; choose one of {SCHEDULES}")
     if warmup_steps == 0:
         return main
     warmup = optax.linear_schedule(0.0, base, warmup_steps)
@@ -86,10 +86,7 @@ def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
 
 def optimizer_kwargs(opt_type: str, opt_params: Any) -> dict[str, Any]:
     """The optax keywords for ``opt_type``; a parameter it does not take is an error."""
-    if opt_type not in OPTIMIZER_PARAMS:
-        raise ValueError(
-            f"unknown opt.opt_type {opt_type!r}; choose one of {list(OPTIMIZER_PARAMS)}"
-        )
+    check_choice(opt_type, OPTIMIZER_PARAMS, "opt.opt_type")
     accepted = OPTIMIZER_PARAMS[opt_type]
     given = {k: v for k, v in dict(opt_params).items() if v is not None}
     unknown = sorted(set(given) - set(accepted))

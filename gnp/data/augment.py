@@ -15,18 +15,14 @@ import math
 import numpy as np
 from PIL import Image
 
+from gnp.choices import check_choice
 from gnp.data.autoaugment import IMAGENET_AUTOAUGMENT, AutoAugment
 
 IMAGE_AUGMENTATIONS = ("none", "basic", "autoaugment", "aa-only")
 
 
 def check_level(level: str) -> str:
-    if level not in IMAGE_AUGMENTATIONS:
-        raise ValueError(
-            f"unknown dataset.image_level_augmentations {level!r}; "
-            f"choose one of {list(IMAGE_AUGMENTATIONS)}"
-        )
-    return level
+    return check_choice(level, IMAGE_AUGMENTATIONS, "dataset.image_level_augmentations")
 
 
 def _uses_basic(level: str) -> bool:

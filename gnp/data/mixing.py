@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from gnp.choices import check_choice
+
 BATCH_AUGMENTATIONS = ("none", "cutout", "mixup", "mixcut")
 
 
 def check_level(name: str) -> str:
-    if name not in BATCH_AUGMENTATIONS:
-        raise ValueError(
-            f"unknown dataset.batch_level_augmentations {name!r}; "
-            f"choose one of {list(BATCH_AUGMENTATIONS)}"
-        )
-    return name
+    return check_choice(name, BATCH_AUGMENTATIONS, "dataset.batch_level_augmentations")
 
 
 def uses_mixup(name: str) -> bool:

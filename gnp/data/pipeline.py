@@ -25,6 +25,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from gnp.choices import check_choice
 from gnp.data import cifar, digits, imagefolder, label_noise, mixing
 from gnp.data.source import Source, SourceOptions
 
@@ -260,8 +261,7 @@ def build_input_pipeline(
     """The pipeline the config names (``config.dataset.dataset_name``)."""
     dataset_config = config.dataset
     name = dataset_config.dataset_name
-    if name not in _SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
+    check_choice(name, dataset_names(), "dataset.dataset_name")
     # Check every name before loading: scanning ImageNet takes a while.
     batch_level = mixing.check_level(dataset_config.get("batch_level_augmentations", "none"))
     noise = label_noise.check_fraction(dataset_config.get("label_noise", 0.0))

@@ -7,31 +7,26 @@ from typing import Any
 import jax
 
 from gnp import models
+from gnp.choices import check_choice
 from gnp.data import dataset_names
 from gnp.gradient import METHODS, PERTURBATIONS
-from gnp.optim import OPTIMIZER_PARAMS, SCHEDULES, optimizer_kwargs
+from gnp.optim import SCHEDULES, optimizer_kwargs
 from gnp.train.gr_schedule import WARMUP_STRATEGIES
 
 DTYPE_NAMES = ("float32", "bfloat16")
 
 
-def _choice(value: Any, choices: Any, key: str) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {key} {value!r}; choose one of {sorted(choices)}")
-
-
 def validate_config(config: Any) -> Any:
     """Returns a copy with derived defaults filled in (eval batch size); raises ValueError."""
     config = config.copy_and_resolve_references()
-    _choice(config.model.model_name, models.names(), "model.model_name")
-    _choice(config.dataset.dataset_name, dataset_names(), "dataset.dataset_name")
-    _choice(config.opt.opt_type, OPTIMIZER_PARAMS, "opt.opt_type")
+    check_choice(config.model.model_name, models.names(), "model.model_name")
+    check_choice(config.dataset.dataset_name, dataset_names(), "dataset.dataset_name")
     optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)
-    _choice(config.lr_schedule_type, SCHEDULES, "lr_schedule_type")
-    _choice(config.gr_warmup_strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
-    _choice(config.gnp.method, METHODS, "gnp.method")
-    _choice(config.gnp.perturbation, PERTURBATIONS, "gnp.perturbation")
-    _choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
+    check_choice(config.lr_schedule_type, SCHEDULES, "lr_schedule_type")
+    check_choice(config.gr_warmup_strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
+    check_choice(config.gnp.method, METHODS, "gnp.method")
+    check_choice(config.gnp.perturbation, PERTURBATIONS, "gnp.perturbation")
+    check_choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
     if config.total_epochs < 1:
         raise ValueError(f"total_epochs must be at least 1, got {config.total_epochs}")
     if not 0 <= config.warmup_epochs <= config.total_epochs:

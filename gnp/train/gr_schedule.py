@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gnp.choices import check_choice
+
 WARMUP_STRATEGIES = ("none", "r", "lambda", "zero")
 
 
@@ -30,10 +32,7 @@ class GRSchedule:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.strategy not in WARMUP_STRATEGIES:
-            raise ValueError(
-                f"unknown gr_warmup_strategy {self.strategy!r}; choose one of {WARMUP_STRATEGIES}"
-            )
+        check_choice(self.strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
         if self.hybrid_p is not None and not 0.0 <= self.hybrid_p <= 1.0:
             raise ValueError(f"hybrid_config.p must lie in [0, 1], got {self.hybrid_p}")
 
