@@ -82,17 +82,18 @@ def make_loss_fn(
         logits, updates = model.apply(
             variables, images, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs
         )
-        targets = labels
+        cross_entropy = optax.softmax_cross_entropy(logits, labels).mean()
+        trained_on = cross_entropy
         if loss_config.label_smoothing > 0:
-            targets = optax.smooth_labels(labels, loss_config.label_smoothing)
-        cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
-        objective = cross_entropy + l2_penalty(
+            smoothed = optax.smooth_labels(labels, loss_config.label_smoothing)
+            trained_on = optax.softmax_cross_entropy(logits, smoothed).mean()
+        objective = trained_on + l2_penalty(
             params,
             loss_config.l2_regularization,
             skip_vectors=loss_config.no_weight_decay_on_bn,
         )
         metrics = {
-            "train_loss": optax.softmax_cross_entropy(logits, labels).mean(),
+            "train_loss": cross_entropy,
             "train_error_rate": jnp.mean(jnp.argmax(logits, -1) != jnp.argmax(labels, -1)),
         }
         return objective, (updates.get("batch_stats", batch_stats), metrics)
