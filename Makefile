@@ -1,12 +1,12 @@
 # Two commands set up and run everything on a fresh machine with Python 3.11:
 #   make train   create .venv, install the pinned dependencies, train the default config
-#   make test    same set-up, then the whole test suite
+#   make test    same set-up, then the whole test suite (make test-fast: without slow cases)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint benchmark clean
+.PHONY: train test test-fast benchmark clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -23,6 +23,10 @@ test: $(STAMP)
 	$(PY) -m ruff check gnp tests benchmarks
 	$(PY) -m ruff format --check gnp tests benchmarks
 	$(PY) -m pytest
+
+# The suite without the end-to-end cases marked slow: for a quick check while developing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/gradient_cost.py
