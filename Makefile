@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast benchmark clean
+.PHONY: train test test-fast cuda benchmark clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -27,6 +27,12 @@ test: $(STAMP)
 # The suite without the end-to-end cases marked slow: for a quick check while developing.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# NVIDIA GPUs: the CUDA plugin of the pinned jax (CUDA=13 for the CUDA 13 wheels).
+CUDA ?= 12
+cuda: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[cuda$(CUDA)]"
+	$(PY) -c "import jax; print('jax sees', jax.devices())"
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/gradient_cost.py
