@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: train test test-fast cuda benchmark clean
 
+# (PYTHONWARNINGS=ignore: setuptools warns about every editable install; this one is intended.)
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
-	# PYTHONWARNINGS: setuptools warns about every editable install; this one is intended.
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
