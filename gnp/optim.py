@@ -124,7 +124,11 @@ def describe_optimizer(config: Any) -> str:
     arguments = ", ".join(f"{k}: {v}" for k, v in kwargs.items())
     clip = config.gradient_clipping
     clipping = f"clip_by_global_norm({clip}), then " if clip > 0 else ""
-    return f"{clipping}optax.{factory.__name__}(learning_rate: schedule, {arguments})"
+    schedule = (
+        f"{config.lr_schedule_type} from {config.base_lr} over {config.total_epochs} epochs, "
+        f"linear warmup {config.warmup_epochs}"
+    )
+    return f"{clipping}optax.{factory.__name__}({arguments}); learning rate: {schedule}"
 
 
 def build_optimizer(
