@@ -369,8 +369,8 @@ def test_released_script_resolves_to_the_released_run_and_to_our_recipe(name, tm
 
 def test_released_command_line_runs_unchanged_but_for_the_module_name(data_dirs, tmp_path):
     # The released vit-cifar-basic line verbatim (spaced flag included), with our train_config.py
-    # as TRAIN_CONFIG_DIR, plus
-    # --dry_run and the batch and data folder the tiny files here need.
+    # as TRAIN_CONFIG_DIR, plus --dry_run and the batch and data folder the tiny files here need.
+    # Only its module differs: `python3 -m gnp.main.main` there, `python -m gnp.main` here.
     argv = released_argv(
         "vit-cifar-basic", str(ROOT / "gnp" / "configs" / "train_config.py"), str(tmp_path)
     )
