@@ -1,5 +1,6 @@
 """Every shipped config resolves, builds its model and data source (``--dry_run``)."""
 
+import logging
 import os
 import pathlib
 import re
@@ -415,3 +416,26 @@ def test_imagenet_mixup_flag_turns_mixup_on_for_imagenet_only(data_dirs):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "batch_level_augmentations: mixup" in result.stdout
     assert "mixup_alpha: 0.2" in result.stdout and "randaug_magnitude: 5" in result.stdout
+
+
+def test_released_keys_without_meaning_are_accepted_with_a_notice(caplog):
+    from gnp.train.config import validate_config
+
+    config = main._load_config_file(str(ROOT / "gnp" / "configs" / "train_config.py"))
+    config.model_folder = "/raid/zy/models"
+    config.logging.basic_logger_level = "info"
+    config.dataset.num_classes = 10
+    with caplog.at_level(logging.WARNING, logger="gnp"):
+        validate_config(config)
+    notices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("notice:")]
+    assert len(notices) == 3
+    assert any("model_folder" in n and "--working_dir" in n for n in notices)
+
+
+def test_wrn_skip_option_is_refused_for_models_without_it():
+    from gnp.train.config import validate_config
+
+    config = main._load_config_file(str(ROOT / "gnp" / "configs" / "vit_cifar_basic.py"))
+    config.use_additional_skip_connections_in_wrn = True
+    with pytest.raises(ValueError, match="WideResNet models only"):
+        validate_config(config)
