@@ -125,6 +125,16 @@ def scan(directory: Path, classes: list[str], strict: bool, num_threads: int = 3
 
 
 def load(options: SourceOptions) -> Source:
+    if options.image_level_augmentations == "aa-only":
+        raise ValueError(
+            "dataset.image_level_augmentations 'aa-only' has no ImageNet meaning (the released "
+            "ImageNet pipeline knows only 'autoaugment', RandAugment, and crop-and-flip for "
+            "anything else); use 'autoaugment' or 'basic'"
+        )
+    size = options.image_size or DEFAULT_IMAGE_SIZE
+    # Built before the folders are read, so that bad settings fail before a long scan.
+    randaugment = RandAugment(options.randaug_num_layers, options.randaug_magnitude)
+    augment = ImageNetAugment(options.image_level_augmentations, size, randaugment)
     train_dir, val_dir = options.imagenet_train_dir, options.imagenet_val_dir
     classes = class_names(train_dir, "imagenet_train_dir")
     val_classes = class_names(val_dir, "imagenet_val_dir")
@@ -135,13 +145,6 @@ def load(options: SourceOptions) -> Source:
             f"the class folders of {val_dir} differ from those of {train_dir} (missing from "
             f"val: {missing}, only in val: {extra}); both folders must hold the same classes"
         )
-    if options.image_level_augmentations == "aa-only":
-        raise ValueError(
-            "dataset.image_level_augmentations 'aa-only' has no ImageNet meaning (the released "
-            "ImageNet pipeline knows only 'autoaugment', RandAugment, and crop-and-flip for "
-            "anything else); use 'autoaugment' or 'basic'"
-        )
-    size = options.image_size or DEFAULT_IMAGE_SIZE
     return Source(
         name="imagenet",
         train=scan(train_dir, classes, options.strict),
@@ -150,10 +153,6 @@ def load(options: SourceOptions) -> Source:
         image_shape=(size, size, 3),
         mean=MEAN,
         std=STD,
-        augment=ImageNetAugment(
-            options.image_level_augmentations,
-            size,
-            RandAugment(options.randaug_num_layers, options.randaug_magnitude),
-        ),
+        augment=augment,
         worth_workers=True,
     )
