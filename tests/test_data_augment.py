@@ -63,14 +63,38 @@ def test_array_augment_shapes_ranges_and_determinism(level):
     np.testing.assert_array_equal(aug.eval(image), image)
 
 
-def test_random_resized_box_stays_inside_with_the_inception_ranges():
+def test_random_resized_box_stays_inside_with_the_released_ranges():
+    centre = augment.center_box(120, 80)
     for seed in range(200):
-        left, top, right, bottom = augment.random_resized_box(120, 80, np.random.default_rng(seed))
+        box = augment.random_resized_box(120, 80, np.random.default_rng(seed))
+        left, top, right, bottom = box
         assert 0 <= left < right <= 120 and 0 <= top < bottom <= 80
         width, height = right - left, bottom - top
-        if (width, height) != (80, 80):  # not the fallback
-            assert 0.07 <= width * height / (120 * 80) <= 1.0
+        if box != centre:  # not the fallback
+            # min_object_covered 0.1 of the whole image; aspect 3/4..4/3 up to rounding
+            assert 0.1 <= width * height / (120 * 80) <= 1.0
             assert 3 / 4 - 0.05 <= width / height <= 4 / 3 + 0.05
+            assert (width, height) != (120, 80)  # the whole image gives way to the centre crop
+
+
+def test_random_resized_box_draws_the_height_uniformly_as_tensorflow():
+    # TF's GenerateRandomCrop draws the height uniformly between those of the smallest and the
+    # largest area at the drawn aspect a. On a square image with a < 1 the largest is the full
+    # height, and with the 10 % coverage floor the accepted h/S is uniform on [sqrt(0.1/a), 1]:
+    # mean (sqrt(0.1/a) + 1)/2, about 0.680 for a in [0.75, 0.8] (float64 average below).
+    # An area-uniform sampler (torchvision's) gives about 0.84 there.
+    side = 400
+    heights = []
+    for seed in range(4000):
+        left, top, right, bottom = augment.random_resized_box(
+            side, side, np.random.default_rng(seed)
+        )
+        if (right - left) / (bottom - top) < 0.8:
+            heights.append((bottom - top) / side)
+    aspects = np.linspace(0.75, 0.8, 1001)
+    want = float(np.mean((np.sqrt(0.1 / aspects) + 1) / 2))
+    assert len(heights) > 200
+    assert abs(np.mean(heights) - want) < 0.03
 
 
 def test_center_box_is_the_resize_then_center_crop_window():

@@ -117,20 +117,53 @@ def center_box(width: int, height: int, fraction: float = 0.875) -> tuple[float,
     return (left, top, left + side, top + side)
 
 
+def _tf_crop(
+    width: int, height: int, aspect: float, rng: np.random.Generator
+) -> tuple[int, int, int, int] | None:
+    """One try of TensorFlow's ``sample_distorted_bounding_box`` crop (``GenerateRandomCrop``)
+    with the released area range 8-100 %: the height is uniform between those of the smallest
+    and the largest area at this aspect (width / height), the offsets uniform; None where the
+    rounded crop misses the range. Python's ``round`` halves to even, as C's ``lrintf``."""
+    min_area, max_area = 0.08 * width * height, 1.0 * width * height
+    low, high = round(math.sqrt(min_area / aspect)), round(math.sqrt(max_area / aspect))
+    if round(high * aspect) > width:
+        high = int((width + 0.5 - 1e-7) / aspect)
+        if round(high * aspect) > width:
+            high -= 1
+    high = min(high, height)
+    low = min(low, high)
+    h = low + int(rng.integers(high - low + 1))
+    w = round(h * aspect)
+    if w * h < min_area:
+        h += 1
+        w = round(h * aspect)
+    if w * h > max_area:
+        h -= 1
+        w = round(h * aspect)
+    if not (min_area <= w * h <= max_area and 0 < w <= width and 0 < h <= height):
+        return None
+    top = int(rng.integers(height - h)) if h < height else 0
+    left = int(rng.integers(width - w)) if w < width else 0
+    return (left, top, left + w, top + h)
+
+
 def random_resized_box(
     width: int, height: int, rng: np.random.Generator
 ) -> tuple[float, float, float, float]:
-    """Inception-style crop: 8-100% of the area, aspect 3/4..4/3, 10 tries; after 10 misses the
-    evaluation centre crop, as the released pipeline falls back to it."""
-    area = width * height
+    """The released training crop: up to 10 tries of TensorFlow's sampler at an aspect uniform
+    in 3/4..4/3, keeping the first crop that covers at least 10 % of the image
+    (``min_object_covered``); where none does, or the crop is the whole image, the evaluation
+    centre crop (the released ``_decode_and_random_crop``)."""
     for _ in range(10):
-        target_area = area * rng.uniform(0.08, 1.0)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        w = round(math.sqrt(target_area * ratio))
-        h = round(math.sqrt(target_area / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            left, top = rng.integers(width - w + 1), rng.integers(height - h + 1)
-            return (left, top, left + w, top + h)
+        box = _tf_crop(width, height, rng.uniform(3 / 4, 4 / 3), rng)
+        if box is None:
+            continue
+        left, top, right, bottom = box
+        if (right - left) * (bottom - top) < 0.1 * width * height:
+            continue
+        if (right - left, bottom - top) == (width, height):
+            break
+        return box
     return center_box(width, height)
 
 
