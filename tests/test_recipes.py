@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 CONFIGS = sorted(
     p
     for p in (ROOT / "gnp" / "configs").glob("*.py")
-    if p.stem not in ("__init__", "base", "recipes", "train_config")
+    if p.stem not in ("__init__", "base", "recipes")
 )
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 
