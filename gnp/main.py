@@ -6,6 +6,7 @@ model with ``jax.eval_shape`` and the data source, prints both and exits.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import sys
@@ -22,9 +23,22 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+# The released code's own absl flags (ds_pipeline/), mapped onto config keys by
+# apply_released_flags; unset, they leave the config as it is.
 _IMAGENET_MIXUP_ALPHA = flags.DEFINE_float(
-    "imagenet_mixup_alpha", None, "The released scripts' name for --config.dataset.mixup_alpha."
+    "imagenet_mixup_alpha", None, "If > 0, mixup on ImageNet with this alpha (released flag)."
 )
+_CUTOUT_LENGTH = flags.DEFINE_integer(
+    "cutout_length", None, "Cutout square side in px (released flag): dataset.cutout_size."
+)
+_RANDAUG_NUM_LAYERS = flags.DEFINE_integer(
+    "randaug_num_layers", None, "RandAugment ops per ImageNet image: dataset.randaug_num_layers."
+)
+_RANDAUG_MAGNITUDE = flags.DEFINE_integer(
+    "randaug_magnitude", None, "RandAugment magnitude, 0..10: dataset.randaug_magnitude."
+)
+# What a positive --imagenet_mixup_alpha turns the batch-level augmentation into.
+_WITH_MIXUP = {"none": "mixup", "cutout": "mixcut"}
 
 
 def _load_config_file(path: str) -> Any:
@@ -84,11 +98,47 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def apply_released_flags(config: Any) -> None:
+    """The released scripts' absl flags, with the released meaning, onto the config."""
+    if _CUTOUT_LENGTH.value is not None:
+        config.dataset.cutout_size = _CUTOUT_LENGTH.value
+    if _RANDAUG_NUM_LAYERS.value is not None:
+        config.dataset.randaug_num_layers = _RANDAUG_NUM_LAYERS.value
+    if _RANDAUG_MAGNITUDE.value is not None:
+        config.dataset.randaug_magnitude = _RANDAUG_MAGNITUDE.value
+    alpha = _IMAGENET_MIXUP_ALPHA.value
+    if alpha is None or alpha <= 0:  # the released default 0 means no mixup
+        return
+    name = config.dataset.dataset_name
+    if name != "imagenet":
+        logging.warning(
+            "notice: --imagenet_mixup_alpha has no effect on %s, as in the released code; use "
+            "--config.dataset.batch_level_augmentations=mixup --config.dataset.mixup_alpha=A",
+            name,
+        )
+        return
+    config.dataset.mixup_alpha = alpha
+    level = config.dataset.batch_level_augmentations
+    config.dataset.batch_level_augmentations = _WITH_MIXUP.get(level, level)
+
+
+def model_fields(model: Any) -> dict[str, Any]:
+    """The flax module's dataclass fields in force (defaults and overrides alike); types (the
+    dtype) by name."""
+    values = {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in ("parent", "name")
+    }
+    return {k: v.__name__ if isinstance(v, type) else v for k, v in values.items()}
+
+
 def dry_run(config: Any) -> None:
     import jax
     import jax.numpy as jnp
 
     from gnp.data import build_input_pipeline
+    from gnp.optim import describe_optimizer
     from gnp.train.config import validate_config
     from gnp.train.loop import build_model
 
@@ -100,7 +150,9 @@ def dry_run(config: Any) -> None:
     count = sum(x.size for x in jax.tree.leaves(variables["params"]))
     print(config)
     print(f"data: {pipeline.info}")
+    print(f"optimizer: {describe_optimizer(config)}")
     print(f"model: {config.model.model_name}, {count:,} parameters")
+    print("model fields: " + ", ".join(f"{k}: {v}" for k, v in model_fields(model).items()))
 
 
 def main(argv: list[str]) -> None:
@@ -110,8 +162,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=PATH is required (e.g. gnp/configs/default.py)")
-    if _IMAGENET_MIXUP_ALPHA.value is not None:
-        config.dataset.mixup_alpha = _IMAGENET_MIXUP_ALPHA.value
+    apply_released_flags(config)
     from gnp.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -13,23 +13,38 @@ from gnp.choices import check_choice
 
 PyTree = Any
 
-# Per optimizer: config name -> optax keyword, with the default the released code used.
+# Per optimizer: config name -> (optax keyword, default). The defaults are what the released code
+# ran: its base config sets ``opt_params`` nesterov=True, momentum=0.9, weight_decay=0.3, and
+# ``optimizer/get_optimizer.py`` keeps of those only the names each optimizer lists, so its
+# ``Momentum`` is ``optax.sgd(lr, momentum=0.9, nesterov=True)`` and its ``Adam`` is
+# ``optax.adamw(lr, weight_decay=0.3)`` with optax's b1, b2 and eps. Its ``SGD`` passed
+# grad_norm_clip and weight_decay to ``optax.sgd``, which takes neither (a TypeError), and it has
+# no ``RMSProp``: here both are plain optax.
 OPTIMIZER_PARAMS: dict[str, dict[str, tuple[str, Any]]] = {
     "SGD": {"momentum": ("momentum", None), "nesterov": ("nesterov", False)},
-    "Momentum": {"momentum": ("momentum", 0.9), "nesterov": ("nesterov", False)},
+    "Momentum": {"momentum": ("momentum", 0.9), "nesterov": ("nesterov", True)},
     "Adam": {
         "beta1": ("b1", 0.9),
         "beta2": ("b2", 0.999),
-        "epsilon": ("eps", 1e-8),
-        "weight_decay": ("weight_decay", 0.0),
+        "eps": ("eps", 1e-8),
+        "weight_decay": ("weight_decay", 0.3),
     },
     "RMSProp": {
         "decay": ("decay", 0.9),
-        "epsilon": ("eps", 1e-8),
+        "eps": ("eps", 1e-8),
         "momentum": ("momentum", None),
         "centered": ("centered", False),
     },
 }
+# The optax function behind each name (Adam is AdamW: decoupled weight decay, as released).
+FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "SGD": optax.sgd,
+    "Momentum": optax.sgd,
+    "Adam": optax.adamw,
+    "RMSProp": optax.rmsprop,
+}
+# Released ``opt_params`` that no released optimizer used: accepted, dropped (see gnp.configs.base).
+IGNORED_PARAMS = ("grad_norm_clip",)
 SCHEDULES = ("constant", "stepped", "cosine", "exponential")
 
 
@@ -85,10 +100,11 @@ def learning_rate_schedule(config: Any, steps_per_epoch: int) -> optax.Schedule:
 
 
 def optimizer_kwargs(opt_type: str, opt_params: Any) -> dict[str, Any]:
-    """The optax keywords for ``opt_type``; a parameter it does not take is an error."""
+    """The optax keywords for ``opt_type``, every default filled in; a parameter it does not
+    take is an error (the released code dropped it silently)."""
     check_choice(opt_type, OPTIMIZER_PARAMS, "opt.opt_type")
     accepted = OPTIMIZER_PARAMS[opt_type]
-    given = {k: v for k, v in dict(opt_params).items() if v is not None}
+    given = {k: v for k, v in dict(opt_params).items() if v is not None and k not in IGNORED_PARAMS}
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         raise ValueError(
@@ -97,20 +113,32 @@ def optimizer_kwargs(opt_type: str, opt_params: Any) -> dict[str, Any]:
     return {kw: given.get(name, default) for name, (kw, default) in accepted.items()}
 
 
+def describe_optimizer(config: Any) -> str:
+    """The optimizer as ``build_optimizer`` builds it, every hyper-parameter in force spelled out
+    (what ``--dry_run`` prints, so a recipe can be checked without reading code)."""
+    kwargs = optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)
+    if config.opt.opt_type == "Adam":
+        skip = config.no_weight_decay_on_bn
+        kwargs["mask"] = "not 1-D (BatchNorm, biases)" if skip else "all"
+    factory = FACTORIES[config.opt.opt_type]
+    arguments = ", ".join(f"{k}: {v}" for k, v in kwargs.items())
+    clip = config.gradient_clipping
+    clipping = f"clip_by_global_norm({clip}), then " if clip > 0 else ""
+    schedule = (
+        f"{config.lr_schedule_type} from {config.base_lr} over {config.total_epochs} epochs, "
+        f"linear warmup {config.warmup_epochs}"
+    )
+    return f"{clipping}optax.{factory.__name__}({arguments}); learning rate: {schedule}"
+
+
 def build_optimizer(
     config: Any, schedule: optax.Schedule, params: PyTree
 ) -> optax.GradientTransformation:
     """Clip the combined gradient (if asked), then the configured optimizer."""
     kwargs = optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)
-    factories: dict[str, Callable[..., optax.GradientTransformation]] = {
-        "SGD": optax.sgd,
-        "Momentum": optax.sgd,
-        "Adam": optax.adamw,
-        "RMSProp": optax.rmsprop,
-    }
     if config.opt.opt_type == "Adam":
         kwargs["mask"] = decay_mask(params, skip_vectors=config.no_weight_decay_on_bn)
-    optimizer = factories[config.opt.opt_type](schedule, **kwargs)
+    optimizer = FACTORIES[config.opt.opt_type](schedule, **kwargs)
     if config.gradient_clipping > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.gradient_clipping), optimizer)
     return optimizer

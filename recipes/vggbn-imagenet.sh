@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKING_DIR=${WORKING_DIR:-runs/vggbn-imagenet}
 PYTHON=${PYTHON:-.venv/bin/python}
-IMAGENET_DIR=${IMAGENET_DIR:-$HOME/data/imagenet}  # holds train/ and val/ class folders
+IMAGENET_DIR=${IMAGENET_DIR:-$HOME/gnp_data/imagenet}  # holds train/ and val/ class folders
 exec "$PYTHON" -m gnp.main --config=gnp/configs/vggbn_imagenet.py --working_dir="$WORKING_DIR" \
-    --config.dataset.imagenet_train_dir="$IMAGENET_DIR/train" \
-    --config.dataset.imagenet_val_dir="$IMAGENET_DIR/val" "$@"
+    --config.imagenet_train_dir="$IMAGENET_DIR/train" \
+    --config.imagenet_val_dir="$IMAGENET_DIR/val" "$@"

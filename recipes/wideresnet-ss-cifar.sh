@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKING_DIR=${WORKING_DIR:-runs/wideresnet-ss-cifar}
 PYTHON=${PYTHON:-.venv/bin/python}
-DATA_DIR=${DATA_DIR:-$HOME/data/cifar}  # holds cifar-10-python.tar.gz (or its folder)
+DATA_DIR=${DATA_DIR:-$HOME/gnp_data}  # holds cifar-10-python.tar.gz (or its folder): docs/data.md
 exec "$PYTHON" -m gnp.main --config=gnp/configs/wideresnet_ss_cifar.py --working_dir="$WORKING_DIR" \
     --config.dataset.data_dir="$DATA_DIR" "$@"

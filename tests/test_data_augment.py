@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gnp.data import augment, autoaugment, mixing
+from gnp.data import augment, autoaugment, mixing, randaugment
 
 
 def _image(size: int = 32, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -63,14 +63,38 @@ def test_array_augment_shapes_ranges_and_determinism(level):
     np.testing.assert_array_equal(aug.eval(image), image)
 
 
-def test_random_resized_box_stays_inside_with_the_inception_ranges():
+def test_random_resized_box_stays_inside_with_the_released_ranges():
+    centre = augment.center_box(120, 80)
     for seed in range(200):
-        left, top, right, bottom = augment.random_resized_box(120, 80, np.random.default_rng(seed))
+        box = augment.random_resized_box(120, 80, np.random.default_rng(seed))
+        left, top, right, bottom = box
         assert 0 <= left < right <= 120 and 0 <= top < bottom <= 80
         width, height = right - left, bottom - top
-        if (width, height) != (80, 80):  # not the fallback
-            assert 0.07 <= width * height / (120 * 80) <= 1.0
+        if box != centre:  # not the fallback
+            # min_object_covered 0.1 of the whole image; aspect 3/4..4/3 up to rounding
+            assert 0.1 <= width * height / (120 * 80) <= 1.0
             assert 3 / 4 - 0.05 <= width / height <= 4 / 3 + 0.05
+            assert (width, height) != (120, 80)  # the whole image gives way to the centre crop
+
+
+def test_random_resized_box_draws_the_height_uniformly_as_tensorflow():
+    # TF's GenerateRandomCrop draws the height uniformly between those of the smallest and the
+    # largest area at the drawn aspect a. On a square image with a < 1 the largest is the full
+    # height, and with the 10 % coverage floor the accepted h/S is uniform on [sqrt(0.1/a), 1]:
+    # mean (sqrt(0.1/a) + 1)/2, about 0.680 for a in [0.75, 0.8] (float64 average below).
+    # An area-uniform sampler (torchvision's) gives about 0.84 there.
+    side = 400
+    heights = []
+    for seed in range(4000):
+        left, top, right, bottom = augment.random_resized_box(
+            side, side, np.random.default_rng(seed)
+        )
+        if (right - left) / (bottom - top) < 0.8:
+            heights.append((bottom - top) / side)
+    aspects = np.linspace(0.75, 0.8, 1001)
+    want = float(np.mean((np.sqrt(0.1 / aspects) + 1) / 2))
+    assert len(heights) > 200
+    assert abs(np.mean(heights) - want) < 0.03
 
 
 def test_center_box_is_the_resize_then_center_crop_window():
@@ -80,7 +104,10 @@ def test_center_box_is_the_resize_then_center_crop_window():
     assert math.isclose(left, 25) and math.isclose(top, 5)
 
 
-@pytest.mark.parametrize("level", augment.IMAGE_AUGMENTATIONS)
+IMAGENET_LEVELS = ("none", "basic", "autoaugment")
+
+
+@pytest.mark.parametrize("level", IMAGENET_LEVELS)
 def test_imagenet_augment_outputs_the_image_size(level):
     aug = augment.ImageNetAugment(level, image_size=24)
     image = Image.fromarray(_image(64)).resize((90, 60))
@@ -90,6 +117,38 @@ def test_imagenet_augment_outputs_the_image_size(level):
     np.testing.assert_array_equal(
         aug.train(image, np.random.default_rng(1)), aug.train(image, np.random.default_rng(1))
     )
+
+
+def test_imagenet_none_is_the_released_crop_and_flip_and_autoaugment_adds_randaugment():
+    # The released ImageNet pipeline reads only whether the level is 'autoaugment': 'none'
+    # still crops at random and flips (it is not the evaluation crop).
+    image = Image.fromarray(_image(64)).resize((90, 60))
+    none, basic = augment.ImageNetAugment("none", 24), augment.ImageNetAugment("basic", 24)
+    rand = augment.ImageNetAugment("autoaugment", 24)
+    evaluation = none.eval(image)
+    differs_from_eval = differs_from_basic = 0
+    for seed in range(12):
+        out = none.train(image, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out, basic.train(image, np.random.default_rng(seed)))
+        differs_from_eval += not np.array_equal(out, evaluation)
+        augmented = rand.train(image, np.random.default_rng(seed))
+        differs_from_basic += not np.array_equal(augmented, out)
+    assert differs_from_eval == 12 and differs_from_basic >= 10
+
+
+def test_imagenet_crop_falls_back_to_the_evaluation_centre_crop():
+    # A 1000 x 10 strip admits no crop with aspect 3/4..4/3 and 8 % of the area: after 10 tries
+    # the released pipeline takes the centre crop, 0.875 of the shorter side.
+    box = augment.random_resized_box(1000, 10, np.random.default_rng(0))
+    assert box == augment.center_box(1000, 10)
+    assert math.isclose(box[2] - box[0], 8.75) and math.isclose(box[0], (1000 - 8.75) / 2)
+
+
+def test_imagenet_resizing_is_bicubic():
+    image = Image.fromarray(_image(64)).resize((90, 60))
+    want = image.resize((24, 24), Image.Resampling.BICUBIC, box=augment.center_box(90, 60))
+    got = augment.ImageNetAugment("none", 24).eval(image)
+    np.testing.assert_array_equal(got, np.asarray(want))
 
 
 def test_imagenet_eval_keeps_only_the_centre():
@@ -114,14 +173,7 @@ def test_imagenet_eval_of_a_large_jpeg_uses_a_reduced_decode_yet_keeps_the_size(
 
 # --- AutoAugment ------------------------------------------------------------------------
 
-POLICY_OPS = sorted(
-    {
-        name
-        for policy in (autoaugment.CIFAR_POLICY, autoaugment.IMAGENET_POLICY)
-        for sub in policy
-        for name, _, _ in sub
-    }
-)
+POLICY_OPS = sorted(autoaugment.OPS)
 
 
 def _ctx(seed: int = 0) -> autoaugment.OpContext:
@@ -129,12 +181,10 @@ def _ctx(seed: int = 0) -> autoaugment.OpContext:
 
 
 def test_policies_are_the_published_ones():
-    assert len(autoaugment.CIFAR_POLICY) == 95 and len(autoaugment.IMAGENET_POLICY) == 25
-    assert set(POLICY_OPS) == set(autoaugment.OPS)
-    for policy in (autoaugment.CIFAR_POLICY, autoaugment.IMAGENET_POLICY):
-        for sub in policy:
-            assert len(sub) == 2
-            assert all(0 <= p <= 1 and 0 <= level <= 10 for _, p, level in sub)
+    assert len(autoaugment.CIFAR_POLICY) == 95
+    for sub in autoaugment.CIFAR_POLICY:
+        assert len(sub) == 2 and all(name in autoaugment.OPS for name, _, _ in sub)
+        assert all(0 <= p <= 1 and 0 <= level <= 10 for _, p, level in sub)
 
 
 @pytest.mark.parametrize("name", POLICY_OPS)
@@ -194,17 +244,70 @@ def test_pixel_ops_match_hand_computed_values():
     assert 25 <= grey <= 100
 
 
-@pytest.mark.parametrize("policy", ["cifar", "imagenet"])
-def test_every_sub_policy_applies(policy):
-    table, size = {
-        "cifar": (autoaugment.CIFAR_POLICY, 32),
-        "imagenet": (autoaugment.IMAGENET_POLICY, 48),
-    }[policy]
-    image = Image.fromarray(_image(size))
-    for sub in table:
+def test_every_sub_policy_applies():
+    image = Image.fromarray(_image(32))
+    for sub in autoaugment.CIFAR_POLICY:
         forced = tuple((name, 1.0, level) for name, _, level in sub)
         out = autoaugment.AutoAugment((forced,), 10 / 32, 20 / 32)(image, np.random.default_rng(0))
         assert out.size == image.size and out.mode == "RGB"
+
+
+# --- RandAugment (the released ImageNet 'autoaugment') ---------------------------------
+
+
+def test_randaugment_has_the_released_sixteen_ops():
+    # ds_pipeline/autoaugment/autoaugment.py, distort_image_with_randaugment: available_ops.
+    assert list(randaugment.RANDAUGMENT_OPS) == [
+        "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color",
+        "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
+        "Cutout", "SolarizeAdd",
+    ]  # fmt: skip
+
+
+def test_randaugment_posterize_and_solarize_use_the_released_arguments():
+    # Released level_to_arg at magnitude 9: Posterize int(9/10 * 4) = 3 bits kept;
+    # Solarize threshold int(9/10 * 256) = 230, pixels >= 230 inverted (tf.where(image < t, ...)).
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    image, ops = Image.fromarray(pixels), randaugment.RANDAUGMENT_OPS
+    ctx = randaugment.context(np.random.default_rng(0))
+    np.testing.assert_array_equal(np.asarray(ops["Posterize"](image, 9, ctx)), pixels & 0b11100000)
+    want = np.where(pixels >= 230, 255 - pixels, pixels)
+    np.testing.assert_array_equal(np.asarray(ops["Solarize"](image, 9, ctx)), want)
+
+
+def test_randaugment_sizes_are_the_released_pixels_at_224():
+    # Released: translate level/10 * 100 px (90 at M 9); cutout 2 * int(9/10 * 40) = 72 px.
+    pixels = _image(224)
+    image, ops = Image.fromarray(pixels), randaugment.RANDAUGMENT_OPS
+    ctx = randaugment.context(np.random.default_rng(1))
+    shifted = np.asarray(ops["TranslateX"](image, 9, ctx))
+    assert np.array_equal(shifted[:, :-90], pixels[:, 90:]) or np.array_equal(
+        shifted[:, 90:], pixels[:, :-90]
+    )
+    sides = set()
+    for seed in range(20):
+        out = ops["Cutout"](image, 9, randaugment.context(np.random.default_rng(seed)))
+        grey = (np.asarray(out) == 128).all(axis=-1)
+        sides.add((int(grey.any(axis=1).sum()), int(grey.any(axis=0).sum())))
+    assert (72, 72) in sides and all(h <= 72 and w <= 72 for h, w in sides)
+
+
+def test_randaugment_applies_an_op_in_every_layer():
+    # The released code draws a probability per op but never uses it: the chosen op always
+    # applies. At magnitude 9 each op changes this image, so no draw leaves it unchanged.
+    image = Image.fromarray(_image(48))
+    unchanged = sum(
+        np.array_equal(
+            np.asarray(randaugment.RandAugment(1, 9)(image, np.random.default_rng(s))),
+            np.asarray(image),
+        )
+        for s in range(40)
+    )
+    assert unchanged == 0
+    same = randaugment.RandAugment(0, 9)(image, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(image))
+    with pytest.raises(ValueError, match="randaug_magnitude"):
+        randaugment.RandAugment(2, 11)
 
 
 # --- batch level ------------------------------------------------------------------------
@@ -236,3 +339,11 @@ def test_cutout_area():
         assert len(rows) <= 16 and len(cols) <= 16
         areas.add(int(zeros.sum()))
     assert 256 in areas and min(areas) >= 64  # whole square inside, or clipped at a border
+
+
+def test_cutout_of_a_batch_cuts_the_same_window_from_every_image():
+    # The released augmentation.cutout draws one centre per batch.
+    batch = np.ones((5, 32, 32, 3), np.float32)
+    out = mixing.cutout(batch, 16, np.random.default_rng(3))
+    zeros = out[..., 0] == 0
+    assert zeros[0].any() and all(np.array_equal(zeros[0], z) for z in zeros[1:])

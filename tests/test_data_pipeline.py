@@ -162,8 +162,11 @@ def test_train_images_are_normalized_with_the_data_set_statistics(tmp_path):
     assert batch["image"].shape == (16, 32, 32, 3)
 
 
-def test_cutout_zeroes_a_square_of_the_configured_size():
-    pipeline = digits(batch_size=64, batch_level_augmentations="cutout", cutout_size=4)
+@pytest.mark.parametrize("mode", ["batch", "image"])
+def test_cutout_zeroes_a_square_of_the_configured_size(mode):
+    pipeline = digits(
+        batch_size=64, batch_level_augmentations="cutout", cutout_size=4, cutout_mode=mode
+    )
     plain = digits(batch_size=64)
     assert digits(batch_size=64).cutout_size == 4  # 16 px at 32 px, scaled to 8 px
     cut, clean = next(pipeline.train_iterator())["image"], next(plain.train_iterator())["image"]
@@ -171,3 +174,6 @@ def test_cutout_zeroes_a_square_of_the_configured_size():
     changed = (cut != clean)[..., 0]
     assert (cut[..., 0][changed] == 0).all()
     assert changed.sum(axis=(1, 2)).max() <= 16
+    # Released ('batch'): one window for the whole batch; 'image': one window per image.
+    windows = {(cut[i, ..., 0] == 0).tobytes() for i in range(len(cut))}
+    assert len(windows) == 1 if mode == "batch" else len(windows) > 10

@@ -119,7 +119,7 @@ def test_cifar_download_is_verified_and_offline_error_says_what_to_put_where(tmp
     def offline(url: str, destination: Path) -> None:
         raise OSError("network unreachable")
 
-    options = SourceOptions.from_config(make_config(data_dir=str(tmp_path)).dataset)
+    options = SourceOptions.from_config(make_config(data_dir=str(tmp_path)))
     with pytest.raises(FileNotFoundError) as error:
         cifar.load(cifar.CIFAR10, options, download=offline)
     assert "cifar-10-python.tar.gz" in str(error.value) and str(tmp_path) in str(error.value)
@@ -191,12 +191,12 @@ def write_imagefolder(root: Path) -> None:
 
 
 def imagenet_config(root: Path, **dataset: object) -> ml_collections.ConfigDict:
-    defaults = {
-        "imagenet_train_dir": str(root / "train"),
-        "imagenet_val_dir": str(root / "val"),
-        "image_size": 16,
-    }
-    return make_config(dataset_name="imagenet", **{**defaults, **dataset})
+    """The folders at the top level, where the released config keeps them."""
+    train_dir = dataset.pop("imagenet_train_dir", root / "train")
+    val_dir = dataset.pop("imagenet_val_dir", root / "val")
+    config = make_config(dataset_name="imagenet", **{"image_size": 16, **dataset})
+    config.imagenet_train_dir, config.imagenet_val_dir = str(train_dir), str(val_dir)
+    return config
 
 
 def test_imagefolder_reads_labels_modes_and_skips_unreadable_files(tmp_path, caplog):

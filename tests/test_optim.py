@@ -9,8 +9,14 @@ import numpy as np
 import optax
 import pytest
 
-from gnp.configs.base import get_base_config
-from gnp.optim import build_optimizer, l2_penalty, learning_rate_schedule, optimizer_kwargs
+from gnp.configs.base import get_base_config, ignored_key_notices
+from gnp.optim import (
+    build_optimizer,
+    describe_optimizer,
+    l2_penalty,
+    learning_rate_schedule,
+    optimizer_kwargs,
+)
 
 
 def schedule_config(kind, **overrides):
@@ -102,3 +108,76 @@ def test_adamw_weight_decay_is_decoupled_and_masked():
     # Zero gradient: the only update is -lr·wd·θ on the kernel; the bias is not decayed.
     np.testing.assert_allclose(updates["kernel"], -0.05 * np.ones((2, 2)), rtol=1e-6)
     np.testing.assert_allclose(updates["bias"], np.zeros(2), atol=0)
+
+
+def _updates(config, grads, steps, lr=0.1):
+    params = jax.tree.map(jnp.zeros_like, grads)
+    optimizer = build_optimizer(config, optax.constant_schedule(lr), params)
+    state, out = optimizer.init(params), []
+    for _ in range(steps):
+        updates, state = optimizer.update(grads, state, params)
+        out.append(updates)
+    return out
+
+
+def test_momentum_is_the_released_nesterov_sgd():
+    # Released optimizer/get_optimizer.py + base_config.py: Momentum keeps opt_params nesterov
+    # (True) and momentum (0.9), i.e. optax.sgd(lr, momentum=0.9, nesterov=True).
+    # By hand, lr 0.1, constant gradient 1: trace t1 = 1, update -0.1·(1 + 0.9·1) = -0.19;
+    # t2 = 1 + 0.9 = 1.9, update -0.1·(1 + 0.9·1.9) = -0.271. (Heavy-ball: -0.1, -0.19.)
+    config = get_base_config()
+    config.opt.opt_type = "Momentum"
+    assert optimizer_kwargs("Momentum", config.opt.opt_params) == {
+        "momentum": 0.9,
+        "nesterov": True,
+    }
+    first, second = _updates(config, {"w": jnp.ones(2)}, steps=2)
+    np.testing.assert_allclose(first["w"], [-0.19, -0.19], rtol=1e-6)
+    np.testing.assert_allclose(second["w"], [-0.271, -0.271], rtol=1e-6)
+    config.opt.opt_params.nesterov = False
+    first, second = _updates(config, {"w": jnp.ones(2)}, steps=2)
+    np.testing.assert_allclose(second["w"], [-0.19, -0.19], rtol=1e-6)
+
+
+def test_adam_defaults_are_the_released_adamw():
+    # Released: optax.adamw(lr, weight_decay=0.3) (base_config opt_params.weight_decay; beta1,
+    # beta2 and eps not in the base config, so optax's 0.9, 0.999, 1e-8). Released names of the
+    # flags it keeps for Adam: beta1, beta2, eps, weight_decay.
+    params = get_base_config().opt.opt_params
+    assert optimizer_kwargs("Adam", params) == {
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-8,
+        "weight_decay": 0.3,
+    }
+    params.eps = 1e-6
+    assert optimizer_kwargs("Adam", params)["eps"] == 1e-6
+
+
+def test_released_grad_norm_clip_is_accepted_and_has_no_effect():
+    config = get_base_config()
+    config.opt.opt_type = "Momentum"
+    config.opt.opt_params.grad_norm_clip = 5.0  # released base value; no released optimizer used it
+    assert optimizer_kwargs("Momentum", config.opt.opt_params) == {
+        "momentum": 0.9,
+        "nesterov": True,
+    }
+    assert any("grad_norm_clip" in line for line in ignored_key_notices(config))
+    grads = {"w": jnp.full(2, 100.0)}  # far above 5: not clipped
+    np.testing.assert_allclose(_updates(config, grads, steps=1)[0]["w"], [-19.0, -19.0], rtol=1e-6)
+
+
+def test_describe_optimizer_spells_out_every_setting_in_force():
+    config = get_base_config()
+    config.opt.opt_type = "Momentum"
+    config.gradient_clipping = 5.0
+    text = describe_optimizer(config)
+    assert text == (
+        "clip_by_global_norm(5.0), then optax.sgd(momentum: 0.9, nesterov: True); "
+        "learning rate: cosine from 0.1 over 200 epochs, linear warmup 0"
+    )
+    config.opt.opt_type = "Adam"
+    config.gradient_clipping = 0.0
+    assert describe_optimizer(config).startswith(
+        "optax.adamw(b1: 0.9, b2: 0.999, eps: 1e-08, weight_decay: 0.3, mask: all); "
+    )

@@ -39,7 +39,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             "nesterov": config_dict.placeholder(bool),
             "beta1": config_dict.placeholder(float),
             "beta2": config_dict.placeholder(float),
-            "epsilon": config_dict.placeholder(float),
+            "eps": config_dict.placeholder(float),
             "weight_decay": config_dict.placeholder(float),
             "decay": config_dict.placeholder(float),
             "centered": config_dict.placeholder(bool),
@@ -64,16 +64,22 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict()
     config.dataset.dataset_name = "cifar10"
     config.dataset.data_dir = ""
-    config.dataset.imagenet_train_dir = ""
-    config.dataset.imagenet_val_dir = ""
     config.dataset.image_size = 0  # 0: the source's own size (ImageNet: 224)
     config.dataset.image_level_augmentations = "basic"
     config.dataset.batch_level_augmentations = "none"
     config.dataset.mixup_alpha = 1.0
-    config.dataset.cutout_size = 0  # 0: a size that suits the image size
+    config.dataset.cutout_size = 0  # 0: 16 px at 32 px, scaled with the image (--cutout_length)
+    config.dataset.cutout_mode = "batch"  # batch: one window for the batch (released) | image
+    config.dataset.randaug_num_layers = 2  # ImageNet `autoaugment` is RandAugment(N, M)
+    config.dataset.randaug_magnitude = 9
     config.dataset.num_workers = -1  # -1: from the CPU count
     config.dataset.strict = False  # fail on a corrupt image instead of skipping it
     config.dataset.label_noise = 0.0  # fraction of training labels flipped to another class
+    # Where the released config has them: top level, not under dataset. '': <data_dir>/imagenet/.
+    config.imagenet_train_dir = ""
+    config.imagenet_val_dir = ""
+    # False: evaluate on the last tenth of the training set (CIFAR: 45,000 / 5,000, as released).
+    config.use_test_set = True
 
     # Model.
     config.model = ml_collections.ConfigDict()
@@ -82,6 +88,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Fields of the model to override, as in the released config (set them in a config file:
     # e.g. model_params.depth = 4 for a smaller ViT).
     config.model.model_params = ml_collections.ConfigDict()
+    # The released WideResNet option (a skip connection around each group of blocks).
+    config.use_additional_skip_connections_in_wrn = False
 
     # Bookkeeping.
     config.seeds = 0  # data order, dropout and hybrid draws
@@ -91,4 +99,43 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.compute_top_5_error_rate = False
     config.log_every_n_steps = 50
+
+    # Released keys that mean nothing here: accepted so that released command lines run, and
+    # setting one prints a notice (``ignored_key_notices``).
+    for key, kind in IGNORED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            if parent not in node:
+                node[parent] = ml_collections.ConfigDict()
+            node = node[parent]
+        node[leaf] = config_dict.placeholder(kind[0])
     return config
+
+
+# Released key -> (type, why it has no effect here).
+IGNORED_KEYS: dict[str, tuple[type, str]] = {
+    "model_folder": (str, "the run's directory is --working_dir itself"),
+    "retrain": (bool, "runs always resume from --working_dir; remove it to start afresh"),
+    "write_config_to_json": (bool, "config.json is always written"),
+    "use_learning_rate_schedule": (bool, "the released code never read it; see lr_schedule_type"),
+    "tfds_dir": (str, "no TensorFlow Datasets here; CIFAR is read from dataset.data_dir"),
+    "logging.tensorboard_logging_frequency": (int, "see log_every_n_steps"),
+    "logging.basic_logger_level": (str, "the command line logs warnings and errors"),
+    "logging.logger_sys_output": (bool, "the command line logs to stderr"),
+    "dataset.num_classes": (int, "it comes from the data set, as in the released code"),
+    "dataset.num_channels": (int, "it comes from the data set, as in the released code"),
+    "opt.opt_params.grad_norm_clip": (float, "no released optimizer used it: gradient_clipping"),
+}
+
+
+def ignored_key_notices(config: ml_collections.ConfigDict) -> list[str]:
+    """One line per released-but-meaningless key that is set (not None) in ``config``."""
+    notices = []
+    for key, (_, reason) in IGNORED_KEYS.items():
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if node is not None and hasattr(node, "get") else None
+        if node is not None:
+            notices.append(f"notice: {key} = {node!r} has no effect here: {reason}")
+    return notices

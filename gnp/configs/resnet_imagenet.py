@@ -2,7 +2,7 @@
 
     recipes/resnet-imagenet.sh
     python -m gnp.main --config=gnp/configs/resnet_imagenet.py --working_dir=runs/r50 \
-        --config.dataset.imagenet_train_dir=.../train --config.dataset.imagenet_val_dir=.../val
+        --config.imagenet_train_dir=.../train --config.imagenet_val_dir=.../val
 """
 
 from gnp.configs.recipes import imagenet

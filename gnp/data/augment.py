@@ -1,5 +1,7 @@
 """Image-level augmentations: ``none``, ``basic``, ``autoaugment`` (with basic), ``aa-only``.
 
+On ImageNet they mean what the released ImageNet pipeline does (``ImageNetAugment``).
+
 Each source picks one of the two families below. Both take one image and a
 ``numpy`` Generator that the loader derives from (seed, step, row), so the
 same sample of the same step is augmented the same way in a resumed run, on
@@ -16,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from gnp.choices import check_choice
-from gnp.data.autoaugment import IMAGENET_AUTOAUGMENT, AutoAugment
+from gnp.data.autoaugment import AutoAugment
+from gnp.data.randaugment import RandAugment
 
 IMAGE_AUGMENTATIONS = ("none", "basic", "autoaugment", "aa-only")
 
@@ -103,7 +106,7 @@ def _draft(image: Image.Image, box: tuple[float, float, float, float], size: int
 def _resize_box(image: Image.Image, box: tuple, size: int) -> np.ndarray:
     box = _draft(image, box, size)
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=box))
 
 
 def center_box(width: int, height: int, fraction: float = 0.875) -> tuple[float, ...]:
@@ -114,44 +117,77 @@ def center_box(width: int, height: int, fraction: float = 0.875) -> tuple[float,
     return (left, top, left + side, top + side)
 
 
+def _tf_crop(
+    width: int, height: int, aspect: float, rng: np.random.Generator
+) -> tuple[int, int, int, int] | None:
+    """One try of TensorFlow's ``sample_distorted_bounding_box`` crop (``GenerateRandomCrop``)
+    with the released area range 8-100 %: the height is uniform between those of the smallest
+    and the largest area at this aspect (width / height), the offsets uniform; None where the
+    rounded crop misses the range. Python's ``round`` halves to even, as C's ``lrintf``."""
+    min_area, max_area = 0.08 * width * height, 1.0 * width * height
+    low, high = round(math.sqrt(min_area / aspect)), round(math.sqrt(max_area / aspect))
+    if round(high * aspect) > width:
+        high = int((width + 0.5 - 1e-7) / aspect)
+        if round(high * aspect) > width:
+            high -= 1
+    high = min(high, height)
+    low = min(low, high)
+    h = low + int(rng.integers(high - low + 1))
+    w = round(h * aspect)
+    if w * h < min_area:
+        h += 1
+        w = round(h * aspect)
+    if w * h > max_area:
+        h -= 1
+        w = round(h * aspect)
+    if not (min_area <= w * h <= max_area and 0 < w <= width and 0 < h <= height):
+        return None
+    top = int(rng.integers(height - h)) if h < height else 0
+    left = int(rng.integers(width - w)) if w < width else 0
+    return (left, top, left + w, top + h)
+
+
 def random_resized_box(
     width: int, height: int, rng: np.random.Generator
 ) -> tuple[float, float, float, float]:
-    """Inception-style crop: 8-100% of the area, aspect 3/4..4/3, 10 tries, else the centre."""
-    area = width * height
+    """The released training crop: up to 10 tries of TensorFlow's sampler at an aspect uniform
+    in 3/4..4/3, keeping the first crop that covers at least 10 % of the image
+    (``min_object_covered``); where none does, or the crop is the whole image, the evaluation
+    centre crop (the released ``_decode_and_random_crop``)."""
     for _ in range(10):
-        target_area = area * rng.uniform(0.08, 1.0)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        w = round(math.sqrt(target_area * ratio))
-        h = round(math.sqrt(target_area / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            left, top = rng.integers(width - w + 1), rng.integers(height - h + 1)
-            return (left, top, left + w, top + h)
-    return center_box(width, height, fraction=1.0)
+        box = _tf_crop(width, height, rng.uniform(3 / 4, 4 / 3), rng)
+        if box is None:
+            continue
+        left, top, right, bottom = box
+        if (right - left) * (bottom - top) < 0.1 * width * height:
+            continue
+        if (right - left, bottom - top) == (width, height):
+            break
+        return box
+    return center_box(width, height)
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageNetAugment:
-    """Variable-size decoded images: random-resized crop and flip (train), centre crop (eval).
+    """The released ImageNet preprocessing: a random-resized crop, bicubic to ``image_size``,
+    then (``autoaugment``) RandAugment, then a horizontal flip; evaluation is the centre crop.
 
-    AutoAugment runs on the ``image_size`` crop, as in the reference ImageNet
-    preprocessing, which is also what keeps it affordable. ``none`` and
-    ``aa-only`` start from the evaluation crop, since images must share a size.
+    As in the release, ``none`` and ``basic`` are the same (crop and flip; the
+    release reads only whether the level is ``autoaugment``); ``aa-only`` has
+    no ImageNet meaning there and is refused by the source.
     """
 
     level: str
     image_size: int
+    randaugment: RandAugment = dataclasses.field(default_factory=RandAugment)
 
     def train(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        if _uses_basic(self.level):
-            pixels = _resize_box(image, random_resized_box(*image.size, rng), self.image_size)
-            if rng.random() < 0.5:
-                pixels = np.ascontiguousarray(pixels[:, ::-1])
-        else:
-            pixels = self.eval(image)
-        if _uses_autoaugment(self.level):
-            pixels = np.asarray(IMAGENET_AUTOAUGMENT(Image.fromarray(pixels), rng))
-        return pixels
+        pixels = _resize_box(image, random_resized_box(*image.size, rng), self.image_size)
+        if self.level == "autoaugment":
+            pixels = np.asarray(self.randaugment(Image.fromarray(pixels), rng))
+        if rng.random() < 0.5:
+            pixels = pixels[:, ::-1]
+        return np.ascontiguousarray(pixels)
 
     def eval(self, image: Image.Image) -> np.ndarray:
         return _resize_box(image, center_box(*image.size), self.image_size)

@@ -1,15 +1,16 @@
 """AutoAugment (Cubuk et al. 2019, arXiv 1805.09501) with Pillow ops.
 
 A policy is a list of sub-policies; each image gets one sub-policy drawn at
-random, whose two ops each apply with their own probability. The policies are
-the ones the released GNP/SAM code trains with: the full CIFAR policy of the
-original AutoAugment code (its ``good_policies``) and the ImageNet policy.
+random, whose two ops each apply with their own probability. The policy is the
+one the released GNP/SAM code trains CIFAR with: the full CIFAR policy of the
+original AutoAugment code (its ``good_policies``). (On ImageNet the released
+``autoaugment`` is RandAugment: ``gnp.data.randaugment``, which reuses these ops.)
 
 Magnitudes follow the original AutoAugment code: a level in 0..10 picks
 ``level / 10`` of each op's range. Translation and the op-level Cutout scale
-with the image width (CIFAR: 10 px and 20 px at 32 px, as in the original code;
-ImageNet: the paper's 150 px and 60 px at 331 px), not the TPU port's fixed
-250/100 px, which would blank out a 32 px image entirely.
+with the image width (10 px and 20 px at 32 px, as in the original code), not
+the TPU port's fixed 250/100 px that the release runs, which blank out a 32 px
+image entirely.
 """
 
 from __future__ import annotations
@@ -122,34 +123,6 @@ CIFAR_POLICY: tuple[SubPolicy, ...] = (
     (("Equalize", 0.6, 9), ("Equalize", 0.4, 4)),
 )
 
-IMAGENET_POLICY: tuple[SubPolicy, ...] = (
-    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
-    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
-    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
-    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
-    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
-    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
-    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
-    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
-    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
-    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
-    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
-    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
-    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
-    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
-    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
-    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
-    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
-    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
-    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
-    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
-    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
-    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
-    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
-    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
-    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
-)
-
 _MAX_LEVEL = 10.0
 _FILL = 128  # grey, so that geometric ops do not add pure black borders
 
@@ -174,53 +147,53 @@ def _affine(image: Image.Image, coefficients: tuple[float, ...]) -> Image.Image:
     return image.transform(image.size, Image.Transform.AFFINE, coefficients, fillcolor=_fill(image))
 
 
-def _fraction(level: float) -> float:
+def level_fraction(level: float) -> float:
     return level / _MAX_LEVEL
 
 
 def _enhance(enhancer: type) -> Callable[[Image.Image, float, OpContext], Image.Image]:
     # Factor 1.0 (level 5) is the identity; 0.1..1.9 spans the paper's range.
-    return lambda image, level, ctx: enhancer(image).enhance(0.1 + 1.8 * _fraction(level))
+    return lambda image, level, ctx: enhancer(image).enhance(0.1 + 1.8 * level_fraction(level))
 
 
 def _shear_x(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    return _affine(image, (1, ctx.signed(0.3 * _fraction(level)), 0, 0, 1, 0))
+    return _affine(image, (1, ctx.signed(0.3 * level_fraction(level)), 0, 0, 1, 0))
 
 
 def _shear_y(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    return _affine(image, (1, 0, 0, ctx.signed(0.3 * _fraction(level)), 1, 0))
+    return _affine(image, (1, 0, 0, ctx.signed(0.3 * level_fraction(level)), 1, 0))
 
 
 def _translate_x(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    pixels = ctx.signed(ctx.translate_fraction * image.width * _fraction(level))
+    pixels = ctx.signed(ctx.translate_fraction * image.width * level_fraction(level))
     return _affine(image, (1, 0, round(pixels), 0, 1, 0))
 
 
 def _translate_y(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    pixels = ctx.signed(ctx.translate_fraction * image.height * _fraction(level))
+    pixels = ctx.signed(ctx.translate_fraction * image.height * level_fraction(level))
     return _affine(image, (1, 0, 0, 0, 1, round(pixels)))
 
 
 def _rotate(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    return image.rotate(ctx.signed(30.0 * _fraction(level)), fillcolor=_fill(image))
+    return image.rotate(ctx.signed(30.0 * level_fraction(level)), fillcolor=_fill(image))
 
 
 def _posterize(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    return ImageOps.posterize(image, 4 - int(4 * _fraction(level)))
+    return ImageOps.posterize(image, 4 - int(4 * level_fraction(level)))
 
 
 def _solarize(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    return ImageOps.solarize(image, 256 - int(256 * _fraction(level)))
+    return ImageOps.solarize(image, 256 - int(256 * level_fraction(level)))
 
 
 def _solarize_add(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
     pixels = np.asarray(image).astype(np.int16)
-    added = np.clip(pixels + int(110 * _fraction(level)), 0, 255)
+    added = np.clip(pixels + int(110 * level_fraction(level)), 0, 255)
     return Image.fromarray(np.where(pixels < 128, added, pixels).astype(np.uint8))
 
 
 def _cutout(image: Image.Image, level: float, ctx: OpContext) -> Image.Image:
-    size = round(ctx.cutout_fraction * image.width * _fraction(level))
+    size = round(ctx.cutout_fraction * image.width * level_fraction(level))
     pixels = np.array(image)
     center = (ctx.rng.integers(image.height), ctx.rng.integers(image.width))
     rows, cols = cutout_window(center, size, pixels.shape[:2])
@@ -265,6 +238,3 @@ class AutoAugment:
 
 
 CIFAR_AUTOAUGMENT = AutoAugment(CIFAR_POLICY, translate_fraction=10 / 32, cutout_fraction=20 / 32)
-IMAGENET_AUTOAUGMENT = AutoAugment(
-    IMAGENET_POLICY, translate_fraction=150 / 331, cutout_fraction=60 / 331
-)

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from gnp.data.augment import ImageNetAugment
+from gnp.data.randaugment import RandAugment
 from gnp.data.source import Source, SourceOptions
 
 logger = logging.getLogger(__name__)
@@ -80,13 +81,13 @@ class FileSplit:
 def class_names(directory: Path, flag: str) -> list[str]:
     if not directory.is_dir():
         raise FileNotFoundError(
-            f"{directory} is not a directory; set --config.dataset.{flag} to a folder of class "
+            f"{directory} is not a directory; set --config.{flag} to a folder of class "
             "folders (e.g. n01440764/*.JPEG)"
         )
     names = sorted(e.name for e in os.scandir(directory) if e.is_dir() and e.name[0] != ".")
     if not names:
         raise ValueError(
-            f"{directory} holds no class folders; --config.dataset.{flag} must point at a folder "
+            f"{directory} holds no class folders; --config.{flag} must point at a folder "
             "of class folders (e.g. n01440764/*.JPEG), not at the images themselves"
         )
     return names
@@ -124,6 +125,16 @@ def scan(directory: Path, classes: list[str], strict: bool, num_threads: int = 3
 
 
 def load(options: SourceOptions) -> Source:
+    if options.image_level_augmentations == "aa-only":
+        raise ValueError(
+            "dataset.image_level_augmentations 'aa-only' has no ImageNet meaning (the released "
+            "ImageNet pipeline knows only 'autoaugment', RandAugment, and crop-and-flip for "
+            "anything else); use 'autoaugment' or 'basic'"
+        )
+    size = options.image_size or DEFAULT_IMAGE_SIZE
+    # Built before the folders are read, so that bad settings fail before a long scan.
+    randaugment = RandAugment(options.randaug_num_layers, options.randaug_magnitude)
+    augment = ImageNetAugment(options.image_level_augmentations, size, randaugment)
     train_dir, val_dir = options.imagenet_train_dir, options.imagenet_val_dir
     classes = class_names(train_dir, "imagenet_train_dir")
     val_classes = class_names(val_dir, "imagenet_val_dir")
@@ -134,7 +145,6 @@ def load(options: SourceOptions) -> Source:
             f"the class folders of {val_dir} differ from those of {train_dir} (missing from "
             f"val: {missing}, only in val: {extra}); both folders must hold the same classes"
         )
-    size = options.image_size or DEFAULT_IMAGE_SIZE
     return Source(
         name="imagenet",
         train=scan(train_dir, classes, options.strict),
@@ -143,6 +153,6 @@ def load(options: SourceOptions) -> Source:
         image_shape=(size, size, 3),
         mean=MEAN,
         std=STD,
-        augment=ImageNetAugment(options.image_level_augmentations, size),
+        augment=augment,
         worth_workers=True,
     )

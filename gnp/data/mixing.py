@@ -1,7 +1,10 @@
 """Batch-level augmentations as in the released code: cutout, mixup, mixcut (mixup, then cutout).
 
 They act on normalized float images, so cutout's zeros are the data set's mean
-colour, and on soft labels, so mixup's label mixing reaches the loss. Mixup
+colour, and on soft labels, so mixup's label mixing reaches the loss. Cutout
+has two modes: ``batch``, the released code's (``augmentation.cutout`` draws
+one window and cuts it from every image of the batch), and ``image``, one
+window per image as in the Cutout paper. Mixup
 pairs row ``j`` of the global batch with row ``B - 1 - j`` (the batch mixed
 with itself reversed) and draws one weight per batch, ``max(w, 1 - w)`` with
 ``w ~ Beta(alpha, alpha)``, so the unreversed image always dominates.
@@ -14,10 +17,15 @@ import numpy as np
 from gnp.choices import check_choice
 
 BATCH_AUGMENTATIONS = ("none", "cutout", "mixup", "mixcut")
+CUTOUT_MODES = ("batch", "image")
 
 
 def check_level(name: str) -> str:
     return check_choice(name, BATCH_AUGMENTATIONS, "dataset.batch_level_augmentations")
+
+
+def check_cutout_mode(name: str) -> str:
+    return check_choice(name, CUTOUT_MODES, "dataset.cutout_mode")
 
 
 def uses_mixup(name: str) -> bool:
@@ -44,13 +52,15 @@ def cutout_window(
     )
 
 
-def cutout(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``image`` [H, W, C] with a random ``size`` square set to 0 (the mean after normalizing)."""
-    height, width = image.shape[:2]
-    rows, cols = cutout_window((rng.integers(height), rng.integers(width)), size, (height, width))
-    image = image.copy()
-    image[rows, cols] = 0.0
-    return image
+def cutout(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``images`` [..., H, W, C] with one random ``size`` square set to 0 (the mean after
+    normalizing): the same square in every image of a batch, or in the one image given."""
+    height, width = images.shape[-3:-1]
+    center = (rng.integers(height), rng.integers(width))
+    rows, cols = cutout_window(center, size, (height, width))
+    images = images.copy()
+    images[..., rows, cols, :] = 0.0
+    return images
 
 
 def mixup_weight(alpha: float, rng: np.random.Generator) -> float:

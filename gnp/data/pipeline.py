@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 
 from gnp.choices import check_choice
-from gnp.data import cifar, digits, imagefolder, label_noise, mixing
+from gnp.data import cifar, digits, imagefolder, label_noise, mixing, validation
 from gnp.data.source import Source, SourceOptions
 
 _SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
@@ -84,6 +84,7 @@ class InputPipeline:
         batch_level_augmentations: str = "none",
         mixup_alpha: float = 1.0,
         cutout_size: int = 0,
+        cutout_mode: str = "batch",
         num_workers: int = 0,
         process_index: int = 0,
         process_count: int = 1,
@@ -114,6 +115,7 @@ class InputPipeline:
         self.mixup_alpha = mixup_alpha
         # Cutout's 16 px suits 32 px images; keep the same fraction at other sizes.
         self.cutout_size = cutout_size or max(1, round(16 * source.image_shape[0] / 32))
+        self.cutout_mode = mixing.check_cutout_mode(cutout_mode)
         if num_workers < 0:
             num_workers = min(_cpu_count(), _MAX_AUTO_WORKERS) if source.worth_workers else 0
         self.num_workers = num_workers
@@ -189,12 +191,15 @@ class InputPipeline:
             weight = mixing.mixup_weight(self.mixup_alpha, _rng(self.seed, _MIX, step))
             images, labels = mixing.mixup(images, labels, partner_images, partner_labels, weight)
         if mixing.uses_cutout(self.batch_level_augmentations):
-            images = np.stack(
-                [
-                    mixing.cutout(image, self.cutout_size, _rng(self.seed, _CUTOUT, step, int(r)))
-                    for image, r in zip(images, rows, strict=True)
-                ]
-            )
+            if self.cutout_mode == "batch":  # one window for the whole global batch, as released
+                images = mixing.cutout(images, self.cutout_size, _rng(self.seed, _CUTOUT, step))
+            else:
+                images = np.stack(
+                    [
+                        mixing.cutout(image, self.cutout_size, _rng(self.seed, _CUTOUT, step, r))
+                        for image, r in zip(images, rows.tolist(), strict=True)
+                    ]
+                )
         return {"image": images, "label": labels}
 
     def eval_batch(self, batch_index: int) -> dict[str, np.ndarray]:
@@ -265,7 +270,13 @@ def build_input_pipeline(
     # Check every name before loading: scanning ImageNet takes a while.
     batch_level = mixing.check_level(dataset_config.get("batch_level_augmentations", "none"))
     noise = label_noise.check_fraction(dataset_config.get("label_noise", 0.0))
-    source = _SOURCES[name](SourceOptions.from_config(dataset_config))
+    cutout_mode = mixing.check_cutout_mode(dataset_config.get("cutout_mode", "batch"))
+    held_out = not config.get("use_test_set", True)
+    if held_out:
+        validation.check_dataset(name)
+    source = _SOURCES[name](SourceOptions.from_config(config))
+    if held_out:
+        source = validation.with_validation_split(source)
     source = label_noise.with_label_noise(source, noise, _rng(config.seeds, _LABEL_NOISE))
     return InputPipeline(
         source,
@@ -275,6 +286,7 @@ def build_input_pipeline(
         batch_level_augmentations=batch_level,
         mixup_alpha=dataset_config.get("mixup_alpha", 1.0),
         cutout_size=dataset_config.get("cutout_size", 0),
+        cutout_mode=cutout_mode,
         num_workers=dataset_config.get("num_workers", -1),
         process_index=process_index,
         process_count=process_count,

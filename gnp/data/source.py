@@ -73,7 +73,7 @@ DEFAULT_DATA_DIR = "~/gnp_data"
 
 @dataclasses.dataclass(frozen=True)
 class SourceOptions:
-    """The ``config.dataset`` keys a source reads, resolved once with their defaults."""
+    """The config keys a source reads, resolved once with their defaults."""
 
     data_dir: Path
     imagenet_train_dir: Path
@@ -81,12 +81,17 @@ class SourceOptions:
     image_size: int  # 0: the source's own size (ImageNet: 224)
     image_level_augmentations: str
     strict: bool
+    randaug_num_layers: int = 2  # ImageNet's `autoaugment` is RandAugment(N, M)
+    randaug_magnitude: int = 9
 
     @classmethod
-    def from_config(cls, dataset_config: Any) -> SourceOptions:
+    def from_config(cls, config: Any) -> SourceOptions:
+        """From a trainer config: ``dataset.*`` and the top-level ImageNet folders, which is
+        where the released config keeps them."""
+        dataset_config = config.dataset
         data_dir = Path(dataset_config.get("data_dir", "") or DEFAULT_DATA_DIR).expanduser()
-        train_dir = dataset_config.get("imagenet_train_dir", "") or data_dir / "imagenet" / "train"
-        val_dir = dataset_config.get("imagenet_val_dir", "") or data_dir / "imagenet" / "val"
+        train_dir = config.get("imagenet_train_dir", "") or data_dir / "imagenet" / "train"
+        val_dir = config.get("imagenet_val_dir", "") or data_dir / "imagenet" / "val"
         return cls(
             data_dir=data_dir,
             imagenet_train_dir=Path(train_dir).expanduser(),
@@ -96,6 +101,8 @@ class SourceOptions:
                 dataset_config.get("image_level_augmentations", "basic")
             ),
             strict=bool(dataset_config.get("strict", False)),
+            randaug_num_layers=int(dataset_config.get("randaug_num_layers", 2)),
+            randaug_magnitude=int(dataset_config.get("randaug_magnitude", 9)),
         )
 
     def native_size(self, size: int, name: str) -> None:

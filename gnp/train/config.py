@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
 import jax
 
 from gnp import models
 from gnp.choices import check_choice
+from gnp.configs.base import ignored_key_notices
 from gnp.data import dataset_names
 from gnp.gradient import METHODS, PERTURBATIONS
 from gnp.optim import SCHEDULES, optimizer_kwargs
@@ -27,6 +30,15 @@ def validate_config(config: Any) -> Any:
     check_choice(config.gnp.method, METHODS, "gnp.method")
     check_choice(config.gnp.perturbation, PERTURBATIONS, "gnp.perturbation")
     check_choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
+    for notice in ignored_key_notices(config):
+        logging.getLogger("gnp").warning(notice)
+    if config.get("use_additional_skip_connections_in_wrn", False):
+        module = models.get_model(config.model.model_name, num_classes=2)
+        if "use_additional_skip_connections" not in {f.name for f in dataclasses.fields(module)}:
+            raise ValueError(
+                "use_additional_skip_connections_in_wrn applies to WideResNet models only (the "
+                f"released option), not {config.model.model_name}; set it to False"
+            )
     if config.total_epochs < 1:
         raise ValueError(f"total_epochs must be at least 1, got {config.total_epochs}")
     if not 0 <= config.warmup_epochs <= config.total_epochs:

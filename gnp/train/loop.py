@@ -42,12 +42,17 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: Any, num_classes: int) -> Any:
-    """The configured model; ``model.model_params`` override its fields (e.g. a smaller ViT)."""
+    """The configured model; ``model.model_params`` override its fields (e.g. a smaller ViT),
+    and the released top-level ``use_additional_skip_connections_in_wrn`` sets the WideResNet
+    field of that name."""
+    fields = dict(config.model.get("model_params", {}))
+    if config.get("use_additional_skip_connections_in_wrn", False):
+        fields["use_additional_skip_connections"] = True
     return models.get_model(
         config.model.model_name,
         num_classes=num_classes,
         dtype=DTYPES[config.model.dtype],
-        **config.model.get("model_params", {}),
+        **fields,
     )
 
 
