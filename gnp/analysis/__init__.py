@@ -10,11 +10,13 @@ from gnp.analysis.gradient_norm import GradientNormResult, full_gradient_norm
 from gnp.analysis.hessian import (
     Eigenpairs,
     HessianOperator,
+    TraceDifference,
     TraceEstimate,
     hessian_operator,
     hessian_trace,
     power_iteration,
     top_eigenvalues,
+    trace_difference,
 )
 from gnp.analysis.landscape import (
     filter_normalized_direction,
@@ -33,6 +35,7 @@ __all__ = [
     "Eigenpairs",
     "GradientNormResult",
     "HessianOperator",
+    "TraceDifference",
     "TraceEstimate",
     "default_weight",
     "filter_normalized_direction",
@@ -49,4 +52,5 @@ __all__ = [
     "plot_loss_curve",
     "power_iteration",
     "top_eigenvalues",
+    "trace_difference",
 ]
