@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from analysis_problems import quadratic
 
-from gnp import analysis
+from gnp import analysis, models
 
 
 def closed_form(matrix, theta):
@@ -115,9 +115,7 @@ def test_each_filter_of_the_direction_has_the_norm_of_the_parameters_filter():
 
 def test_direction_options_and_determinism():
     params = conv_params()
-    kept = analysis.filter_normalized_direction(
-        jax.random.key(0), params, keep_one_dimensional=True
-    )
+    kept = analysis.filter_normalized_direction(jax.random.key(0), params, include_non_kernels=True)
     for path in (("conv", "bias"), ("norm", "scale")):
         np.testing.assert_allclose(
             np.linalg.norm(kept[path[0]][path[1]]),
@@ -134,3 +132,73 @@ def test_direction_options_and_determinism():
     direction = analysis.filter_normalized_direction(jax.random.key(0), params)
     np.testing.assert_array_equal(again["dense"]["kernel"], direction["dense"]["kernel"])
     assert not np.allclose(other["dense"]["kernel"], direction["dense"]["kernel"])
+
+
+def block_norms(kernel, heads, projections):
+    """Frobenius norm of each (projection, head) block of a (in, projections·heads·d) kernel."""
+    fan_in = kernel.shape[0]
+    blocks = np.asarray(kernel).reshape(fan_in, projections, heads, -1)
+    return np.sqrt(np.sum(blocks**2, axis=(0, 3)))
+
+
+def test_fused_qkv_kernel_is_normalized_per_projection_and_head():
+    # A hand-built q/k/v kernel: 5 inputs, 3 projections × 2 heads × 4 units, every block of
+    # its own size, so a rule that mixed heads or projections would get the norms wrong.
+    rng = np.random.default_rng(0)
+    sizes = np.array([[1.0, 10.0], [0.1, 3.0], [50.0, 0.5]])
+    kernel = rng.normal(size=(5, 3, 2, 4)) * sizes[None, :, :, None]
+    params = {"attention": {"Dense_0": {"kernel": jnp.asarray(kernel.reshape(5, 24))}}}
+    filters = {("attention", "Dense_0", "kernel"): analysis.Filters((5, 3, 2, 4), (1, 2))}
+    direction = analysis.filter_normalized_direction(jax.random.key(0), params, filters=filters)
+    got = direction["attention"]["Dense_0"]["kernel"]
+    np.testing.assert_allclose(block_norms(got, 2, 3), block_norms(kernel, 2, 3), rtol=1e-5)
+    # Not the per-unit rule: within a block the units' norms follow the noise, not θ.
+    assert not np.allclose(
+        filter_norms(got, -1), filter_norms(kernel.reshape(5, 24), -1), rtol=0.05
+    )
+    # Flax attention's (in, heads, head_dim) kernels show their heads: one filter per head.
+    vit = {"query": {"kernel": jnp.asarray(kernel[:, 0])}, "out": {"kernel": jnp.ones((2, 4, 5))}}
+    direction = analysis.filter_normalized_direction(jax.random.key(1), vit)
+    norms = np.linalg.norm(np.asarray(direction["query"]["kernel"]), axis=(0, 2))
+    np.testing.assert_allclose(norms, np.linalg.norm(kernel[:, 0], axis=(0, 2)), rtol=1e-5)
+    np.testing.assert_allclose(  # the output projection: one filter per output unit
+        filter_norms(direction["out"]["kernel"], -1), np.full(5, np.sqrt(8)), rtol=1e-5
+    )
+
+
+def test_attention_filters_find_every_qkv_kernel_of_cait_and_swin():
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    cait = analysis.attention_filters(models.get_model("CaiT_XXS12", num_classes=10), images)
+    # 12 talking-heads blocks (fused q/k/v, 4 heads of 48) and 2 class-attention blocks (q, k, v).
+    assert cait[("CaiTBlock_0", "TalkingHeadsAttention_0", "Dense_0", "kernel")] == (
+        analysis.Filters((192, 3, 4, 48), (1, 2))
+    )
+    assert cait[("CaiTBlock_12", "ClassAttention_0", "Dense_2", "kernel")] == (
+        analysis.Filters((192, 1, 4, 48), (1, 2))
+    )
+    assert len(cait) == 12 + 2 * 3
+    swin = analysis.attention_filters(models.get_model("Swin_Tiny_Patch4", num_classes=10), images)
+    # Each stage has its own head count (3, 6, 12, 24), each head 32 units.
+    assert {f.shape[2] for f in swin.values()} == {3, 6, 12, 24}
+    assert {f.shape[3] for f in swin.values()} == {32}
+    assert len(swin) == 2 + 2 + 6 + 2
+    vit = analysis.attention_filters(models.get_model("ViT_TI16", num_classes=10), images)
+    assert vit == {}
+
+
+def test_default_filters_name_every_layer_type_of_the_zoo():
+    rule = analysis.default_filters
+    assert rule(("Conv_0", "kernel"), (3, 3, 16, 32)) == analysis.Filters((3, 3, 16, 32), (3,))
+    assert rule(("Dense_0", "kernel"), (64, 10)) == analysis.Filters((64, 10), (1,))
+    assert rule(("Dense_0", "kernel"), (64, 10), filter_axis=0) == analysis.Filters((64, 10), (0,))
+    assert rule(("key", "kernel"), (64, 3, 16)) == analysis.Filters((64, 3, 16), (1,))
+    assert rule(("out", "kernel"), (3, 16, 64)) == analysis.Filters((3, 16, 64), (2,))
+    for name, shape in (
+        ("bias", (3, 16)),  # a DenseGeneral bias has the output's shape
+        ("scale", (64,)),
+        ("gamma", (64,)),
+        ("cls", (1, 1, 64)),
+        ("position_embedding", (1, 65, 64)),
+        ("relative_position_bias_table", (49, 3)),
+    ):
+        assert rule(("block", name), shape) is None

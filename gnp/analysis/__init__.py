@@ -6,6 +6,12 @@ every tool measures the loss of the whole data set (see ``gnp.analysis.data``).
 """
 
 from gnp.analysis.data import default_weight, mean_loss
+from gnp.analysis.directions import (
+    Filters,
+    attention_filters,
+    default_filters,
+    filter_normalized_direction,
+)
 from gnp.analysis.gradient_norm import GradientNormResult, full_gradient_norm
 from gnp.analysis.hessian import (
     Eigenpairs,
@@ -19,7 +25,6 @@ from gnp.analysis.hessian import (
     trace_difference,
 )
 from gnp.analysis.landscape import (
-    filter_normalized_direction,
     linear_interpolation,
     loss_slice_1d,
     loss_slice_2d,
@@ -33,10 +38,13 @@ from gnp.analysis.plots import (
 
 __all__ = [
     "Eigenpairs",
+    "Filters",
     "GradientNormResult",
     "HessianOperator",
     "TraceDifference",
     "TraceEstimate",
+    "attention_filters",
+    "default_filters",
     "default_weight",
     "filter_normalized_direction",
     "full_gradient_norm",
