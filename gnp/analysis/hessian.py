@@ -76,14 +76,15 @@ class Eigenpairs:
 class TraceEstimate:
     """Hutchinson's estimate ``mean`` of tr H, its ``standard_error``, and the per-probe values.
 
-    ``probes`` names the probes (the key's data and the size): two estimates
-    with equal ``probes`` used the same vectors, so their samples pair up.
+    ``probes`` names the probes (the key's data, the size and the dtype, since
+    the draws depend on it): two estimates with equal ``probes`` used the same
+    vectors, so their samples pair up.
     """
 
     mean: float
     standard_error: float
     samples: np.ndarray
-    probes: tuple[int, ...]
+    probes: tuple[int | str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +296,7 @@ def hessian_trace(
         mean=float(values.mean()),
         standard_error=_standard_error(values),
         samples=values,
-        probes=(*_key_bits(key), operator.size),
+        probes=(*_key_bits(key), operator.size, jnp.dtype(operator.dtype).name),
     )
 
 
@@ -319,8 +320,8 @@ def trace_difference(a: TraceEstimate, b: TraceEstimate) -> TraceDifference:
     """
     if a.probes != b.probes or a.samples.size != b.samples.size:
         raise ValueError(
-            "the two trace estimates used different probes (another key, parameter count or "
-            "num_probes); estimate both with the same key and num_probes to pair them"
+            "the two trace estimates used different probes (another key, parameter count, "
+            "dtype or num_probes); estimate both with the same key and num_probes to pair them"
         )
     return TraceDifference(
         mean=a.mean - b.mean,
