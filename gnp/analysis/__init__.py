@@ -5,6 +5,7 @@ the batch's real examples), any parameter pytree and an iterable of batches;
 every tool measures the loss of the whole data set (see ``gnp.analysis.data``).
 """
 
+from gnp.analysis.batchnorm import recompute_batch_stats
 from gnp.analysis.data import default_weight, mean_loss
 from gnp.analysis.directions import (
     Filters,
@@ -59,6 +60,7 @@ __all__ = [
     "plot_loss_contour",
     "plot_loss_curve",
     "power_iteration",
+    "recompute_batch_stats",
     "top_eigenvalues",
     "trace_difference",
 ]

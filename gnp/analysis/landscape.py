@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,18 +100,24 @@ def linear_interpolation(
     *,
     coordinates: Sequence[float],
     weights: Weights = None,
+    at_point: Callable[[PyTree], PyTree] | None = None,
 ) -> np.ndarray:
     """``L((1 − t)·θa + t·θb)`` for each ``t``: 0 is θa, 1 is θb, outside [0, 1] extrapolates.
 
     The 1-D view of Goodfellow et al. 2015, used to compare the solutions of
-    two runs (e.g. SGD and GNP) and the barrier between them.
+    two runs (e.g. SGD and GNP) and the barrier between them. ``at_point``, if
+    given, maps each point before its loss is measured: e.g. to re-estimate the
+    BatchNorm statistics of interpolated variables (``recompute_batch_stats``).
     """
     difference = jax.tree.map(lambda a, b: jnp.asarray(b) - jnp.asarray(a), params_a, params_b)
-    return loss_slice_1d(
-        loss_fn,
-        params_a,
-        difference,
-        batches,
-        coordinates=coordinates,
-        weights=weights,
-    )
+    if at_point is None:
+        return loss_slice_1d(
+            loss_fn, params_a, difference, batches, coordinates=coordinates, weights=weights
+        )
+    require_reiterable(batches)
+    loss, combine = jax.jit(loss_fn), jax.jit(_combine)
+    values = []
+    for t in coordinates:
+        point = at_point(combine(params_a, [difference], jnp.asarray([t])))
+        values.append(float(data_mean(lambda b, p=point: loss(p, b), batches, weights)))
+    return np.asarray(values)

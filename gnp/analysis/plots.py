@@ -192,7 +192,7 @@ def plot_alpha_sweep(
                 epochs, values = zip(*points, strict=True)
                 legacy = axes is norm_axes and key == LEGACY_GRADIENT_NORM
                 name = f"{label} (older run: gradient_norm)" if legacy else label
-                axes.plot(epochs, np.asarray(values) * scale, label=name)
+                axes.plot(epochs, np.asarray(values) * scale, marker=".", label=name)
     norm_axes.set_ylabel("clean gradient norm, epoch mean of ‖∇L_B‖")
     error_axes.set_ylabel("test error (%)")
     for axes in (norm_axes, error_axes):
