@@ -55,6 +55,30 @@ def test_linear_interpolation_matches_the_quadratic():
         np.testing.assert_allclose(values, expected, rtol=1e-12)
 
 
+def test_interpolation_measures_each_point_after_at_point_maps_it():
+    with jax.enable_x64(True):
+        matrix, loss, params_from, theta_a, theta_b, _ = quadratic_problem()
+        ts = np.array([0.0, 0.5, 1.0])
+        seen = []
+
+        def at_point(params):  # e.g. re-estimating statistics; here: a known map, θ ↦ 2θ
+            seen.append(params)
+            return jax.tree.map(lambda x: 2 * x, params)
+
+        values = analysis.linear_interpolation(
+            loss,
+            params_from(theta_a),
+            params_from(theta_b),
+            [None],
+            coordinates=ts,
+            weights=[1.0],
+            at_point=at_point,
+        )
+        expected = [closed_form(matrix, 2 * ((1 - t) * theta_a + t * theta_b)) for t in ts]
+        np.testing.assert_allclose(values, expected, rtol=1e-12)
+        assert len(seen) == 3
+
+
 def test_slices_average_the_loss_over_batches_by_their_weights():
     with jax.enable_x64(True):
         # L_b(θ) = mean over the batch of (xᵀθ)²/2: the data-set loss is ½θᵀ(XᵀX/N)θ.
