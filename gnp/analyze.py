@@ -309,36 +309,45 @@ def _trace_numbers(trace: analysis.TraceEstimate | None) -> dict[str, Any]:
     }
 
 
-def _print_eigenpairs(name: str, top: analysis.Eigenpairs) -> None:
+def _print_hessian(
+    name: str, top: analysis.Eigenpairs, trace: analysis.TraceEstimate | None
+) -> None:
     print(f"{name}top eigenvalues {np.array2string(top.eigenvalues, precision=5)}")
     flags = ", ".join("yes" if c else "NO" for c in top.converged)
     print(
         f"{name}residuals ‖Hv − λv‖ {np.array2string(top.residual_norms, precision=2)}; "
         f"converged (≤ {top.tolerance:g}·‖H‖): {flags}"
     )
+    if trace is not None:
+        print(f"{name}trace {trace.mean:.6g} ± {trace.standard_error:.2g}")
 
 
 def hessian(args: argparse.Namespace) -> None:
-    runs = [load_run(args.working_dir)]
-    if args.other:
-        runs.append(load_run(args.other))
-        _check_same_model(*runs)
+    run = load_run(args.working_dir)
+    other = load_run(args.other) if args.other else None
+    if other is not None:
+        _check_same_model(run, other)
     keys = tuple(jax.random.split(jax.random.key(args.seed)))
-    measured = [_hessian_of(run, args, keys) for run in runs]
-    (batches, top, trace, size), *others = measured
+    batches, top, trace, size = _hessian_of(run, args, keys)
     results = {
-        **_measurement(runs[0], args.split, batches),
+        **_measurement(run, args.split, batches),
         "num_parameters": size,
         "lanczos_iterations": top.num_iterations,
         **_trace_numbers(trace),
     }
     title = f"top {args.k} Hessian eigenvalues"
-    if trace is not None:
-        title += f"; trace ≈ {trace.mean:.4g} ± {trace.standard_error:.2g}"
     series: analysis.Eigenpairs | dict[str, analysis.Eigenpairs] = top
-    for run, (_, other_top, other_trace, _) in zip(runs[1:], others, strict=True):
-        series = {runs[0].working_dir.name: top, run.working_dir.name: other_top}
-        results["other"] = {**run.provenance(), **_trace_numbers(other_trace)}
+    if other is None:
+        _print_hessian("", top, trace)
+        if trace is not None:
+            title += f"; trace ≈ {trace.mean:.4g} ± {trace.standard_error:.2g}"
+    else:
+        _, other_top, other_trace, _ = _hessian_of(other, args, keys)
+        names = run.working_dir.name, other.working_dir.name
+        series = {names[0]: top, names[1]: other_top}
+        results["other"] = {**other.provenance(), **_trace_numbers(other_trace)}
+        _print_hessian(f"{names[0]}: ", top, trace)
+        _print_hessian(f"{names[1]}: ", other_top, other_trace)
         if trace is not None and other_trace is not None:
             difference = analysis.trace_difference(trace, other_trace)
             results["trace_difference"] = {
@@ -347,23 +356,13 @@ def hessian(args: argparse.Namespace) -> None:
                 "standard_error": difference.standard_error,
                 "unpaired_standard_error": difference.unpaired_standard_error,
             }
-            title = (
-                f"top {args.k} Hessian eigenvalues; Δ trace ≈ {difference.mean:.4g} "
-                f"± {difference.standard_error:.2g} (paired)"
+            title += f"; Δ trace ≈ {difference.mean:.4g} ± {difference.standard_error:.2g}"
+            print(
+                f"trace difference {difference.mean:.6g} ± {difference.standard_error:.2g} "
+                f"(paired; {difference.unpaired_standard_error:.2g} with independent probes)"
             )
     png = analysis.plot_eigenvalues(series, _output_dir(args) / "hessian.png", title=title)
     _add_to_json(png, results)
-    for run, (_, run_top, run_trace, _) in zip(runs, measured, strict=True):
-        name = f"{run.working_dir.name}: " if len(runs) > 1 else ""
-        _print_eigenpairs(name, run_top)
-        if run_trace is not None:
-            print(f"{name}trace {run_trace.mean:.6g} ± {run_trace.standard_error:.2g}")
-    if "trace_difference" in results:
-        difference = results["trace_difference"]
-        print(
-            f"trace difference {difference['mean']:.6g} ± {difference['standard_error']:.2g} "
-            f"(paired; {difference['unpaired_standard_error']:.2g} if the probes were independent)"
-        )
     print(f"wrote {png} and {png.with_suffix('.json')}")
 
 
