@@ -118,21 +118,21 @@ def plot_eigenvalues(
     axes = figure.subplots()
     numbers: dict[str, Any] = {"eigenvalues": {}}
     unconverged_drawn = False
-    for label, values in series.items():
+    for index, (label, values) in enumerate(series.items()):
+        color = f"C{index}"  # explicit: error bars would otherwise advance the colour cycle
         pairs = values if isinstance(values, Eigenpairs) else None
         values = np.asarray(pairs.eigenvalues if pairs else values)
         ranks = np.arange(1, values.size + 1)
         numbers["eigenvalues"][label] = values
         if pairs is None:
-            axes.plot(ranks, values, marker="o", label=label)
+            axes.plot(ranks, values, marker="o", color=color, label=label)
             continue
-        line = axes.errorbar(
-            ranks, values, yerr=pairs.residual_norms, marker="o", capsize=3, label=label
-        )
-        color = line.lines[0].get_color()
-        open_ranks = ~pairs.converged
-        axes.plot(ranks[open_ranks], values[open_ranks], "o", markerfacecolor="white", color=color)
-        unconverged_drawn |= bool(open_ranks.any())
+        axes.plot(ranks, values, color=color, label=label)
+        axes.errorbar(ranks, values, yerr=pairs.residual_norms, fmt="none", ecolor=color, capsize=3)
+        done = pairs.converged
+        axes.plot(ranks[done], values[done], "o", color=color, zorder=3)
+        axes.plot(ranks[~done], values[~done], "o", mfc="white", mec=color, zorder=3)
+        unconverged_drawn |= bool((~done).any())
         numbers.setdefault("residual_norms", {})[label] = pairs.residual_norms
         numbers.setdefault("converged", {})[label] = pairs.converged
         numbers["tolerance"] = pairs.tolerance
@@ -140,7 +140,7 @@ def plot_eigenvalues(
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("Hessian eigenvalue ± ‖Hv − λv‖" if "converged" in numbers else "eigenvalue")
     if unconverged_drawn:
-        axes.plot([], [], "o", markerfacecolor="white", color="gray", label="not converged")
+        axes.plot([], [], "o", mfc="white", mec="gray", label="not converged")
     if len(series) > 1 or unconverged_drawn:
         axes.legend()
     if title:
