@@ -554,6 +554,16 @@ def _numbers(text: str) -> list[float]:
     return values
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
+
+
 def _at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -626,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--tolerance",
-        type=float,
+        type=_positive,
         default=analysis.hessian.DEFAULT_TOLERANCE,
         help="an eigenpair is converged when ‖Hv − λv‖ ≤ tolerance·‖H‖ "
         f"(default: {analysis.hessian.DEFAULT_TOLERANCE:g})",

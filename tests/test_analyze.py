@@ -224,3 +224,7 @@ def test_usage_errors_exit_with_status_2(capsys):
         analyze.main(["gradient-norm", "--working_dir=x", "--config.total_epochs=1"])
     assert exit_info.value.code == 2
     assert "only alpha-sweep takes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        analyze.main(["hessian", "--working_dir=x", "--tolerance=0"])
+    assert exit_info.value.code == 2
+    assert "--tolerance: expected a positive number, got 0" in capsys.readouterr().err
