@@ -6,6 +6,8 @@ import numpy as np
 from analysis_problems import quadratic
 
 from gnp import analysis, models
+from gnp.models.cait import CaiT
+from gnp.models.swin import Swin
 
 
 def closed_form(matrix, theta):
@@ -226,3 +228,34 @@ def test_default_filters_name_every_layer_type_of_the_zoo():
         ("relative_position_bias_table", (49, 3)),
     ):
         assert rule(("block", name), shape) is None
+
+
+def test_directions_of_small_cait_and_swin_have_per_head_norms():
+    # Real zoo modules at toy sizes: the layouts attention_filters reads are the ones they use.
+    images = jnp.zeros((1, 8, 8, 3), jnp.float32)
+    for model, module, heads in (
+        (
+            CaiT(num_classes=3, embed_dim=12, depth=1, num_heads=3, class_depth=1, patch_size=4),
+            ("CaiTBlock_0", "TalkingHeadsAttention_0"),
+            3,
+        ),
+        (
+            Swin(num_classes=3, embed_dim=8, depths=(1,), num_heads=(2,), window_size=2),
+            ("SwinBlock_0", "WindowAttention_0"),
+            2,
+        ),
+    ):
+        # Random values in the model's shapes: the rule needs shapes and names, not an init.
+        shapes = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), images, train=False))
+        rng = np.random.default_rng(0)
+        params = jax.tree.map(
+            lambda s, r=rng: jnp.asarray(r.normal(size=s.shape), jnp.float32), shapes["params"]
+        )
+        filters = analysis.attention_filters(model, images)
+        direction = analysis.filter_normalized_direction(jax.random.key(1), params, filters=filters)
+        kernel, moved = params, direction
+        for name in (*module, "Dense_0", "kernel"):
+            kernel, moved = kernel[name], moved[name]
+        np.testing.assert_allclose(
+            block_norms(moved, heads, 3), block_norms(kernel, heads, 3), rtol=1e-5
+        )

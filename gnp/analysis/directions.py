@@ -17,12 +17,14 @@ of a q/k/v kernel is one filter, never a unit shared across heads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gnp.analysis.data import PyTree
 
@@ -111,19 +113,31 @@ def filter_normalized_direction(
         heads the shapes do not show.
     """
     overrides = dict(filters or {})
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    layouts = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names, shape = leaf_path(path), tuple(jnp.shape(leaf))
+        layout = overrides.get(names) or default_filters(names, shape, filter_axis)
+        if layout is None and include_non_kernels:
+            layout = Filters((int(np.prod(shape)), 1), (1,))  # The whole leaf is one filter.
+        layouts.append(layout)
+    return _direction(key, params, tuple(layouts))
+
+
+# One compiled program for the whole tree: leaf by leaf, eager operations compile a dozen small
+# kernels per shape, which dominates on a network's many leaves.
+@functools.partial(jax.jit, static_argnums=2)
+def _direction(key: jax.Array, params: PyTree, layouts: tuple[Filters | None, ...]) -> PyTree:
+    """``None`` in ``layouts`` is a zero direction for that leaf."""
+    leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
     directions = []
-    for leaf_key, (path, leaf) in zip(keys, leaves, strict=True):
-        weight = jnp.asarray(leaf)
-        names = leaf_path(path)
-        layout = overrides.get(names) or default_filters(names, weight.shape, filter_axis)
-        if layout is None and not include_non_kernels:
+    for leaf_key, weight, layout in zip(keys, leaves, layouts, strict=True):
+        weight = jnp.asarray(weight)
+        if layout is None:
             directions.append(jnp.zeros_like(weight))
             continue
         dtype = jnp.promote_types(weight.dtype, jnp.float32)
         noise = jax.random.normal(leaf_key, weight.shape, dtype)
-        layout = layout or Filters((weight.size, 1), (1,))  # The whole leaf is one filter.
         scaled = _normalize_filters(noise, weight.astype(dtype), layout).reshape(weight.shape)
         directions.append(scaled.astype(weight.dtype))
     return jax.tree.unflatten(treedef, directions)
