@@ -6,11 +6,17 @@ JSON of the same stem (the numbers drawn, plus where they came from) to
 ``RUN/analysis/``:
 
   gradient-norm  ‖∇L(θ)‖ over a whole split, and the per-batch norms
-  hessian        top-k Hessian eigenvalues (Lanczos) and the trace (Hutchinson)
+  hessian        top-k Hessian eigenvalues (Lanczos) with their residuals ‖Hv − λv‖
+                 and a converged flag, and the trace (Hutchinson) ± its standard
+                 error; with --other, a second run on the same vectors and the
+                 paired standard error of the trace difference
   landscape      the loss along 1 or 2 filter-normalized random directions
-  interpolate    the loss on the segment between two runs' checkpoints
-  alpha-sweep    train one config per α (and r), then plot gradient norm and test
-                 error per epoch for each (Figure 3 of the 2022 paper)
+                 (attention kernels: one filter per projection and head)
+  interpolate    the loss on the segment between two runs' checkpoints, BatchNorm
+                 statistics re-estimated at each point (or blended: see --help)
+  alpha-sweep    train one config per α (and r), then plot the clean mini-batch
+                 gradient norm (an epoch mean, not ‖∇L(θ)‖) and the test error per
+                 epoch for each (Figure 3 of the 2022 paper)
 
 The loss measured is the run's training objective without its randomness:
 mean cross-entropy (with the run's label smoothing) plus the run's L2 term,
@@ -41,7 +47,7 @@ from matplotlib.figure import Figure
 from ml_collections import config_flags
 
 from gnp import analysis
-from gnp.analysis.plots import json_ready
+from gnp.analysis.plots import clean_gradient_norm_key, json_ready
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.main import check_override_keys, normalize_argv
 from gnp.optim import l2_penalty
@@ -49,6 +55,7 @@ from gnp.train.checkpoint import Checkpoints, NonFiniteError
 from gnp.train.config import validate_config
 from gnp.train.loop import build_model, train_and_evaluate
 from gnp.train.metrics import read_metrics
+from gnp.train.steps import RNG_STREAMS
 
 PyTree = Any
 Batch = dict[str, Any]  # "image", "label", "mask" (an eval batch), on the host or a device
@@ -56,6 +63,17 @@ LOSS_DEFINITION = (
     "mean cross-entropy (with the run's label smoothing) + the run's L2 term; "
     "BatchNorm in inference mode (running statistics), no dropout, no augmentation"
 )
+FILTER_RULE = (
+    "filter-normalized (Li et al. 2018): one filter per conv output channel and per Dense "
+    "output unit; attention q/k/v kernels one per projection and head; biases, norm "
+    "parameters and embeddings not moved"
+)
+# What ``interpolate`` does with BatchNorm statistics, as its output says it.
+BATCHNORM_MODES = {
+    "recompute": "BatchNorm statistics re-estimated at each point on {n} training batches",
+    "interpolate": "BatchNorm statistics interpolated between the two checkpoints' running ones",
+    "none": "no BatchNorm statistics (the model has none)",
+}
 # Interpolation goes this far past each run: the loss just outside shows whether a run sits
 # at the bottom of its basin.
 INTERPOLATION_MARGIN = 0.5
@@ -260,33 +278,91 @@ def gradient_norm(args: argparse.Namespace) -> None:
     print(f"wrote {png} and {png.with_suffix('.json')}")
 
 
-def hessian(args: argparse.Namespace) -> None:
-    run = load_run(args.working_dir)
+def _hessian_of(
+    run: Run, args: argparse.Namespace, keys: tuple[jax.Array, jax.Array]
+) -> tuple[list[Batch], analysis.Eigenpairs, analysis.TraceEstimate | None, int]:
+    """Lanczos and Hutchinson on one run; the same ``keys`` give every run the same probes."""
     batches = split_batches(run.pipeline, args.split, args.max_batches)
     operator = analysis.hessian_operator(params_loss(run), run.params, batches)
-    lanczos_key, trace_key = jax.random.split(jax.random.key(args.seed))
     top = analysis.top_eigenvalues(
-        operator, args.k, key=lanczos_key, num_iterations=args.lanczos_iterations
+        operator,
+        args.k,
+        key=keys[0],
+        num_iterations=args.lanczos_iterations,
+        tolerance=args.tolerance,
     )
+    trace = (
+        analysis.hessian_trace(operator, key=keys[1], num_probes=args.trace_probes)
+        if args.trace_probes
+        else None
+    )
+    return batches, top, trace, operator.size
+
+
+def _trace_numbers(trace: analysis.TraceEstimate | None) -> dict[str, Any]:
+    if trace is None:
+        return {}
+    return {
+        "trace": trace.mean,
+        "trace_standard_error": trace.standard_error,
+        "trace_samples": trace.samples,
+    }
+
+
+def _print_hessian(
+    name: str, top: analysis.Eigenpairs, trace: analysis.TraceEstimate | None
+) -> None:
+    print(f"{name}top eigenvalues {np.array2string(top.eigenvalues, precision=5)}")
+    flags = ", ".join("yes" if c else "NO" for c in top.converged)
+    print(
+        f"{name}residuals ‖Hv − λv‖ {np.array2string(top.residual_norms, precision=2)}; "
+        f"converged (≤ {top.tolerance:g}·‖H‖): {flags}"
+    )
+    if trace is not None:
+        print(f"{name}trace {trace.mean:.6g} ± {trace.standard_error:.2g}")
+
+
+def hessian(args: argparse.Namespace) -> None:
+    run = load_run(args.working_dir)
+    other = load_run(args.other) if args.other else None
+    if other is not None:
+        _check_same_model(run, other)
+    keys = tuple(jax.random.split(jax.random.key(args.seed)))
+    batches, top, trace, size = _hessian_of(run, args, keys)
     results = {
         **_measurement(run, args.split, batches),
-        "num_parameters": operator.size,
+        "num_parameters": size,
         "lanczos_iterations": top.num_iterations,
+        **_trace_numbers(trace),
     }
     title = f"top {args.k} Hessian eigenvalues"
-    if args.trace_probes:
-        trace = analysis.hessian_trace(operator, key=trace_key, num_probes=args.trace_probes)
-        results |= {
-            "trace": trace.mean,
-            "trace_standard_error": trace.standard_error,
-            "trace_samples": trace.samples,
-        }
-        title += f"; trace ≈ {trace.mean:.4g} ± {trace.standard_error:.2g}"
-    png = analysis.plot_eigenvalues(top.eigenvalues, _output_dir(args) / "hessian.png", title=title)
+    series: analysis.Eigenpairs | dict[str, analysis.Eigenpairs] = top
+    if other is None:
+        _print_hessian("", top, trace)
+        if trace is not None:
+            title += f"; trace ≈ {trace.mean:.4g} ± {trace.standard_error:.2g}"
+    else:
+        _, other_top, other_trace, _ = _hessian_of(other, args, keys)
+        names = run.working_dir.name, other.working_dir.name
+        series = {names[0]: top, names[1]: other_top}
+        results["other"] = {**other.provenance(), **_trace_numbers(other_trace)}
+        _print_hessian(f"{names[0]}: ", top, trace)
+        _print_hessian(f"{names[1]}: ", other_top, other_trace)
+        if trace is not None and other_trace is not None:
+            difference = analysis.trace_difference(trace, other_trace)
+            results["trace_difference"] = {
+                "definition": "tr H(working_dir) − tr H(other), the same probes for both",
+                "mean": difference.mean,
+                "standard_error": difference.standard_error,
+                "unpaired_standard_error": difference.unpaired_standard_error,
+            }
+            title += f"; Δ trace ≈ {difference.mean:.4g} ± {difference.standard_error:.2g}"
+            print(
+                f"trace difference {difference.mean:.6g} ± {difference.standard_error:.2g} "
+                f"(paired; {difference.unpaired_standard_error:.2g} with independent probes)"
+            )
+    png = analysis.plot_eigenvalues(series, _output_dir(args) / "hessian.png", title=title)
     _add_to_json(png, results)
-    print(f"top eigenvalues {np.array2string(top.eigenvalues, precision=5)}")
-    if args.trace_probes:
-        print(f"trace {results['trace']:.6g} ± {results['trace_standard_error']:.2g}")
     print(f"wrote {png} and {png.with_suffix('.json')}")
 
 
@@ -302,9 +378,17 @@ def landscape(args: argparse.Namespace) -> None:
     loss = params_loss(run)
     coordinates = symmetric_grid(args.span, args.points)
     keys = jax.random.split(jax.random.key(args.seed), args.dims)
-    directions = [analysis.filter_normalized_direction(key, run.params) for key in keys]
+    images = jax.ShapeDtypeStruct(batches[0]["image"].shape, jnp.float32)
+    filters = analysis.attention_filters(run.model, images)
+    directions = [
+        analysis.filter_normalized_direction(key, run.params, filters=filters) for key in keys
+    ]
     png = _output_dir(args) / f"landscape_{args.dims}d.png"
-    results = {**_measurement(run, args.split, batches), "seed": args.seed}
+    results = {
+        **_measurement(run, args.split, batches),
+        "seed": args.seed,
+        "filters": FILTER_RULE,
+    }
     if args.dims == 1:
         values = analysis.loss_slice_1d(
             loss, run.params, directions[0], batches, coordinates=coordinates
@@ -341,14 +425,51 @@ def _check_same_model(run: Run, other: Run) -> None:
         )
 
 
+def _batch_stats_update(run: Run, seed: int) -> analysis.batchnorm.BatchStatsUpdate:
+    """A train-mode pass as the trainer makes it (fixed draws for dropout and the like)."""
+    key = jax.random.key(seed)
+    rngs = {name: jax.random.fold_in(key, i) for i, name in enumerate(RNG_STREAMS)}
+
+    def update(variables: dict[str, PyTree], batch: Batch) -> PyTree:
+        _, updates = run.model.apply(
+            variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"]
+        )
+        return updates["batch_stats"]
+
+    return update
+
+
+def _batchnorm_mode(run: Run, requested: str | None) -> str:
+    if not run.variables["batch_stats"]:
+        return "none"
+    return requested or "recompute"
+
+
 def interpolate(args: argparse.Namespace) -> None:
     run, other = load_run(args.working_dir), load_run(args.other)
     _check_same_model(run, other)
     batches = split_batches(run.pipeline, args.split, args.max_batches)
     coordinates = np.linspace(-INTERPOLATION_MARGIN, 1 + INTERPOLATION_MARGIN, args.points)
-    # BatchNorm statistics move along the segment with the weights, so both ends are exact.
+    loss = variables_loss(run)
+    mode = _batchnorm_mode(run, args.batchnorm_statistics)
+    results: dict[str, Any] = {}
+    at_point = None
+    if mode == "recompute":
+        # The trainer's own first batches (its augmentation): statistics as training made them.
+        train_batches = jax.device_put(
+            [run.pipeline.train_batch(step) for step in range(args.bn_batches)]
+        )
+        update = _batch_stats_update(run, args.seed)
+
+        def at_point(variables: dict[str, PyTree]) -> dict[str, PyTree]:
+            stats = analysis.recompute_batch_stats(update, variables, train_batches)
+            return {"params": variables["params"], "batch_stats": stats}
+
+        results["endpoint_losses_with_saved_statistics"] = [
+            analysis.mean_loss(loss, r.variables, batches) for r in (run, other)
+        ]
     values = analysis.linear_interpolation(
-        variables_loss(run), run.variables, other.variables, batches, coordinates=coordinates
+        loss, run.variables, other.variables, batches, coordinates=coordinates, at_point=at_point
     )
     png = _output_dir(args) / f"interpolation_{other.working_dir.resolve().name}.png"
     analysis.plot_loss_curve(
@@ -356,17 +477,20 @@ def interpolate(args: argparse.Namespace) -> None:
         values,
         png,
         xlabel=f"t (0: {run.working_dir.name}, 1: {other.working_dir.name})",
+        title=BATCHNORM_MODES[mode].format(n=args.bn_batches),
     )
-    results = {
+    results |= {
         **_measurement(run, args.split, batches),
         "other": other.provenance(),
-        "note": "t=0 is working_dir, t=1 is other; params and BatchNorm statistics interpolated; "
+        "batchnorm_statistics": BATCHNORM_MODES[mode].format(n=args.bn_batches),
+        "note": "t=0 is working_dir, t=1 is other; params interpolated; "
         "the objective (L2, label smoothing) is working_dir's",
     }
     _add_to_json(png, results)
     print(
         f"loss {values[0]:.6g} at t={coordinates[0]:g}, {values[-1]:.6g} at t={coordinates[-1]:g}"
     )
+    print(f"BatchNorm statistics: {results['batchnorm_statistics']}")
     print(f"wrote {png} and {png.with_suffix('.json')}")
 
 
@@ -407,10 +531,10 @@ def alpha_sweep(args: argparse.Namespace) -> None:
         title=f"{base.model.model_name} on {base.dataset.dataset_name}",
     )
     for label, rows in curves.items():
-        last = rows[-1]
+        last, key = rows[-1], clean_gradient_norm_key(rows)
         print(
-            f"{label}: epoch {last['epoch']}, gradient norm {last['gradient_norm']:.4g}, "
-            f"test error {last.get('test_error_rate', float('nan')):.4f}"
+            f"{label}: epoch {last['epoch']}, {key} {last[key]:.4g} (epoch mean of mini-batch "
+            f"norms), test error {last.get('test_error_rate', float('nan')):.4f}"
         )
     print(f"wrote {png} and {png.with_suffix('.json')}")
 
@@ -428,6 +552,16 @@ def _numbers(text: str) -> list[float]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
     return values
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -489,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add(
         "hessian",
         hessian,
-        "Top-k Hessian eigenvalues (Lanczos) and the trace (Hutchinson) at the latest checkpoint.",
+        "Top-k Hessian eigenvalues (Lanczos) with their residuals and the trace (Hutchinson) "
+        "at the latest checkpoint; with --other, of two runs and their paired difference.",
         parents=[common],
     )
     sub.add_argument("--k", type=_at_least(1), default=5, help="eigenvalues to find (default: 5)")
@@ -498,6 +633,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_at_least(1),
         default=None,
         help="Lanczos steps (default: 3k + 20)",
+    )
+    sub.add_argument(
+        "--tolerance",
+        type=_positive,
+        default=analysis.hessian.DEFAULT_TOLERANCE,
+        help="an eigenpair is converged when ‖Hv − λv‖ ≤ tolerance·‖H‖ "
+        f"(default: {analysis.hessian.DEFAULT_TOLERANCE:g})",
+    )
+    sub.add_argument(
+        "--other",
+        default=None,
+        help="a second run of the same model, measured with the same vectors; adds the "
+        "paired standard error of the trace difference",
     )
     sub.add_argument(
         "--trace_probes",
@@ -527,11 +675,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--points", type=_at_least(2), default=21, help="points on the line (default: 21)"
     )
+    sub.add_argument(
+        "--batchnorm_statistics",
+        choices=("recompute", "interpolate"),
+        default=None,
+        help="BatchNorm models: re-estimate the statistics at each point on training batches "
+        "(the default), or blend the two checkpoints' saved ones",
+    )
+    sub.add_argument(
+        "--bn_batches",
+        type=_at_least(1),
+        default=8,
+        help="training batches to re-estimate BatchNorm statistics on (default: 8)",
+    )
     sub = add(
         "alpha-sweep",
         alpha_sweep,
         "Train a config once per α (and r) into WORKING_DIR/alpha_<a>_r_<r>/ (finished runs are "
-        "skipped, interrupted ones resume), then plot gradient norm and test error per epoch. "
+        "skipped, interrupted ones resume), then plot the clean mini-batch gradient norm (epoch "
+        "mean) and test error per epoch. "
         "Further --config.KEY=VALUE flags override the config as in gnp-train; "
         "evaluate_every_n_epochs is set to 1.",
     )

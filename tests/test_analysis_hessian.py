@@ -133,3 +133,82 @@ def test_the_hessian_tools_refuse_a_one_shot_iterator():
         batches, _ = uneven_batches(1)
         with pytest.raises(TypeError, match="re-iterable"):
             analysis.hessian_operator(masked_mlp_loss, params, iter(batches))
+
+
+def test_ritz_residuals_shrink_with_iterations_and_bound_the_eigenvalue_error():
+    with jax.enable_x64(True):
+        matrix, operator = quadratic_operator(SPECTRUM)
+        runs = {
+            steps: analysis.top_eigenvalues(
+                operator, 3, key=jax.random.key(0), num_iterations=steps
+            )
+            for steps in (9, 12, 15, 18, 21)
+        }
+        # Once the Ritz values have found 10, 8 and 6 (by 9 steps), every residual shrinks.
+        residuals = np.stack([runs[steps].residual_norms for steps in sorted(runs)])
+        assert np.all(np.diff(residuals, axis=0) < 0), residuals
+        for result in runs.values():
+            vectors = np.asarray(result.eigenvectors)
+            # Independent truth: the residual with the dense matrix.
+            direct = np.linalg.norm(
+                vectors @ matrix - result.eigenvalues[:, None] * vectors, axis=1
+            )
+            np.testing.assert_allclose(result.residual_norms, direct, rtol=1e-6, atol=1e-12)
+            # A symmetric matrix has an eigenvalue within the residual of each Ritz value.
+            distance = np.min(np.abs(result.eigenvalues[:, None] - SPECTRUM[None, :]), axis=1)
+            assert np.all(distance <= result.residual_norms + 1e-12)
+        few, many = runs[9], runs[21]
+        assert not few.converged.any()
+        assert many.converged.all() and many.tolerance == 1e-3
+        assert np.max(many.residual_norms) < 1e-3 * SPECTRUM.max()
+        np.testing.assert_allclose(many.eigenvalues, SPECTRUM[:3], rtol=1e-8)
+
+
+def test_power_iteration_reports_the_residual_of_the_vector_it_returns():
+    with jax.enable_x64(True):
+        matrix, operator = quadratic_operator(SPECTRUM)
+        short = analysis.power_iteration(operator, key=jax.random.key(2), num_iterations=3)
+        long = analysis.power_iteration(
+            operator, key=jax.random.key(2), num_iterations=500, tolerance=1e-13
+        )
+        for result in (short, long):
+            vector = np.asarray(result.eigenvectors[0])
+            direct = np.linalg.norm(matrix @ vector - result.eigenvalues[0] * vector)
+            np.testing.assert_allclose(result.residual_norms[0], direct, rtol=1e-6)
+        assert not short.converged[0] and long.converged[0]
+        assert long.residual_norms[0] < short.residual_norms[0]
+
+
+def test_paired_trace_difference_cancels_what_two_hessians_share():
+    with jax.enable_x64(True):
+        matrix, _, _ = quadratic(SPECTRUM)
+        shift = np.diag(np.linspace(0.0, 0.2, SPECTRUM.size))
+        # H_a − H_b is diagonal: zᵀ(H_a − H_b)z = tr(H_a − H_b) for every ±1 probe, exactly.
+        operators = [
+            analysis.HessianOperator(lambda v, m=m: jnp.asarray(m) @ v, 60, jnp.float64)
+            for m in (matrix + shift, matrix)
+        ]
+        a, b = (
+            analysis.hessian_trace(op, key=jax.random.key(9), num_probes=20) for op in operators
+        )
+        difference = analysis.trace_difference(a, b)
+        np.testing.assert_allclose(difference.mean, np.trace(shift), rtol=1e-12)
+        assert difference.standard_error < 1e-12
+        assert difference.unpaired_standard_error > 1.0  # each trace alone is unsure
+        # A general difference D: the paired error estimates √(2 Σ_{i≠j} D_ij² / n).
+        rng = np.random.default_rng(4)
+        noise = rng.normal(size=(60, 60)) * 0.05
+        other = matrix + shift + (noise + noise.T)
+        c = analysis.hessian_trace(
+            analysis.HessianOperator(lambda v: jnp.asarray(other) @ v, 60, jnp.float64),
+            key=jax.random.key(9),
+            num_probes=20,
+        )
+        paired = analysis.trace_difference(c, b)
+        truth = hutchinson_standard_error(other - matrix, 20)
+        np.testing.assert_allclose(paired.standard_error, truth, rtol=0.4)
+        assert paired.standard_error < 0.5 * paired.unpaired_standard_error
+        with pytest.raises(ValueError, match="same key"):
+            analysis.trace_difference(
+                a, analysis.hessian_trace(operators[1], key=jax.random.key(8), num_probes=20)
+            )

@@ -2,6 +2,7 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 
 from gnp import analysis
@@ -39,6 +40,23 @@ def test_eigenvalues(tmp_path):
     assert numbers["eigenvalues"] == {"eigenvalues": eigenvalues.tolist()}
 
 
+def test_eigenpairs_carry_their_residuals_into_the_json(tmp_path):
+    pairs = analysis.Eigenpairs(
+        eigenvalues=np.array([12.5, 7.25, 3.0]),
+        eigenvectors=jnp.eye(3),
+        num_iterations=10,
+        residual_norms=np.array([1e-6, 2e-3, 0.5]),
+        converged=np.array([True, True, False]),
+        tolerance=1e-3,
+    )
+    png = analysis.plot_eigenvalues({"α=0": pairs, "α=1": [10.0, 6.0, 2.0]}, tmp_path / "eig.png")
+    numbers = read_outputs(png)
+    assert numbers["eigenvalues"] == {"α=0": [12.5, 7.25, 3.0], "α=1": [10.0, 6.0, 2.0]}
+    assert numbers["residual_norms"] == {"α=0": [1e-6, 2e-3, 0.5]}
+    assert numbers["converged"] == {"α=0": [True, True, False]}
+    assert numbers["tolerance"] == 1e-3
+
+
 def test_alpha_sweep(tmp_path):
     curves = {
         f"α={alpha}": [
@@ -53,5 +71,15 @@ def test_alpha_sweep(tmp_path):
         ]
         for alpha in (0.0, 0.8)
     }
+    # A run written after the trainer split the metric: the clean norm is its own key.
+    curves["α=1"] = [
+        {"epoch": e, "gradient_norm": 9.0, "clean_gradient_norm": 1.0 / e, "test_error_rate": 0.05}
+        for e in range(1, 7)
+    ]
     numbers = read_outputs(analysis.plot_alpha_sweep(curves, tmp_path / "sweep.png"))
     assert numbers["curves"] == curves
+    assert numbers["gradient_norm_keys"] == {
+        "α=0.0": "gradient_norm",
+        "α=0.8": "gradient_norm",
+        "α=1": "clean_gradient_norm",
+    }

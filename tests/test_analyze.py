@@ -45,10 +45,15 @@ def sweep_dir(tmp_path_factory):
     return working_dir
 
 
-def hand_loss(working_dir):
-    """L(θ) of a checkpoint over all 360 test digits in one batch, written out by hand."""
+def hand_loss(working_dir, batch_stats=None):
+    """L(θ) of a checkpoint over all 360 test digits in one batch, written out by hand.
+
+    With the checkpoint's BatchNorm statistics unless ``batch_stats`` are given.
+    """
     state, _ = Checkpoints(os.path.join(working_dir, "checkpoints")).load_latest()
     state = jax.tree.map(np.asarray, state)  # restored arrays keep the training mesh's sharding
+    if batch_stats is not None:
+        state["batch_stats"] = batch_stats
     split = load_digits_split()
     train_pixels = split["train"][0] / 255.0
     images = (split["test"][0] / 255.0 - train_pixels.mean()) / train_pixels.std()
@@ -91,6 +96,9 @@ def test_hessian_lanczos_agrees_with_power_iteration(run_dir):
     eigenvalues = numbers["eigenvalues"]["eigenvalues"]
     assert len(eigenvalues) == 2 and eigenvalues[0] >= eigenvalues[1]
     assert len(numbers["trace_samples"]) == 4
+    residuals = numbers["residual_norms"]["eigenvalues"]
+    assert len(residuals) == 2 and all(r >= 0 for r in residuals)
+    assert numbers["converged"]["eigenvalues"] == [r <= 1e-3 * eigenvalues[0] for r in residuals]
 
     run = analyze.load_run(run_dir)
     batches = analyze.split_batches(run.pipeline, "test", None)
@@ -133,16 +141,66 @@ def test_alpha_sweep_draws_one_curve_per_alpha(sweep_dir):
     assert (sweep_dir / "alpha_sweep.png").stat().st_size > 0
 
 
+def hand_recomputed_batch_stats(working_dir, num_batches):
+    """SmallCNN's statistics (momentum 0.9) from the trainer's first batches, one by one."""
+    state, _ = Checkpoints(os.path.join(working_dir, "checkpoints")).load_latest()
+    state = jax.tree.map(np.asarray, state)
+    pipeline = analyze.load_run(working_dir).pipeline
+    model = models.get_model("SmallCNN", num_classes=10)
+    zeros = jax.tree.map(np.zeros_like, state["batch_stats"])
+    estimates = []
+    for step in range(num_batches):
+        images = jnp.asarray(pipeline.train_batch(step)["image"])
+        variables = {"params": state["params"], "batch_stats": zeros}
+        _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        # From zero statistics a step leaves (1 − 0.9) × the batch's own.
+        estimates.append(jax.tree.map(lambda x: x / 0.1, updates["batch_stats"]))
+    return jax.tree.map(lambda *xs: np.mean(xs, axis=0), *estimates)
+
+
 def test_interpolation_ends_are_the_two_runs(sweep_dir):
     run_a, run_b = sweep_dir / "alpha_0_r_0.05", sweep_dir / "alpha_1_r_0.05"
-    flags = ["--split=test", "--points=5"]
+    flags = ["--split=test", "--points=5", "--bn_batches=3"]
     analyze.main(["interpolate", f"--working_dir={run_a}", f"--other={run_b}", *flags])
     numbers = read_json(run_a / "analysis" / "interpolation_alpha_1_r_0.05.json")
     assert numbers["coordinates"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    assert "re-estimated at each point on 3 training batches" in numbers["batchnorm_statistics"]
+    losses = numbers["losses"]["loss"]
+    for index, end, run in ((1, 0, run_a), (3, 1, run_b)):
+        # Re-estimated statistics: each end is its checkpoint measured with its own re-estimate.
+        loss, params = hand_loss(run, hand_recomputed_batch_stats(run, 3))
+        assert losses[index] == pytest.approx(float(loss(params)), rel=1e-4)
+        saved, params = hand_loss(run)
+        assert numbers["endpoint_losses_with_saved_statistics"][end] == pytest.approx(
+            float(saved(params)), rel=1e-5
+        )
+    # Blending the saved statistics instead: the ends are the checkpoints exactly as saved.
+    blend = [*flags[:2], "--batchnorm_statistics=interpolate"]
+    analyze.main(["interpolate", f"--working_dir={run_a}", f"--other={run_b}", *blend])
+    numbers = read_json(run_a / "analysis" / "interpolation_alpha_1_r_0.05.json")
+    assert "interpolated" in numbers["batchnorm_statistics"]
     losses = numbers["losses"]["loss"]
     for index, run in ((1, run_a), (3, run_b)):
         loss, params = hand_loss(run)
         assert losses[index] == pytest.approx(float(loss(params)), rel=1e-5)
+
+
+def test_hessian_of_two_runs_pairs_their_trace_probes(sweep_dir):
+    run_a, run_b = sweep_dir / "alpha_0_r_0.05", sweep_dir / "alpha_1_r_0.05"
+    flags = ["--split=test", "--k=2", "--trace_probes=6", f"--other={run_b}"]
+    analyze.main(["hessian", f"--working_dir={run_a}", *flags])
+    numbers = read_json(run_a / "analysis" / "hessian.json")
+    assert sorted(numbers["eigenvalues"]) == ["alpha_0_r_0.05", "alpha_1_r_0.05"]
+    assert sorted(numbers["residual_norms"]) == ["alpha_0_r_0.05", "alpha_1_r_0.05"]
+    a, b = np.array(numbers["trace_samples"]), np.array(numbers["other"]["trace_samples"])
+    difference = numbers["trace_difference"]
+    assert difference["mean"] == pytest.approx(a.mean() - b.mean(), rel=1e-6)
+    assert difference["standard_error"] == pytest.approx((a - b).std(ddof=1) / np.sqrt(6), rel=1e-6)
+    assert difference["unpaired_standard_error"] == pytest.approx(
+        np.hypot(a.std(ddof=1), b.std(ddof=1)) / np.sqrt(6), rel=1e-6
+    )
+    # Two runs from one initialization: their curvature shares most of each probe's value.
+    assert difference["standard_error"] < difference["unpaired_standard_error"]
 
 
 def test_errors_name_what_is_missing(tmp_path):
@@ -166,3 +224,7 @@ def test_usage_errors_exit_with_status_2(capsys):
         analyze.main(["gradient-norm", "--working_dir=x", "--config.total_epochs=1"])
     assert exit_info.value.code == 2
     assert "only alpha-sweep takes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        analyze.main(["hessian", "--working_dir=x", "--tolerance=0"])
+    assert exit_info.value.code == 2
+    assert "--tolerance: expected a positive number, got 0" in capsys.readouterr().err

@@ -5,19 +5,27 @@ the batch's real examples), any parameter pytree and an iterable of batches;
 every tool measures the loss of the whole data set (see ``gnp.analysis.data``).
 """
 
+from gnp.analysis.batchnorm import recompute_batch_stats
 from gnp.analysis.data import default_weight, mean_loss
+from gnp.analysis.directions import (
+    Filters,
+    attention_filters,
+    default_filters,
+    filter_normalized_direction,
+)
 from gnp.analysis.gradient_norm import GradientNormResult, full_gradient_norm
 from gnp.analysis.hessian import (
     Eigenpairs,
     HessianOperator,
+    TraceDifference,
     TraceEstimate,
     hessian_operator,
     hessian_trace,
     power_iteration,
     top_eigenvalues,
+    trace_difference,
 )
 from gnp.analysis.landscape import (
-    filter_normalized_direction,
     linear_interpolation,
     loss_slice_1d,
     loss_slice_2d,
@@ -31,9 +39,13 @@ from gnp.analysis.plots import (
 
 __all__ = [
     "Eigenpairs",
+    "Filters",
     "GradientNormResult",
     "HessianOperator",
+    "TraceDifference",
     "TraceEstimate",
+    "attention_filters",
+    "default_filters",
     "default_weight",
     "filter_normalized_direction",
     "full_gradient_norm",
@@ -48,5 +60,7 @@ __all__ = [
     "plot_loss_contour",
     "plot_loss_curve",
     "power_iteration",
+    "recompute_batch_stats",
     "top_eigenvalues",
+    "trace_difference",
 ]

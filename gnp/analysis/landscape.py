@@ -1,69 +1,14 @@
-"""Slices of the data-set loss: along random directions, and between two solutions.
-
-Li et al. 2018 ("Visualizing the Loss Landscape of Neural Nets") showed that a
-raw random direction makes sharpness incomparable between networks: a ReLU
-network's function does not change when a layer's weights are scaled up and the
-next one's down, but its landscape along a fixed direction does. *Filter
-normalization* rescales each filter of the direction to the norm of the matching
-filter of θ, so a step of 1 moves every filter by its own size.
-"""
+"""Slices of the data-set loss along directions (see ``directions``) and between solutions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gnp.analysis.data import LossFn, PyTree, Weights, data_mean, require_reiterable
-
-
-def _normalize_filters(direction: jax.Array, weight: jax.Array, filter_axis: int) -> jax.Array:
-    """Each slice ``direction[..., i, ...]`` along ``filter_axis`` gets the norm of ``weight``'s."""
-    axes = tuple(a for a in range(weight.ndim) if a != filter_axis % weight.ndim)
-    direction_norm = jnp.sqrt(jnp.sum(jnp.square(direction), axis=axes, keepdims=True))
-    weight_norm = jnp.sqrt(jnp.sum(jnp.square(weight), axis=axes, keepdims=True))
-    return direction * weight_norm / jnp.where(direction_norm > 0, direction_norm, 1)
-
-
-def filter_normalized_direction(
-    key: jax.Array,
-    params: PyTree,
-    *,
-    filter_axis: int = -1,
-    keep_one_dimensional: bool = False,
-) -> PyTree:
-    """A Gaussian direction with each filter rescaled to the norm of θ's filter (Li et al. 2018).
-
-    Args:
-      key: the PRNG key; the direction is a function of it and of θ's shapes.
-      params: θ, any pytree of arrays.
-      filter_axis: the output-channel axis of a weight. Flax kernels keep it last
-        (Conv ``HWIO``, Dense ``(in, out)``); PyTorch-layout weights use 0.
-      keep_one_dimensional: leaves of rank ≤ 1 (biases, BatchNorm scales and
-        offsets) get a zero direction by default, as in the paper; with True
-        each such leaf is one filter, a random vector of the leaf's norm.
-    """
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    directions = []
-    for leaf_key, leaf in zip(keys, leaves, strict=True):
-        weight = jnp.asarray(leaf)
-        dtype = jnp.promote_types(weight.dtype, jnp.float32)
-        if weight.ndim <= 1 and not keep_one_dimensional:
-            directions.append(jnp.zeros_like(weight))
-            continue
-        noise = jax.random.normal(leaf_key, weight.shape, dtype)
-        if weight.ndim <= 1:  # The whole leaf is one filter.
-            scaled = _normalize_filters(
-                noise.reshape(-1, 1), weight.astype(dtype).reshape(-1, 1), -1
-            )
-            scaled = scaled.reshape(weight.shape)
-        else:
-            scaled = _normalize_filters(noise, weight.astype(dtype), filter_axis)
-        directions.append(scaled.astype(weight.dtype))
-    return jax.tree.unflatten(treedef, directions)
 
 
 def _combine(params: PyTree, directions: Sequence[PyTree], coefficients: jax.Array) -> PyTree:
@@ -155,18 +100,24 @@ def linear_interpolation(
     *,
     coordinates: Sequence[float],
     weights: Weights = None,
+    at_point: Callable[[PyTree], PyTree] | None = None,
 ) -> np.ndarray:
     """``L((1 − t)·θa + t·θb)`` for each ``t``: 0 is θa, 1 is θb, outside [0, 1] extrapolates.
 
     The 1-D view of Goodfellow et al. 2015, used to compare the solutions of
-    two runs (e.g. SGD and GNP) and the barrier between them.
+    two runs (e.g. SGD and GNP) and the barrier between them. ``at_point``, if
+    given, maps each point before its loss is measured: e.g. to re-estimate the
+    BatchNorm statistics of interpolated variables (``recompute_batch_stats``).
     """
     difference = jax.tree.map(lambda a, b: jnp.asarray(b) - jnp.asarray(a), params_a, params_b)
-    return loss_slice_1d(
-        loss_fn,
-        params_a,
-        difference,
-        batches,
-        coordinates=coordinates,
-        weights=weights,
-    )
+    if at_point is None:
+        return loss_slice_1d(
+            loss_fn, params_a, difference, batches, coordinates=coordinates, weights=weights
+        )
+    require_reiterable(batches)
+    loss, combine = jax.jit(loss_fn), jax.jit(_combine)
+    values = []
+    for t in coordinates:
+        point = at_point(combine(params_a, [difference], jnp.asarray([t])))
+        values.append(float(data_mean(lambda b, p=point: loss(p, b), batches, weights)))
+    return np.asarray(values)

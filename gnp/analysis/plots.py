@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
+
+from gnp.analysis.hessian import Eigenpairs
 
 EpochMetrics = Mapping[str, float]
 
@@ -99,25 +102,65 @@ def plot_loss_contour(
 
 
 def plot_eigenvalues(
-    eigenvalues: ArrayLike | Mapping[str, ArrayLike],
+    eigenvalues: ArrayLike | Eigenpairs | Mapping[str, ArrayLike | Eigenpairs],
     path: str | Path,
     *,
     title: str | None = None,
 ) -> Path:
-    """Top Hessian eigenvalues by rank, one series per label (e.g. per α or per checkpoint)."""
+    """Top Hessian eigenvalues by rank, one series per label (e.g. per α or per checkpoint).
+
+    Given ``Eigenpairs`` (from ``top_eigenvalues``) each value gets an error bar
+    of ± its residual ‖H v − λ v‖ (an eigenvalue of H lies within it) and a
+    hollow marker when it is not converged; the JSON holds the residuals and flags.
+    """
     series = dict(eigenvalues) if isinstance(eigenvalues, Mapping) else {"eigenvalues": eigenvalues}
     figure = Figure(figsize=(5, 3.5))
     axes = figure.subplots()
-    for label, values in series.items():
-        values = np.asarray(values)
-        axes.plot(np.arange(1, values.size + 1), values, marker="o", label=label)
+    numbers: dict[str, Any] = {"eigenvalues": {}}
+    unconverged_drawn = False
+    for index, (label, values) in enumerate(series.items()):
+        color = f"C{index}"  # explicit: error bars would otherwise advance the colour cycle
+        pairs = values if isinstance(values, Eigenpairs) else None
+        values = np.asarray(pairs.eigenvalues if pairs else values)
+        ranks = np.arange(1, values.size + 1)
+        numbers["eigenvalues"][label] = values
+        if pairs is None:
+            axes.plot(ranks, values, marker="o", color=color, label=label)
+            continue
+        axes.plot(ranks, values, color=color, label=label)
+        axes.errorbar(ranks, values, yerr=pairs.residual_norms, fmt="none", ecolor=color, capsize=3)
+        done = pairs.converged
+        axes.plot(ranks[done], values[done], "o", color=color, zorder=3)
+        axes.plot(ranks[~done], values[~done], "o", mfc="white", mec=color, zorder=3)
+        unconverged_drawn |= bool((~done).any())
+        numbers.setdefault("residual_norms", {})[label] = pairs.residual_norms
+        numbers.setdefault("converged", {})[label] = pairs.converged
+        numbers["tolerance"] = pairs.tolerance
     axes.set_xlabel("rank")
-    axes.set_ylabel("Hessian eigenvalue")
-    if len(series) > 1:
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel("Hessian eigenvalue ± ‖Hv − λv‖" if "converged" in numbers else "eigenvalue")
+    if unconverged_drawn:
+        axes.plot([], [], "o", mfc="white", mec="gray", label="not converged")
+    if len(series) > 1 or unconverged_drawn:
         axes.legend()
     if title:
         axes.set_title(title)
-    return _save(figure, path, {"eigenvalues": series})
+    return _save(figure, path, numbers)
+
+
+# The trainer's per-epoch clean gradient norm; runs written before it existed logged the same
+# quantity as ``gradient_norm``, which now means the clipped combined gradient.
+CLEAN_GRADIENT_NORM = "clean_gradient_norm"
+LEGACY_GRADIENT_NORM = "gradient_norm"
+
+
+def clean_gradient_norm_key(rows: Sequence[EpochMetrics]) -> str:
+    """``clean_gradient_norm`` if the run logged it, else ``gradient_norm`` (an older run)."""
+    return (
+        CLEAN_GRADIENT_NORM
+        if any(row.get(CLEAN_GRADIENT_NORM) is not None for row in rows)
+        else LEGACY_GRADIENT_NORM
+    )
 
 
 def plot_alpha_sweep(
@@ -126,29 +169,39 @@ def plot_alpha_sweep(
     *,
     title: str | None = None,
 ) -> Path:
-    """Gradient norm and test error per epoch for each α, two panels (the 2022 paper's Figure 3).
+    """Clean mini-batch gradient norm and test error per epoch for each α (2022 paper, Figure 3).
 
-    ``curves`` maps a label (e.g. ``"α=0.8"``) to per-epoch dicts with ``epoch``,
-    ``gradient_norm`` and ``test_error_rate`` (a fraction, drawn in percent).
-    Epochs without an evaluation may leave ``test_error_rate`` out.
+    ``curves`` maps a label (e.g. ``"α=0.8"``) to per-epoch ``metrics.jsonl``
+    rows with ``epoch``, ``clean_gradient_norm`` (or, for runs written before
+    that key, ``gradient_norm``, which then held the same quantity) and
+    ``test_error_rate`` (a fraction, drawn in percent). Epochs without an
+    evaluation may leave ``test_error_rate`` out. The norm is the epoch's mean
+    of mini-batch norms ‖∇L_B(θ)‖, not ‖∇L(θ)‖: the axis says so, and a curve
+    read from the older key says so in its legend.
     """
     figure = Figure(figsize=(10, 3.8))
     norm_axes, error_axes = figure.subplots(1, 2)
+    keys = {label: clean_gradient_norm_key(rows) for label, rows in curves.items()}
     for label, rows in curves.items():
         for axes, key, scale in (
-            (norm_axes, "gradient_norm", 1.0),
+            (norm_axes, keys[label], 1.0),
             (error_axes, "test_error_rate", 100.0),
         ):
             points = sorted((row["epoch"], row[key]) for row in rows if row.get(key) is not None)
             if points:
                 epochs, values = zip(*points, strict=True)
-                axes.plot(epochs, np.asarray(values) * scale, label=label)
-    norm_axes.set_ylabel("gradient norm ‖∇L‖")
+                legacy = axes is norm_axes and key == LEGACY_GRADIENT_NORM
+                name = f"{label} (older run: gradient_norm)" if legacy else label
+                axes.plot(epochs, np.asarray(values) * scale, marker=".", label=name)
+    norm_axes.set_ylabel("clean gradient norm, epoch mean of ‖∇L_B‖")
     error_axes.set_ylabel("test error (%)")
     for axes in (norm_axes, error_axes):
         axes.set_xlabel("epoch")
         axes.legend()
     if title:
         figure.suptitle(title)
-    numbers = {"curves": {label: [dict(row) for row in rows] for label, rows in curves.items()}}
+    numbers = {
+        "curves": {label: [dict(row) for row in rows] for label, rows in curves.items()},
+        "gradient_norm_keys": keys,
+    }
     return _save(figure, path, numbers)
