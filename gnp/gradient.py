@@ -162,12 +162,16 @@ def _is_concrete_zero(value: Any) -> bool | None:
 
 
 def check_coefficients(
-    r: float | jax.Array, alpha: float | jax.Array, eta: float | jax.Array = 0.01
+    r: float | jax.Array,
+    alpha: float | jax.Array,
+    eta: float | jax.Array = 0.01,
+    prefix: str = "",
 ) -> None:
     """r ≥ 0, α ≥ 0 and η ≥ 0, all finite, where they are concrete (traced ones pass).
 
     A negative r or α makes λ = α·r negative: the step would reward a large
-    gradient norm instead of penalizing it.
+    gradient norm instead of penalizing it. ``prefix`` names the config keys
+    (``"gnp."``) in the message.
     """
     for name, value, fix in (
         ("r", r, "the perturbation radius, e.g. 0.05"),
@@ -176,7 +180,7 @@ def check_coefficients(
     ):
         number = _concrete(value)
         if number is not None and not (math.isfinite(number) and number >= 0):
-            raise ValueError(f"{name} must be a finite number ≥ 0 ({fix}), got {number}")
+            raise ValueError(f"{prefix}{name} must be a finite number ≥ 0 ({fix}), got {number}")
 
 
 def _mean_over_axis(tree: PyTree, axis_name: str | None) -> PyTree:

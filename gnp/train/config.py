@@ -9,9 +9,9 @@ import jax
 from gnp import models
 from gnp.choices import check_choice
 from gnp.data import dataset_names
-from gnp.gradient import METHODS, PERTURBATIONS
+from gnp.gradient import ASAM_LEAVES, METHODS, PERTURBATIONS, check_coefficients
 from gnp.optim import SCHEDULES, optimizer_kwargs
-from gnp.train.gr_schedule import WARMUP_STRATEGIES
+from gnp.train.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
 
 DTYPE_NAMES = ("float32", "bfloat16")
 
@@ -26,6 +26,10 @@ def validate_config(config: Any) -> Any:
     check_choice(config.gr_warmup_strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
     check_choice(config.gnp.method, METHODS, "gnp.method")
     check_choice(config.gnp.perturbation, PERTURBATIONS, "gnp.perturbation")
+    check_choice(config.gnp.asam_leaves, ASAM_LEAVES, "gnp.asam_leaves")
+    check_coefficients(config.gnp.r, config.gnp.alpha, config.gnp.eta, prefix="gnp.")
+    if config.use_hybrid_training:
+        hybrid_probability(config.schedule_function, config.hybrid_config)
     check_choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
     if config.total_epochs < 1:
         raise ValueError(f"total_epochs must be at least 1, got {config.total_epochs}")

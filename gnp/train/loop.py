@@ -23,7 +23,7 @@ from gnp.data import InputPipeline, build_input_pipeline
 from gnp.optim import build_optimizer, learning_rate_schedule
 from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted, PreemptionGuard
 from gnp.train.config import validate_config
-from gnp.train.gr_schedule import GRSchedule
+from gnp.train.gr_schedule import GRSchedule, hybrid_probability
 from gnp.train.metrics import MetricWriter, plot_curves
 from gnp.train.steps import (
     AXIS,
@@ -71,7 +71,16 @@ def evaluate(eval_step: Any, state: TrainState, pipeline: InputPipeline, mesh: A
 
 
 # A NaN input can leave the loss finite (ReLU maps NaN to 0) while the gradient is not.
-GUARDED = ("train_loss", "gradient_norm", "update_norm")
+GUARDED = ("train_loss", "gradient_norm", "clean_gradient_norm", "update_norm")
+# Per-step metrics averaged over the epoch (each has one meaning on every kind of step).
+AVERAGED = (
+    "train_loss",
+    "train_error_rate",
+    "gradient_norm",
+    "clean_gradient_norm",
+    "update_norm",
+    "param_norm",
+)
 
 
 def _first_non_finite(step_metrics: list[dict[str, Any]]) -> tuple[int, str, float] | None:
@@ -132,7 +141,11 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
         alpha=config.gnp.alpha,
         strategy=config.gr_warmup_strategy,
         warmup_steps=int(config.warmup_epochs * steps_per_epoch),
-        hybrid_p=config.hybrid_config.p if config.use_hybrid_training else None,
+        hybrid_p=(
+            hybrid_probability(config.schedule_function, config.hybrid_config)
+            if config.use_hybrid_training
+            else None
+        ),
         seed=config.seeds,
     )
     common = dict(
@@ -147,10 +160,12 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
         ),
         gr=gr,
         accumulation_steps=config.grad_accum_steps,
+        gradient_clipping=config.gradient_clipping,
         gnp_options=GNPOptions(
             method=config.gnp.method,
             perturbation=config.gnp.perturbation,
             eta=config.gnp.eta,
+            asam_leaves=config.gnp.asam_leaves,
             normalize_reference=config.gnp.norm_perturbations,
             sync_perturbations=config.gnp.sync_perturbations,
         ),
@@ -214,19 +229,21 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                     f"{checkpoints.describe_latest()}. Try a lower base_lr, gradient_clipping > 0, "
                     "a smaller gnp.r, or check the input data for NaN."
                 )
-            r_used, alpha_used = gr.logged_values(first_step + steps_per_epoch - 1)
+            last_step = first_step + steps_per_epoch - 1
+            r_used, alpha_used = gr.logged_values(last_step)
             record = {
                 "epoch": epoch,
                 "step": int(first_step + steps_per_epoch),
-                **{
-                    k: float(np.mean([m[k] for m in fetched]))
-                    for k in ("train_loss", "train_error_rate", "gradient_norm", "update_norm")
-                },
+                **{k: float(np.mean([m[k] for m in fetched])) for k in AVERAGED},
                 "learning_rate": float(fetched[-1]["learning_rate"]),
                 "r": r_used,
                 "alpha": alpha_used,
                 # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
                 "gnp_step_fraction": gnp_steps / len(fetched),
+                # As r and α: the value in force at the epoch's last step (the released log).
+                **(
+                    {"probability": gr.probability(last_step)} if config.use_hybrid_training else {}
+                ),
                 "images_per_second": len(fetched) * config.batch_size / seconds,
             }
             if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:

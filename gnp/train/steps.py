@@ -56,6 +56,7 @@ class GNPOptions:
     method: str = "finite_difference"
     perturbation: str = "sam"
     eta: float = 0.01
+    asam_leaves: str = "weights"
     normalize_reference: bool = False
     sync_perturbations: bool = False
 
@@ -184,10 +185,19 @@ def make_train_step(
     gnp_options: GNPOptions,
     penalized: bool,
     accumulation_steps: int = 1,
+    gradient_clipping: float = 0.0,
 ) -> Any:
     """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
 
     ``penalized`` picks the GNP step or the plain one (each compiles once).
+    ``gradient_clipping`` is the optimizer's global-norm clip (0: none), which the
+    logged ``gradient_norm`` reports after clipping.
+
+    The norms logged have one meaning on every kind of step and any number of devices
+    (``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the
+    optimizer (averaged over devices, clipped), ``clean_gradient_norm`` is ‖∇L(θ)‖ of
+    the whole global batch at the clean point (equal to the unclipped ‖ḡ‖ on a plain
+    step), ``update_norm`` the optimizer's update, ``param_norm`` θ after the update.
     """
     loss_fn = make_loss_fn(model, loss_config)
 
@@ -215,23 +225,29 @@ def make_train_step(
                 method=gnp_options.method,
                 perturbation=gnp_options.perturbation,
                 eta=gnp_options.eta,
+                asam_leaves=gnp_options.asam_leaves,
                 normalize_reference=gnp_options.normalize_reference,
                 axis_name=AXIS if gnp_options.sync_perturbations else None,
             )
-            # Per-device perturbations: the mean of the local norms, a scalar all-reduce
-            # instead of a second gradient-sized one; synced: the global norm.
-            gradient_norm = jax.lax.pmean(gnp.global_norm(reference), AXIS)
+            # Synced, the reference is already the global batch's ∇L(θ); per device it
+            # is the local one, and its global norm costs one more gradient all-reduce.
+            if not gnp_options.sync_perturbations:
+                reference = jax.lax.pmean(reference, AXIS)
         else:
             r = alpha = jnp.zeros((), jnp.float32)
             (_, (batch_stats, metrics)), grads = clean(state.params)
         grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
-        if not penalized:
-            gradient_norm = gnp.global_norm(grads)
+        gradient_norm = gnp.global_norm(grads)
+        clean_gradient_norm = gnp.global_norm(reference) if penalized else gradient_norm
+        if gradient_clipping > 0:  # optax.clip_by_global_norm: ‖clip(g)‖ = min(‖g‖, c)
+            gradient_norm = jnp.minimum(gradient_norm, gradient_clipping)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics |= {
             "gradient_norm": gradient_norm,
+            "clean_gradient_norm": clean_gradient_norm,
             "update_norm": gnp.global_norm(updates),
+            "param_norm": gnp.global_norm(params),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "r": jnp.asarray(r, jnp.float32),
             "alpha": jnp.asarray(alpha, jnp.float32),
