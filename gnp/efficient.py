@@ -96,14 +96,16 @@ def reuse_penalized_gradient(
     asam_leaves: AsamLeaves = "weights",
     normalize_reference: bool = False,
     axis_name: str | None = None,
+    state_axis_name: str | None = None,
 ) -> tuple[Any, PyTree, PyTree, ReuseState]:
     """``penalized_gradient`` with reuse: ``(value, grads, reference, new_state)``.
 
     A ``lax.cond`` on ``state.count % period`` picks the full step (two passes)
-    or the reuse step (one pass); both are compiled, one runs. With ``axis_name``
-    the state is built from gradients averaged over the axis (one all-reduce of
-    ``g2`` per full step), so it is the same on every device and can be replicated;
-    without it each device keeps its own.
+    or the reuse step (one pass); both are compiled, one runs. The state is built
+    from ``g1`` and ``g2`` averaged over ``state_axis_name`` (default: ``axis_name``;
+    an all-reduce of each per full step), so that it is the same on every device
+    and can be kept replicated even when each device perturbs with its own
+    gradient (``axis_name=None``); with neither, each device keeps its own state.
     """
     if not isinstance(period, int) or period < 1:
         raise ValueError(f"period must be an integer ≥ 1 (1 is plain GNP), got {period!r}")
@@ -119,7 +121,11 @@ def reuse_penalized_gradient(
         reference = _mean_over_axis(g1, axis_name)
         g2 = gradient_at(perturb(params, reference, r, perturbation, eta, asam_leaves))
         grads = mix(g1, g2, alpha, reference, normalize_reference)
-        orthogonal, scale = orthogonal_part(reference, _mean_over_axis(g2, axis_name))
+        state_axis = axis_name if state_axis_name is None else state_axis_name
+        orthogonal, scale = orthogonal_part(
+            _mean_over_axis(reference, state_axis if axis_name is None else None),
+            _mean_over_axis(g2, state_axis),
+        )
         orthogonal = jax.tree.map(lambda o, old: o.astype(old.dtype), orthogonal, state.orthogonal)
         new_state = ReuseState(state.count + 1, orthogonal, scale.astype(state.scale.dtype))
         return value, grads, reference, new_state

@@ -58,6 +58,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.gnp.perturbation = "sam"  # or "asam"
     config.gnp.eta = 0.01  # ASAM's η
     config.gnp.asam_leaves = "weights"  # ASAM scales weights only (original ASAM) | "all"
+    # Cheaper GNP (gnp.efficient, docs/training.md): the perturbed gradient every k GNP steps,
+    # its part orthogonal to g1 reused in between (LookSAM); 1 = every step (plain GNP).
+    config.gnp.reuse_period = 1
+    config.gnp.orthogonal_scale = config_dict.placeholder(float)  # LookSAM's α; None: measured
+    config.gnp.perturbation_direction = "gradient"  # or "momentum": along −momentum (MSAM)
     config.gr_warmup_strategy = "none"  # none | r | lambda | zero
     config.use_hybrid_training = False
     config.hybrid_config = ml_collections.ConfigDict()

@@ -87,7 +87,7 @@ def _first_non_finite(step_metrics: list[dict[str, Any]]) -> tuple[int, str, flo
     """(index, metric, value) of the first step whose loss, gradient or update is not finite."""
     for index, metrics in enumerate(step_metrics):
         for key in GUARDED:
-            if not math.isfinite(float(metrics[key])):
+            if not math.isfinite(float(metrics.get(key, 0.0))):
                 return index, key, float(metrics[key])
     return None
 
@@ -114,6 +114,7 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
         info.image_shape,
         init_seed=config.init_seeds,
         seed=config.seeds,
+        reuse=config.gnp.reuse_period > 1,
     )
     state = replicate(state, mesh)
     train_iterator = pipeline.train_iterator()
@@ -168,6 +169,9 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
             asam_leaves=config.gnp.asam_leaves,
             normalize_reference=config.gnp.norm_perturbations,
             sync_perturbations=config.gnp.sync_perturbations,
+            reuse_period=config.gnp.reuse_period,
+            orthogonal_scale=config.gnp.orthogonal_scale,
+            direction=config.gnp.perturbation_direction,
         ),
     )
     train_steps = {
@@ -234,7 +238,12 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
             record = {
                 "epoch": epoch,
                 "step": int(first_step + steps_per_epoch),
-                **{k: float(np.mean([m[k] for m in fetched])) for k in AVERAGED},
+                # Over the steps that have it (a one-pass MSAM step has no clean gradient).
+                **{
+                    k: float(np.mean([m[k] for m in fetched if k in m]))
+                    for k in AVERAGED
+                    if any(k in m for m in fetched)
+                },
                 "learning_rate": float(fetched[-1]["learning_rate"]),
                 "r": r_used,
                 "alpha": alpha_used,
