@@ -97,11 +97,17 @@ def reuse_penalized_gradient(
     normalize_reference: bool = False,
     axis_name: str | None = None,
     state_axis_name: str | None = None,
+    full: bool | None = None,
 ) -> tuple[Any, PyTree, PyTree, ReuseState]:
     """``penalized_gradient`` with reuse: ``(value, grads, reference, new_state)``.
 
-    A ``lax.cond`` on ``state.count % period`` picks the full step (two passes)
-    or the reuse step (one pass); both are compiled, one runs. The state is built
+    With ``full=None`` a ``lax.cond`` on ``state.count % period`` picks the full
+    step (two passes) or the reuse step (one pass): one program, both branches
+    compiled, one runs. ``full=True``/``False`` builds that step alone, for a
+    caller that chooses on the host between two compiled programs (as the trainer
+    does: on CPU, XLA runs the convolutions inside a conditional about 20× slower,
+    ``docs/library.md``); the caller then keeps ``count % period == 0`` for the
+    full steps itself. The state is built
     from ``g1`` and ``g2`` averaged over ``state_axis_name`` (default: ``axis_name``;
     an all-reduce of each per full step), so that it is the same on every device
     and can be kept replicated even when each device perturbs with its own
@@ -116,7 +122,7 @@ def reuse_penalized_gradient(
             f"orthogonal_scale must be ≥ 0 (LookSAM's α, e.g. 0.7), got {orthogonal_scale}"
         )
 
-    def full() -> tuple[Any, PyTree, PyTree, ReuseState]:
+    def full_step() -> tuple[Any, PyTree, PyTree, ReuseState]:
         value, g1 = clean_value_and_grad(params)
         reference = _mean_over_axis(g1, axis_name)
         g2 = gradient_at(perturb(params, reference, r, perturbation, eta, asam_leaves))
@@ -130,7 +136,7 @@ def reuse_penalized_gradient(
         new_state = ReuseState(state.count + 1, orthogonal, scale.astype(state.scale.dtype))
         return value, grads, reference, new_state
 
-    def reuse() -> tuple[Any, PyTree, PyTree, ReuseState]:
+    def reuse_step() -> tuple[Any, PyTree, PyTree, ReuseState]:
         value, g1 = clean_value_and_grad(params)
         reference = _mean_over_axis(g1, axis_name)
         s = state.scale if orthogonal_scale is None else orthogonal_scale
@@ -141,9 +147,11 @@ def reuse_penalized_gradient(
         grads = mix(g1, g2, alpha, reference, normalize_reference)
         return value, grads, reference, state._replace(count=state.count + 1)
 
-    if period == 1:
-        return full()
-    return jax.lax.cond(state.count % period == 0, full, reuse)
+    if period == 1 or full is True:
+        return full_step()
+    if full is False:
+        return reuse_step()
+    return jax.lax.cond(state.count % period == 0, full_step, reuse_step)
 
 
 def reuse_value_and_grad(

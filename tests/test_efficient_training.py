@@ -25,7 +25,9 @@ from gnp.train.steps import (
 )
 
 
-def compiled_convolutions(options: GNPOptions, *, alpha: float, penalized: bool = True) -> int:
+def compiled_convolutions(
+    options: GNPOptions, *, alpha: float, penalized: bool = True, full: bool = True
+) -> int:
     """Convolutions in the compiled train step on one device (the model's 2 conv layers:
     forward, and backward for the weights and inputs)."""
     config = validate_config(tiny_config(**{"gnp.alpha": alpha}))
@@ -50,6 +52,7 @@ def compiled_convolutions(options: GNPOptions, *, alpha: float, penalized: bool 
         gr=GRSchedule(r=0.05, alpha=alpha),
         gnp_options=options,
         penalized=penalized,
+        full=full,
     )
     batch = shard_batch(next(pipeline.train_iterator()), mesh)
     text = step.lower(replicate(state, mesh), batch["image"], batch["label"]).compile().as_text()
@@ -62,10 +65,12 @@ def test_gradient_passes_in_the_compiled_trainer_step():
     assert compiled_convolutions(GNPOptions(), alpha=0.8) == 2 * plain
     # MSAM at α = 1: one pass, as a plain step.
     assert compiled_convolutions(GNPOptions(direction="momentum"), alpha=1.0) == plain
-    # Reuse: a full branch (2 passes) and a reuse branch (1 pass) in one conditional.
-    assert compiled_convolutions(GNPOptions(reuse_period=5), alpha=0.8) == 3 * plain
+    # Reuse: the full step takes 2 passes, the reuse step 1.
+    assert compiled_convolutions(GNPOptions(reuse_period=5), alpha=0.8) == 2 * plain
+    assert compiled_convolutions(GNPOptions(reuse_period=5), alpha=0.8, full=False) == plain
 
 
+@pytest.mark.slow  # three 4-epoch runs, about a minute
 def test_reuse_run_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     """5 steps an epoch, period 3, checkpoint at step 10: mid-period, so the resumed run
     needs the reuse state from the checkpoint to continue identically."""

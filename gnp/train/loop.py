@@ -174,9 +174,14 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
             direction=config.gnp.perturbation_direction,
         ),
     )
+    # Keyed by (GNP step?, full step?): with gnp.reuse_period > 1 a GNP step is either a
+    # full one (every reuse_period-th) or a reuse one, each compiled once on first use.
+    period = config.gnp.reuse_period
     train_steps = {
-        penalized: make_train_step(**common, penalized=penalized) for penalized in (True, False)
+        (penalized, full): make_train_step(**common, penalized=penalized, full=full)
+        for penalized, full in ((False, True), (True, True), (True, False))
     }
+    gnp_taken = int(jax.device_get(state.reuse["count"])) if period > 1 else 0
     eval_step = make_eval_step(model, mesh)
     writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
 
@@ -206,8 +211,11 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                     )
                 penalized = gr.is_gnp_step(step)
                 gnp_steps += penalized
+                full = not penalized or gnp_taken % period == 0
+                gnp_taken += penalized
                 batch = shard_batch(next(train_iterator), mesh)
-                state, metrics = train_steps[penalized](state, batch["image"], batch["label"])
+                train_step = train_steps[penalized, full]
+                state, metrics = train_step(state, batch["image"], batch["label"])
                 step_metrics.append(metrics)
                 if (i + 1) % config.log_every_n_steps == 0:
                     latest = jax.device_get(metrics)

@@ -208,10 +208,14 @@ def make_train_step(
     penalized: bool,
     accumulation_steps: int = 1,
     gradient_clipping: float = 0.0,
+    full: bool = True,
 ) -> Any:
     """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
 
-    ``penalized`` picks the GNP step or the plain one (each compiles once).
+    ``penalized`` picks the GNP step or the plain one (each compiles once). With
+    ``gnp_options.reuse_period`` > 1, ``full`` picks a GNP step's two kinds: the full
+    step (two passes, refreshes the reuse state) or the reuse step (one pass); the
+    caller makes every ``reuse_period``-th GNP step a full one.
     ``gradient_clipping`` is the optimizer's global-norm clip (0: none), which the
     logged ``gradient_norm`` reports after clipping.
 
@@ -250,10 +254,14 @@ def make_train_step(
             true_gradient_first=penalized and _supports_true_gradient(model),
         )
         reuse = state.reuse
+        direction = (  # MSAM perturbs towards the next update: minus the momentum
+            jax.tree.map(jnp.negative, momentum_of(state.opt_state))
+            if penalized and gnp_options.direction == "momentum"
+            else None
+        )
         if penalized and one_pass:
             # MSAM: only the perturbed point's pass; its loss and statistics are logged.
             r, alpha = gr.values(state.step)
-            direction = jax.tree.map(jnp.negative, momentum_of(state.opt_state))
             point = gnp.perturb(state.params, direction, r, **perturbation)
             (_, (batch_stats, metrics)), grads = clean(point)
             reference = None
@@ -276,16 +284,12 @@ def make_train_step(
                         period=gnp_options.reuse_period,
                         orthogonal_scale=gnp_options.orthogonal_scale,
                         state_axis_name=AXIS,
+                        full=full,
                         **options,
                     )
                 )
                 reuse = reuse._asdict()
             else:
-                direction = (
-                    jax.tree.map(jnp.negative, momentum_of(state.opt_state))
-                    if gnp_options.direction == "momentum"
-                    else None
-                )
                 (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
                     clean,
                     perturbed,
