@@ -1,10 +1,29 @@
 """gnp: gradient norm penalty and sharpness-aware training in JAX.
 
 ``gnp.value_and_grad`` is the whole library for users who bring their own
-training loop; ``python -m gnp.main`` is the training framework built on it.
+training loop (``gnp.efficient`` has its cheaper variants); ``python -m gnp.main``
+is the training framework built on it.
 """
 
-from gnp.gradient import ascent_direction, global_norm, penalized_gradient, value_and_grad
+from gnp import efficient
+from gnp.gradient import (
+    ascent_direction,
+    check_coefficients,
+    global_norm,
+    mix,
+    penalized_gradient,
+    perturb,
+    value_and_grad,
+)
 
-__all__ = ["ascent_direction", "global_norm", "penalized_gradient", "value_and_grad"]
+__all__ = [
+    "ascent_direction",
+    "check_coefficients",
+    "efficient",
+    "global_norm",
+    "mix",
+    "penalized_gradient",
+    "perturb",
+    "value_and_grad",
+]
 __version__ = "0.1.0"

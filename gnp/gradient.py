@@ -8,13 +8,18 @@ the Hessian-vector product is approximated by a finite difference of radius r
     g2 = ∇L(θ + r·g1/‖g1‖)
     g  = (1 − α)·g1 + α·g2,        α = λ / r
 
-α = 1 is SAM. ``method="exact"`` computes ``g1 + λ·H g1/‖g1‖`` with a
-forward-over-reverse Hessian-vector product instead, which is what the finite
-difference converges to as r → 0.
+α = 1 is SAM; α > 1 extrapolates past the SAM gradient (λ = α·r > r, a larger
+penalty measured with the same radius). ``method="exact"`` computes
+``g1 + λ·H g1/‖g1‖`` with a forward-over-reverse Hessian-vector product instead,
+which is what the finite difference converges to as r → 0.
+
+The two building blocks, ``perturb`` (θ + r·direction) and ``mix`` (the line
+above), are shared with the cheaper variants in ``gnp.efficient``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -30,6 +35,11 @@ Perturbation = Literal["sam", "asam"]
 
 METHODS = ("finite_difference", "exact")
 PERTURBATIONS = ("sam", "asam")
+AsamLeaves = Literal["weights", "all"]
+ASAM_LEAVES = ("weights", "all")
+# The flax names of the parameters PyTorch calls ``weight`` (Linear/Conv kernels, BatchNorm
+# and LayerNorm scales, embeddings): the ones the original ASAM scales by |θ| + η.
+WEIGHT_NAMES = ("kernel", "scale", "embedding")
 
 
 def _norm_dtype(dtype: Any) -> Any:
@@ -56,36 +66,133 @@ def _scale(tree: PyTree, factor: jax.Array) -> PyTree:
     return jax.tree.map(lambda x: (x.astype(_norm_dtype(x.dtype)) * factor).astype(x.dtype), tree)
 
 
+def _leaf_name(path: tuple[Any, ...]) -> str | None:
+    last = path[-1] if path else None
+    name = getattr(last, "key", getattr(last, "name", None))
+    return name if isinstance(name, str) else None
+
+
+def _asam_factors(params: PyTree, eta: float, asam_leaves: AsamLeaves) -> PyTree:
+    """``T = |θ| + η`` on the scaled leaves, 1 on the others (the original ASAM's biases)."""
+    check_choice(asam_leaves, ASAM_LEAVES, "asam_leaves")
+
+    def factor(path: tuple[Any, ...], p: jax.Array) -> jax.Array:
+        if asam_leaves == "all" or _leaf_name(path) in WEIGHT_NAMES:
+            return jnp.abs(p.astype(_norm_dtype(p.dtype))) + eta
+        return jnp.ones((), _norm_dtype(p.dtype))
+
+    factors = jax.tree_util.tree_map_with_path(factor, params)
+    if asam_leaves == "weights" and not any(
+        _leaf_name(path) in WEIGHT_NAMES for path, _ in jax.tree_util.tree_leaves_with_path(params)
+    ):
+        raise ValueError(
+            f"perturbation='asam' scales the leaves named {list(WEIGHT_NAMES)} (PyTorch's "
+            "weights, as the original ASAM does) and these params have none; pass "
+            "asam_leaves='all' to scale every leaf"
+        )
+    return factors
+
+
 def ascent_direction(
     params: PyTree,
     grads: PyTree,
     perturbation: Perturbation = "sam",
     eta: float = 0.01,
+    asam_leaves: AsamLeaves = "weights",
 ) -> PyTree:
-    """The unit-radius perturbation: ``g/‖g‖`` (SAM) or ``T²g/‖Tg‖``, ``T = |θ| + η`` (ASAM)."""
+    """The unit-radius perturbation: ``g/‖g‖`` (SAM) or ``T²g/‖Tg‖`` (ASAM).
+
+    ASAM's ``T`` is ``|θ| + η`` on the weights (leaves named kernel, scale or
+    embedding) and 1 on biases and other leaves, as in the original ASAM code
+    (Kwon et al. 2021, which tests ``'weight' in name``); ``asam_leaves="all"``
+    scales every leaf.
+    """
     if check_choice(perturbation, PERTURBATIONS, "perturbation") == "sam":
         return _scale(grads, _safe_inverse(global_norm(grads)))
-    weights = jax.tree.map(lambda p: jnp.abs(p.astype(_norm_dtype(p.dtype))) + eta, params)
-    scaled = jax.tree.map(lambda t, g: t * g.astype(t.dtype), weights, grads)
+    factors = _asam_factors(params, eta, asam_leaves)
+    scaled = jax.tree.map(lambda t, g: t * g.astype(t.dtype), factors, grads)
     inverse = _safe_inverse(global_norm(scaled))
-    return jax.tree.map(lambda t, s, g: (t * s * inverse).astype(g.dtype), weights, scaled, grads)
+    return jax.tree.map(lambda t, s, g: (t * s * inverse).astype(g.dtype), factors, scaled, grads)
+
+
+def perturb(
+    params: PyTree,
+    direction: PyTree,
+    r: float | jax.Array,
+    perturbation: Perturbation = "sam",
+    eta: float = 0.01,
+    asam_leaves: AsamLeaves = "weights",
+) -> PyTree:
+    """``θ + r·ascent_direction(direction)``: the point of the second gradient pass."""
+    step = ascent_direction(params, direction, perturbation, eta, asam_leaves)
+    return jax.tree.map(
+        lambda p, d: (p.astype(_norm_dtype(p.dtype)) + r * d).astype(p.dtype), params, step
+    )
+
+
+def mix(
+    g1: PyTree,
+    g2: PyTree,
+    alpha: float | jax.Array,
+    reference: PyTree,
+    normalize_reference: bool = False,
+) -> PyTree:
+    """``(1 − α)·g1 + α·g2``, or ``(1 − α)·g1/‖reference‖ + α·g2`` (the released variant)."""
+    if normalize_reference:
+        g1 = _scale(g1, _safe_inverse(global_norm(reference)))
+    return jax.tree.map(
+        lambda a, b: ((1 - alpha) * a.astype(_norm_dtype(a.dtype)) + alpha * b).astype(a.dtype),
+        g1,
+        g2,
+    )
+
+
+def _concrete(value: Any) -> float | None:
+    """``value`` as a float when it is known at trace time, None when it is traced."""
+    try:
+        return float(np.asarray(value))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
 
 
 def _is_concrete_zero(value: Any) -> bool | None:
     """True/False when ``value`` is known at trace time, None when it is traced."""
-    try:
-        return bool(np.asarray(value) == 0)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-        return None
+    number = _concrete(value)
+    return None if number is None else number == 0
+
+
+def check_coefficients(
+    r: float | jax.Array,
+    alpha: float | jax.Array,
+    eta: float | jax.Array = 0.01,
+    prefix: str = "",
+) -> None:
+    """r ≥ 0, α ≥ 0 and η ≥ 0, all finite, where they are concrete (traced ones pass).
+
+    A negative r or α makes λ = α·r negative: the step would reward a large
+    gradient norm instead of penalizing it. ``prefix`` names the config keys
+    (``"gnp."``) in the message.
+    """
+    for name, value, fix in (
+        ("r", r, "the perturbation radius, e.g. 0.05"),
+        ("alpha", alpha, "α = λ/r, 0 for plain training, 1 for SAM"),
+        ("eta", eta, "ASAM's η in T = |θ| + η, e.g. 0.01"),
+    ):
+        number = _concrete(value)
+        if number is not None and not (math.isfinite(number) and number >= 0):
+            raise ValueError(f"{prefix}{name} must be a finite number ≥ 0 ({fix}), got {number}")
 
 
 def _mean_over_axis(tree: PyTree, axis_name: str | None) -> PyTree:
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def _check_options(method: str, perturbation: str, normalize_reference: bool) -> None:
+def _check_options(
+    method: str, perturbation: str, normalize_reference: bool, asam_leaves: str = "weights"
+) -> None:
     check_choice(method, METHODS, "method")
     check_choice(perturbation, PERTURBATIONS, "perturbation")
+    check_choice(asam_leaves, ASAM_LEAVES, "asam_leaves")
     if method == "exact" and (perturbation != "sam" or normalize_reference):
         raise ValueError(
             "method='exact' is the gradient of L + λ‖∇L‖ and takes perturbation='sam' "
@@ -103,8 +210,10 @@ def penalized_gradient(
     method: Method = "finite_difference",
     perturbation: Perturbation = "sam",
     eta: float = 0.01,
+    asam_leaves: AsamLeaves = "weights",
     normalize_reference: bool = False,
     axis_name: str | None = None,
+    direction: PyTree | None = None,
 ) -> tuple[Any, PyTree, PyTree]:
     """The GNP math on two gradient passes given as functions: ``(value, grads, reference)``.
 
@@ -120,9 +229,14 @@ def penalized_gradient(
     Args:
       clean_value_and_grad: ``θ ↦ (value, ∇L(θ))``; ``value`` is passed through.
       gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point.
+      direction: perturb along this instead of the reference gradient (see
+        ``gnp.efficient.direction_value_and_grad``); ``None`` is GNP.
       Other arguments as in ``value_and_grad``.
     """
-    _check_options(method, perturbation, normalize_reference)
+    _check_options(method, perturbation, normalize_reference, asam_leaves)
+    check_coefficients(r, alpha, eta)
+    if method == "exact" and direction is not None:
+        raise ValueError("method='exact' perturbs along the gradient; pass direction=None")
 
     def without_penalty() -> tuple[Any, PyTree, PyTree]:
         value, grads = clean_value_and_grad(params)
@@ -131,24 +245,15 @@ def penalized_gradient(
     def finite_difference() -> tuple[Any, PyTree, PyTree]:
         value, g1 = clean_value_and_grad(params)
         reference = _mean_over_axis(g1, axis_name)
-        step = ascent_direction(params, reference, perturbation, eta)
-        perturbed = jax.tree.map(
-            lambda p, d: (p.astype(_norm_dtype(p.dtype)) + r * d).astype(p.dtype), params, step
-        )
-        g2 = gradient_at(perturbed)
-        mixed = _scale(g1, _safe_inverse(global_norm(reference))) if normalize_reference else g1
-        grads = jax.tree.map(
-            lambda a, b: ((1 - alpha) * a.astype(_norm_dtype(a.dtype)) + alpha * b).astype(a.dtype),
-            mixed,
-            g2,
-        )
-        return value, grads, reference
+        source = reference if direction is None else direction
+        g2 = gradient_at(perturb(params, source, r, perturbation, eta, asam_leaves))
+        return value, mix(g1, g2, alpha, reference, normalize_reference), reference
 
     def exact() -> tuple[Any, PyTree, PyTree]:
         value, g1 = clean_value_and_grad(params)
         reference = _mean_over_axis(g1, axis_name)
-        direction = ascent_direction(params, reference, "sam", eta)
-        _, hvp = jax.jvp(gradient_at, (params,), (direction,))
+        unit = ascent_direction(params, reference, "sam", eta)
+        _, hvp = jax.jvp(gradient_at, (params,), (unit,))
         grads = jax.tree.map(lambda g, h: (g + alpha * r * h).astype(g.dtype), g1, hvp)
         return value, grads, reference
 
@@ -172,6 +277,7 @@ def value_and_grad(
     method: Method = "finite_difference",
     perturbation: Perturbation = "sam",
     eta: float = 0.01,
+    asam_leaves: AsamLeaves = "weights",
     normalize_reference: bool = False,
     axis_name: str | None = None,
     perturbed_loss_fn: Callable[..., Any] | None = None,
@@ -182,15 +288,20 @@ def value_and_grad(
     Args:
       loss_fn: ``loss_fn(params, *args, **kwargs)`` returning a scalar loss, or
         ``(loss, aux)`` when ``has_aux``. Argument 0 is differentiated.
-      r: perturbation radius. May be a traced array (GR warmup changes it
-        every step without recompiling).
-      alpha: mixing weight α = λ/r; 1 is SAM. May be traced.
+      r: perturbation radius, ≥ 0. May be a traced array (GR warmup changes it
+        every step without recompiling); a concrete negative one is a ValueError.
+      alpha: mixing weight α = λ/r, ≥ 0; 1 is SAM, and α > 1 is allowed: it
+        extrapolates past the SAM gradient, ``g2 + (α − 1)·(g2 − g1)``, a penalty
+        λ = α·r larger than the radius it is measured with. May be traced.
       has_aux: as in ``jax.value_and_grad``. The loss and aux returned are those
         of the clean pass, so BatchNorm statistics never see the perturbed point.
       method: ``"finite_difference"`` (two gradient passes) or ``"exact"``
         (gradient of ``L + α·r·‖∇L‖`` through a Hessian-vector product).
       perturbation: ``"sam"`` (``r·g/‖g‖``) or ``"asam"`` (``r·T²g/‖Tg‖``).
-      eta: ASAM's η in ``T = |θ| + η``.
+      eta: ASAM's η in ``T = |θ| + η``, ≥ 0.
+      asam_leaves: which leaves ASAM scales by ``T``: ``"weights"`` (leaves named
+        kernel, scale or embedding; biases and the rest get ``T = 1``, as the
+        original ASAM code) or ``"all"``.
       normalize_reference: the released code's variant
         ``(1 − α)·g1/‖g1‖ + α·g2``.
       axis_name: inside ``shard_map``/``pmap``, the perturbation (and its norm)
@@ -214,7 +325,8 @@ def value_and_grad(
       ``(value, grads, clean_grads)`` with ``return_clean_grad``.
       With ``r == 0`` or ``alpha == 0`` it is exactly ``jax.value_and_grad``.
     """
-    _check_options(method, perturbation, normalize_reference)
+    _check_options(method, perturbation, normalize_reference, asam_leaves)
+    check_coefficients(r, alpha, eta)
     second_loss_fn = loss_fn if perturbed_loss_fn is None else perturbed_loss_fn
     plain = jax.value_and_grad(loss_fn, has_aux=has_aux)
     with_aux = loss_fn if has_aux else lambda *a, **k: (loss_fn(*a, **k), None)
@@ -237,6 +349,7 @@ def value_and_grad(
             method=method,
             perturbation=perturbation,
             eta=eta,
+            asam_leaves=asam_leaves,
             normalize_reference=normalize_reference,
             axis_name=axis_name,
         )

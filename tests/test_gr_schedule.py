@@ -2,7 +2,7 @@
 
 import pytest
 
-from gnp.train.gr_schedule import GRSchedule
+from gnp.train.gr_schedule import GRSchedule, constant_probability, hybrid_probability
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,39 @@ def test_hybrid_probability():
     draws = [half.is_gnp_step(s) for s in range(2000)]
     assert 900 < sum(draws) < 1100  # binomial(2000, ½): ±4.5 standard deviations
     assert draws == [half.is_gnp_step(s) for s in range(2000)]  # same draws after a resume
+
+
+def test_step_dependent_probability_as_the_released_schedule_function():
+    """Released: ``schedule_function(**hybrid_config)`` returns ``step ↦ p``."""
+
+    def ramp(p, steps):  # p rises from 0 to p over `steps`, then stays
+        return lambda step: p * min(step / steps, 1.0)
+
+    probability = hybrid_probability(ramp, {"p": 1.0, "steps": 1000})
+    gr = GRSchedule(r=0.1, alpha=0.8, hybrid_p=probability, seed=1)
+    assert [gr.probability(s) for s in (0, 250, 1000, 5000)] == [0.0, 0.25, 1.0, 1.0]
+    early = sum(gr.is_gnp_step(s) for s in range(0, 200))  # p ≤ 0.2: mean ≤ 20
+    late = [gr.is_gnp_step(s) for s in range(1000, 1100)]
+    assert early < 40 and all(late)
+    released = hybrid_probability(constant_probability, {"p": 0.3})
+    assert [released(s) for s in (0, 10**6)] == [0.3, 0.3]
+
+
+def test_bad_probability_schedules_are_clear_errors():
+    with pytest.raises(ValueError, match="schedule_function must be a function"):
+        hybrid_probability("linear", {"p": 0.5})
+    with pytest.raises(ValueError, match="at step 0"):
+        hybrid_probability(constant_probability, {"p": -0.1})
+    gr = GRSchedule(r=0.1, alpha=0.8, hybrid_p=lambda step: 0.5 if step < 10 else 2.0)
+    with pytest.raises(ValueError, match=r"got 2\.0 at step 10"):
+        [gr.is_gnp_step(s) for s in range(20)]
+
+
+def test_negative_r_or_alpha_is_rejected():
+    with pytest.raises(ValueError, match="r must be"):
+        GRSchedule(r=-0.05, alpha=0.8)
+    with pytest.raises(ValueError, match="alpha must be"):
+        GRSchedule(r=0.05, alpha=-1.0)
 
 
 def test_no_penalty_means_plain_steps():

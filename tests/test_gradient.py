@@ -144,10 +144,28 @@ def test_asam_written_by_hand():
         tg_norm = norm(jax.tree.map(lambda ti, gi: ti * gi, t, g))
         eps = jax.tree.map(lambda ti, gi: r * ti**2 * gi / tg_norm, t, g)
         expected = jax.grad(loss)(jax.tree.map(jnp.add, params, eps), *args)
-        got = gnp.value_and_grad(loss, r=r, alpha=alpha, perturbation="asam", eta=eta)(
-            params, *args
-        )[1]
+        got = gnp.value_and_grad(
+            loss, r=r, alpha=alpha, perturbation="asam", eta=eta, asam_leaves="all"
+        )(params, *args)[1]
         assert tree_max_rel_error(got, expected) < 1e-12
+
+
+def test_asam_scales_weights_not_biases_as_the_original():
+    """The original ASAM (SamsungLabs/ASAM asam.py) multiplies by |w| + η only where
+    ``'weight' in name``: kernels and BatchNorm scales, not biases. Hand-computed case:
+    θ = {kernel: [3, -1], bias: [2]}, g = {kernel: [1, 2], bias: [4]}, η = 0, r = 1:
+    T·g = [3·1, 1·2, 1·4] = [3, 2, 4], ‖T·g‖ = √29, ε = T²g/‖Tg‖ = [9, 2, 4]/√29.
+    Scaling every leaf: T·g = [3, 2, 8], ε = [9, 2, 16]/√77."""
+    params = {"layer": {"kernel": jnp.array([3.0, -1.0]), "bias": jnp.array([2.0])}}
+    grads = {"layer": {"kernel": jnp.array([1.0, 2.0]), "bias": jnp.array([4.0])}}
+    weights = gnp.ascent_direction(params, grads, "asam", eta=0.0)
+    every_leaf = gnp.ascent_direction(params, grads, "asam", eta=0.0, asam_leaves="all")
+    np.testing.assert_allclose(weights["layer"]["kernel"], np.array([9, 2]) / np.sqrt(29), 1e-6)
+    np.testing.assert_allclose(weights["layer"]["bias"], np.array([4]) / np.sqrt(29), 1e-6)
+    np.testing.assert_allclose(every_leaf["layer"]["kernel"], np.array([9, 2]) / np.sqrt(77), 1e-6)
+    np.testing.assert_allclose(every_leaf["layer"]["bias"], np.array([16]) / np.sqrt(77), 1e-6)
+    with pytest.raises(ValueError, match="asam_leaves='all'"):
+        gnp.ascent_direction({"w": jnp.ones(2)}, {"w": jnp.ones(2)}, "asam")
 
 
 class BatchNormNet(nn.Module):
@@ -183,7 +201,7 @@ def test_zero_gradient_gives_finite_output():
     loss = lambda p: jnp.sum(p["w"] ** 2)  # minimum at 0: gradient exactly zero
     for kwargs in (
         {},
-        {"perturbation": "asam"},
+        {"perturbation": "asam", "asam_leaves": "all"},
         {"normalize_reference": True},
         {"method": "exact"},
     ):
@@ -246,6 +264,42 @@ def test_invalid_options_are_clear_errors():
         gnp.value_and_grad(tanh_mlp, r=0.1, alpha=0.5, perturbation="fisher")
     with pytest.raises(ValueError, match="finite_difference"):
         gnp.value_and_grad(tanh_mlp, r=0.1, alpha=0.5, method="exact", perturbation="asam")
+    with pytest.raises(ValueError, match="asam_leaves"):
+        gnp.value_and_grad(tanh_mlp, r=0.1, alpha=0.5, asam_leaves="kernels")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"r": -0.05, "alpha": 0.8}, "r must be a finite number ≥ 0"),
+        ({"r": 0.05, "alpha": -1.0}, "alpha must be a finite number ≥ 0"),
+        ({"r": float("nan"), "alpha": 0.8}, "r must be"),
+        ({"r": 0.05, "alpha": 0.8, "eta": -0.01}, "eta must be"),
+    ],
+)
+def test_meaningless_coefficients_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gnp.value_and_grad(tanh_mlp, **kwargs)
+    params = mlp_params(jax.random.key(0), jnp.float32)
+    args = mlp_data(jax.random.key(1), dtype=jnp.float32)
+    with pytest.raises(ValueError, match=match):  # concrete arrays are checked too
+        gnp.penalized_gradient(
+            jax.value_and_grad(lambda p: tanh_mlp(p, *args)),
+            jax.grad(lambda p: tanh_mlp(p, *args)),
+            params,
+            **{k: jnp.asarray(v) for k, v in kwargs.items()},
+        )
+
+
+def test_alpha_above_one_extrapolates_past_sam():
+    """α > 1 is accepted: g = g2 + (α − 1)·(g2 − g1)."""
+    with jax.enable_x64(True):
+        loss, params, args = mlp_problem()
+        g1 = jax.grad(loss)(params, *args)
+        sam = gnp.value_and_grad(loss, r=0.05, alpha=1.0)(params, *args)[1]
+        got = gnp.value_and_grad(loss, r=0.05, alpha=1.5)(params, *args)[1]
+        expected = jax.tree.map(lambda a, b: b + 0.5 * (b - a), g1, sam)
+        assert tree_max_rel_error(got, expected) < 1e-12
 
 
 def sharded_gradient(params, x, y, synced: bool):

@@ -60,7 +60,9 @@ def test_run_writes_every_output(tmp_path):
             "r",
             "alpha",
             "gradient_norm",
+            "clean_gradient_norm",
             "update_norm",
+            "param_norm",
             "test_loss",
             "test_error_rate",
         ):
@@ -176,6 +178,8 @@ def test_hybrid_p_zero_is_plain_training_and_p_one_is_gnp(tmp_path):
     )
     assert_trees_equal(final_params(tmp_path / "p0"), final_params(tmp_path / "plain"))
     assert_trees_equal(final_params(tmp_path / "p1"), final_params(tmp_path / "gnp"))
+    assert [m["probability"] for m in read_jsonl(tmp_path / "p0")] == [0.0, 0.0]
+    assert "probability" not in read_jsonl(tmp_path / "gnp")[0]
     diff = jax.tree.map(
         lambda a, b: np.max(np.abs(a - b)),
         final_params(tmp_path / "p0"),
@@ -194,6 +198,8 @@ def test_hybrid_p_zero_is_plain_training_and_p_one_is_gnp(tmp_path):
         ("dataset.dataset_name", "mnist", "digits"),
         ("batch_size", 130, "divide by the 4 devices"),
         ("model.dtype", "float16", "bfloat16"),
+        ("gnp.r", -0.05, "gnp.r must be a finite number ≥ 0"),
+        ("gnp.asam_leaves", "biases", "weights"),
     ],
 )
 def test_config_errors_name_the_valid_choices(tmp_path, key, value, match):

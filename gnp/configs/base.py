@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from gnp.train.gr_schedule import constant_probability
+
 
 def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -55,10 +57,19 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.gnp.method = "finite_difference"  # or "exact" (Hessian-vector product)
     config.gnp.perturbation = "sam"  # or "asam"
     config.gnp.eta = 0.01  # ASAM's η
+    config.gnp.asam_leaves = "weights"  # ASAM scales weights only (original ASAM) | "all"
+    # Cheaper GNP (gnp.efficient, docs/training.md): the perturbed gradient every k GNP steps,
+    # its part orthogonal to g1 reused in between (LookSAM); 1 = every step (plain GNP).
+    config.gnp.reuse_period = 1
+    config.gnp.orthogonal_scale = config_dict.placeholder(float)  # LookSAM's α; None: measured
+    config.gnp.perturbation_direction = "gradient"  # or "momentum": along −momentum (MSAM)
     config.gr_warmup_strategy = "none"  # none | r | lambda | zero
     config.use_hybrid_training = False
     config.hybrid_config = ml_collections.ConfigDict()
     config.hybrid_config.p = 0.5  # probability that a step is a GNP step
+    # Released key: called with hybrid_config's keys, returns step ↦ probability (set a
+    # step-dependent one in a config file; see docs/training.md).
+    config.schedule_function = constant_probability
 
     # Data.
     config.dataset = ml_collections.ConfigDict()

@@ -12,11 +12,41 @@ from gnp import models
 from gnp.choices import check_choice
 from gnp.configs.base import ignored_key_notices
 from gnp.data import dataset_names
-from gnp.gradient import METHODS, PERTURBATIONS
+from gnp.gradient import ASAM_LEAVES, METHODS, PERTURBATIONS, check_coefficients
 from gnp.optim import SCHEDULES, optimizer_kwargs
-from gnp.train.gr_schedule import WARMUP_STRATEGIES
+from gnp.train.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
+from gnp.train.steps import DIRECTIONS
 
 DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def _check_efficient(config: Any) -> None:
+    """The cheaper GNP options (gnp.efficient) and what they combine with."""
+    gnp_config = config.gnp
+    check_choice(gnp_config.perturbation_direction, DIRECTIONS, "gnp.perturbation_direction")
+    period = gnp_config.reuse_period
+    if not isinstance(period, int) or period < 1:
+        raise ValueError(f"gnp.reuse_period must be an integer ≥ 1 (1: plain GNP), got {period}")
+    scale = gnp_config.orthogonal_scale
+    if scale is not None and not scale >= 0:
+        raise ValueError(f"gnp.orthogonal_scale must be ≥ 0 (LookSAM's α, e.g. 0.7), got {scale}")
+    cheaper = period > 1 or gnp_config.perturbation_direction != "gradient"
+    if cheaper and gnp_config.method != "finite_difference":
+        raise ValueError(
+            "gnp.reuse_period > 1 and gnp.perturbation_direction take "
+            "gnp.method='finite_difference'"
+        )
+    if period > 1 and gnp_config.perturbation_direction != "gradient":
+        raise ValueError("choose one of gnp.reuse_period > 1 and gnp.perturbation_direction")
+    if gnp_config.perturbation_direction == "momentum":
+        has_momentum = config.opt.opt_type in ("Momentum", "Adam") or (
+            config.opt.opt_type == "SGD" and config.opt.opt_params.get("momentum")
+        )
+        if not has_momentum:
+            raise ValueError(
+                "gnp.perturbation_direction='momentum' needs an optimizer with momentum: "
+                "opt.opt_type Momentum or Adam, or SGD with opt.opt_params.momentum"
+            )
 
 
 def validate_config(config: Any) -> Any:
@@ -29,6 +59,11 @@ def validate_config(config: Any) -> Any:
     check_choice(config.gr_warmup_strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
     check_choice(config.gnp.method, METHODS, "gnp.method")
     check_choice(config.gnp.perturbation, PERTURBATIONS, "gnp.perturbation")
+    check_choice(config.gnp.asam_leaves, ASAM_LEAVES, "gnp.asam_leaves")
+    check_coefficients(config.gnp.r, config.gnp.alpha, config.gnp.eta, prefix="gnp.")
+    if config.use_hybrid_training:
+        hybrid_probability(config.schedule_function, config.hybrid_config)
+    _check_efficient(config)
     check_choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
     for notice in ignored_key_notices(config):
         logging.getLogger("gnp").warning(notice)

@@ -5,12 +5,16 @@ Over the first ``warmup_steps`` (the learning-rate warmup):
   ``lambda`` α rises linearly from 0, r fixed;
   ``zero``   plain steps, no gradient regularization at all;
   ``none``   GNP with the configured r and α from the first step.
-Hybrid training makes each step a GNP step with probability ``p``, else a plain one.
+Hybrid training makes each step a GNP step with probability ``p(step)``, else a
+plain one. As in the released code, the config's ``schedule_function`` is called
+with the keys of ``hybrid_config`` and returns ``step ↦ p``; the released (and
+default) one is ``constant_probability``: p at every step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,8 +22,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnp.choices import check_choice
+from gnp.gradient import check_coefficients
 
 WARMUP_STRATEGIES = ("none", "r", "lambda", "zero")
+Probability = Callable[[int], float]
+
+
+def constant_probability(p: float) -> Probability:
+    """The released ``schedule_function``: every step is a GNP step with probability p."""
+    return lambda step: p
+
+
+def hybrid_probability(
+    schedule_function: Callable[..., Probability], hybrid_config: Any
+) -> Probability:
+    """``schedule_function(**hybrid_config)``, checked: a callable giving p in [0, 1] at step 0."""
+    if not callable(schedule_function):
+        raise ValueError(
+            f"schedule_function must be a function of the hybrid_config keys returning "
+            f"step ↦ probability (e.g. gnp.train.gr_schedule.constant_probability), got "
+            f"{schedule_function!r}"
+        )
+    probability = schedule_function(**dict(hybrid_config))
+    _checked(probability, 0)
+    return probability
+
+
+def _checked(probability: Probability, step: int) -> float:
+    p = float(probability(step))
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(
+            f"the hybrid GNP probability must lie in [0, 1], got {p} at step {step}; "
+            "check hybrid_config.p (and schedule_function, if set)"
+        )
+    return p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,17 +64,25 @@ class GRSchedule:
     alpha: float
     strategy: str = "none"
     warmup_steps: int = 0
-    hybrid_p: float | None = None  # None: no hybrid training
+    hybrid_p: float | Probability | None = None  # None: no hybrid training
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice(self.strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
-        if self.hybrid_p is not None and not 0.0 <= self.hybrid_p <= 1.0:
-            raise ValueError(f"hybrid_config.p must lie in [0, 1], got {self.hybrid_p}")
+        check_coefficients(self.r, self.alpha)
+        if self.hybrid_p is not None:
+            _checked(self.probability, 0)
+
+    @property
+    def probability(self) -> Probability:
+        """``step ↦ p``: 1 without hybrid training."""
+        if self.hybrid_p is None:
+            return constant_probability(1.0)
+        return self.hybrid_p if callable(self.hybrid_p) else constant_probability(self.hybrid_p)
 
     @property
     def penalized(self) -> bool:
-        """False when no step can ever use GNP (r = 0, α = 0 or p = 0)."""
+        """False when no step can ever use GNP (r = 0, α = 0 or a constant p = 0)."""
         return self.r != 0 and self.alpha != 0 and self.hybrid_p != 0
 
     def is_gnp_step(self, step: int) -> bool:
@@ -49,7 +93,8 @@ class GRSchedule:
             return False
         if self.hybrid_p is None:
             return True
-        return bool(np.random.default_rng([self.seed, step]).random() < self.hybrid_p)
+        p = _checked(self.probability, step)
+        return bool(np.random.default_rng([self.seed, step]).random() < p)
 
     def _warms_up(self) -> bool:
         return self.warmup_steps > 0 and self.strategy in ("r", "lambda")

@@ -23,7 +23,7 @@ from gnp.data import InputPipeline, build_input_pipeline
 from gnp.optim import build_optimizer, learning_rate_schedule
 from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted, PreemptionGuard
 from gnp.train.config import validate_config
-from gnp.train.gr_schedule import GRSchedule
+from gnp.train.gr_schedule import GRSchedule, hybrid_probability
 from gnp.train.metrics import MetricWriter, plot_curves
 from gnp.train.steps import (
     AXIS,
@@ -76,14 +76,23 @@ def evaluate(eval_step: Any, state: TrainState, pipeline: InputPipeline, mesh: A
 
 
 # A NaN input can leave the loss finite (ReLU maps NaN to 0) while the gradient is not.
-GUARDED = ("train_loss", "gradient_norm", "update_norm")
+GUARDED = ("train_loss", "gradient_norm", "clean_gradient_norm", "update_norm")
+# Per-step metrics averaged over the epoch (each has one meaning on every kind of step).
+AVERAGED = (
+    "train_loss",
+    "train_error_rate",
+    "gradient_norm",
+    "clean_gradient_norm",
+    "update_norm",
+    "param_norm",
+)
 
 
 def _first_non_finite(step_metrics: list[dict[str, Any]]) -> tuple[int, str, float] | None:
     """(index, metric, value) of the first step whose loss, gradient or update is not finite."""
     for index, metrics in enumerate(step_metrics):
         for key in GUARDED:
-            if not math.isfinite(float(metrics[key])):
+            if not math.isfinite(float(metrics.get(key, 0.0))):
                 return index, key, float(metrics[key])
     return None
 
@@ -110,6 +119,7 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
         info.image_shape,
         init_seed=config.init_seeds,
         seed=config.seeds,
+        reuse=config.gnp.reuse_period > 1,
     )
     state = replicate(state, mesh)
     train_iterator = pipeline.train_iterator()
@@ -137,7 +147,11 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
         alpha=config.gnp.alpha,
         strategy=config.gr_warmup_strategy,
         warmup_steps=int(config.warmup_epochs * steps_per_epoch),
-        hybrid_p=config.hybrid_config.p if config.use_hybrid_training else None,
+        hybrid_p=(
+            hybrid_probability(config.schedule_function, config.hybrid_config)
+            if config.use_hybrid_training
+            else None
+        ),
         seed=config.seeds,
     )
     common = dict(
@@ -152,17 +166,27 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
         ),
         gr=gr,
         accumulation_steps=config.grad_accum_steps,
+        gradient_clipping=config.gradient_clipping,
         gnp_options=GNPOptions(
             method=config.gnp.method,
             perturbation=config.gnp.perturbation,
             eta=config.gnp.eta,
+            asam_leaves=config.gnp.asam_leaves,
             normalize_reference=config.gnp.norm_perturbations,
             sync_perturbations=config.gnp.sync_perturbations,
+            reuse_period=config.gnp.reuse_period,
+            orthogonal_scale=config.gnp.orthogonal_scale,
+            direction=config.gnp.perturbation_direction,
         ),
     )
+    # Keyed by (GNP step?, full step?): with gnp.reuse_period > 1 a GNP step is either a
+    # full one (every reuse_period-th) or a reuse one, each compiled once on first use.
+    period = config.gnp.reuse_period
     train_steps = {
-        penalized: make_train_step(**common, penalized=penalized) for penalized in (True, False)
+        (penalized, full): make_train_step(**common, penalized=penalized, full=full)
+        for penalized, full in ((False, True), (True, True), (True, False))
     }
+    gnp_taken = int(jax.device_get(state.reuse["count"])) if period > 1 else 0
     eval_step = make_eval_step(model, mesh)
     writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
 
@@ -192,8 +216,11 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                     )
                 penalized = gr.is_gnp_step(step)
                 gnp_steps += penalized
+                full = not penalized or gnp_taken % period == 0
+                gnp_taken += penalized
                 batch = shard_batch(next(train_iterator), mesh)
-                state, metrics = train_steps[penalized](state, batch["image"], batch["label"])
+                train_step = train_steps[penalized, full]
+                state, metrics = train_step(state, batch["image"], batch["label"])
                 step_metrics.append(metrics)
                 if (i + 1) % config.log_every_n_steps == 0:
                     latest = jax.device_get(metrics)
@@ -219,19 +246,26 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                     f"{checkpoints.describe_latest()}. Try a lower base_lr, gradient_clipping > 0, "
                     "a smaller gnp.r, or check the input data for NaN."
                 )
-            r_used, alpha_used = gr.logged_values(first_step + steps_per_epoch - 1)
+            last_step = first_step + steps_per_epoch - 1
+            r_used, alpha_used = gr.logged_values(last_step)
             record = {
                 "epoch": epoch,
                 "step": int(first_step + steps_per_epoch),
+                # Over the steps that have it (a one-pass MSAM step has no clean gradient).
                 **{
-                    k: float(np.mean([m[k] for m in fetched]))
-                    for k in ("train_loss", "train_error_rate", "gradient_norm", "update_norm")
+                    k: float(np.mean([m[k] for m in fetched if k in m]))
+                    for k in AVERAGED
+                    if any(k in m for m in fetched)
                 },
                 "learning_rate": float(fetched[-1]["learning_rate"]),
                 "r": r_used,
                 "alpha": alpha_used,
                 # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
                 "gnp_step_fraction": gnp_steps / len(fetched),
+                # As r and α: the value in force at the epoch's last step (the released log).
+                **(
+                    {"probability": gr.probability(last_step)} if config.use_hybrid_training else {}
+                ),
                 "images_per_second": len(fetched) * config.batch_size / seconds,
             }
             if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:

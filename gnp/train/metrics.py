@@ -10,7 +10,7 @@ from typing import Any
 PLOTTED = (
     ("train_loss", "test_loss", "loss"),
     ("train_error_rate", "test_error_rate", "error rate"),
-    ("gradient_norm", None, "‖∇L(θ)‖"),
+    ("clean_gradient_norm", "gradient_norm", "gradient norm"),
 )
 
 

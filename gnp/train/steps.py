@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gnp
+from gnp import efficient
 from gnp.optim import l2_penalty
 from gnp.train.gr_schedule import GRSchedule
 
@@ -37,6 +38,8 @@ class TrainState:
     batch_stats: PyTree
     opt_state: PyTree
     rng: jax.Array  # raw uint32 key; each step folds in its step number
+    # gnp.efficient's reuse state as a dict (checkpointed with the rest); {} when unused.
+    reuse: PyTree = flax.struct.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,8 +59,28 @@ class GNPOptions:
     method: str = "finite_difference"
     perturbation: str = "sam"
     eta: float = 0.01
+    asam_leaves: str = "weights"
     normalize_reference: bool = False
     sync_perturbations: bool = False
+    reuse_period: int = 1  # > 1: the perturbed gradient every k GNP steps (gnp.efficient)
+    orthogonal_scale: float | None = None  # LookSAM's fixed ratio; None: measured
+    direction: str = "gradient"  # or "momentum": perturb along −momentum (MSAM)
+
+
+DIRECTIONS = ("gradient", "momentum")
+MOMENTUM_NAMES = ("trace", "mu")  # optax's SGD momentum and Adam's first moment
+
+
+def momentum_of(opt_state: PyTree) -> PyTree:
+    """The optimizer's momentum (SGD's ``trace`` or Adam's ``mu``) inside ``opt_state``."""
+    for name in MOMENTUM_NAMES:
+        found = optax.tree_utils.tree_get(opt_state, name)
+        if found is not None:
+            return found
+    raise ValueError(
+        "gnp.perturbation_direction='momentum' needs an optimizer with momentum "
+        "(opt.opt_type Momentum, SGD with momentum, or Adam)"
+    )
 
 
 def _supports_true_gradient(model: nn.Module) -> bool:
@@ -184,12 +207,38 @@ def make_train_step(
     gnp_options: GNPOptions,
     penalized: bool,
     accumulation_steps: int = 1,
+    gradient_clipping: float = 0.0,
+    full: bool = True,
 ) -> Any:
     """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
 
-    ``penalized`` picks the GNP step or the plain one (each compiles once).
+    ``penalized`` picks the GNP step or the plain one (each compiles once). With
+    ``gnp_options.reuse_period`` > 1, ``full`` picks a GNP step's two kinds: the full
+    step (two passes, refreshes the reuse state) or the reuse step (one pass); the
+    caller makes every ``reuse_period``-th GNP step a full one.
+    ``gradient_clipping`` is the optimizer's global-norm clip (0: none), which the
+    logged ``gradient_norm`` reports after clipping.
+
+    The norms logged have one meaning on every kind of step and any number of devices
+    (``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the
+    optimizer (averaged over devices, clipped), ``clean_gradient_norm`` is ‖∇L(θ)‖ of
+    the whole global batch at the clean point (equal to the unclipped ‖ḡ‖ on a plain
+    step), ``update_norm`` the optimizer's update, ``param_norm`` θ after the update.
     """
     loss_fn = make_loss_fn(model, loss_config)
+    perturbation = dict(
+        perturbation=gnp_options.perturbation,
+        eta=gnp_options.eta,
+        asam_leaves=gnp_options.asam_leaves,
+    )
+    # α = 1 along the momentum needs no clean gradient (α fixed: not the lambda warmup).
+    one_pass = (
+        gnp_options.direction == "momentum"
+        and gr.alpha == 1
+        and gr.strategy != "lambda"
+        and not gnp_options.normalize_reference
+        and gnp_options.reuse_period == 1
+    )
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
         rng = jax.random.fold_in(
@@ -204,40 +253,82 @@ def make_train_step(
             accumulation_steps=accumulation_steps,
             true_gradient_first=penalized and _supports_true_gradient(model),
         )
-        if penalized:
+        reuse = state.reuse
+        direction = (  # MSAM perturbs towards the next update: minus the momentum
+            jax.tree.map(jnp.negative, momentum_of(state.opt_state))
+            if penalized and gnp_options.direction == "momentum"
+            else None
+        )
+        if penalized and one_pass:
+            # MSAM: only the perturbed point's pass; its loss and statistics are logged.
             r, alpha = gr.values(state.step)
-            (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
-                clean,
-                perturbed,
-                state.params,
+            point = gnp.perturb(state.params, direction, r, **perturbation)
+            (_, (batch_stats, metrics)), grads = clean(point)
+            reference = None
+        elif penalized:
+            r, alpha = gr.values(state.step)
+            options = dict(
                 r=r,
                 alpha=alpha,
-                method=gnp_options.method,
-                perturbation=gnp_options.perturbation,
-                eta=gnp_options.eta,
+                **perturbation,
                 normalize_reference=gnp_options.normalize_reference,
                 axis_name=AXIS if gnp_options.sync_perturbations else None,
             )
-            # Per-device perturbations: the mean of the local norms, a scalar all-reduce
-            # instead of a second gradient-sized one; synced: the global norm.
-            gradient_norm = jax.lax.pmean(gnp.global_norm(reference), AXIS)
+            if gnp_options.reuse_period > 1:
+                (_, (batch_stats, metrics)), grads, reference, reuse = (
+                    efficient.reuse_penalized_gradient(
+                        clean,
+                        perturbed,
+                        state.params,
+                        efficient.ReuseState(**state.reuse),
+                        period=gnp_options.reuse_period,
+                        orthogonal_scale=gnp_options.orthogonal_scale,
+                        state_axis_name=AXIS,
+                        full=full,
+                        **options,
+                    )
+                )
+                reuse = reuse._asdict()
+            else:
+                (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
+                    clean,
+                    perturbed,
+                    state.params,
+                    method=gnp_options.method,
+                    direction=direction,
+                    **options,
+                )
+            # Synced, the reference is already the global batch's ∇L(θ); per device it
+            # is the local one, and its global norm costs one more gradient all-reduce.
+            if not gnp_options.sync_perturbations:
+                reference = jax.lax.pmean(reference, AXIS)
         else:
             r = alpha = jnp.zeros((), jnp.float32)
             (_, (batch_stats, metrics)), grads = clean(state.params)
         grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
+        gradient_norm = gnp.global_norm(grads)
         if not penalized:
-            gradient_norm = gnp.global_norm(grads)
+            reference = grads
+        if reference is not None:  # no clean pass in a one-pass (MSAM) step: not logged
+            metrics["clean_gradient_norm"] = gnp.global_norm(reference)
+        if gradient_clipping > 0:  # optax.clip_by_global_norm: ‖clip(g)‖ = min(‖g‖, c)
+            gradient_norm = jnp.minimum(gradient_norm, gradient_clipping)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics |= {
             "gradient_norm": gradient_norm,
             "update_norm": gnp.global_norm(updates),
+            "param_norm": gnp.global_norm(params),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "r": jnp.asarray(r, jnp.float32),
             "alpha": jnp.asarray(alpha, jnp.float32),
         }
         new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            reuse=reuse,
         )
         return new_state, metrics
 
@@ -300,8 +391,12 @@ def create_train_state(
     *,
     init_seed: int,
     seed: int,
+    reuse: bool = False,
 ) -> tuple[TrainState, optax.GradientTransformation]:
-    """Initialize params from ``init_seed``; the optimizer may depend on the params (masks)."""
+    """Initialize params from ``init_seed``; the optimizer may depend on the params (masks).
+
+    ``reuse``: hold ``gnp.efficient``'s reuse state (``GNPOptions.reuse_period`` > 1).
+    """
 
     @jax.jit
     def init(key: jax.Array) -> PyTree:
@@ -317,5 +412,6 @@ def create_train_state(
         batch_stats=variables.get("batch_stats", {}),
         opt_state=optimizer.init(params),
         rng=jax.random.PRNGKey(seed),
+        reuse=efficient.reuse_init(params)._asdict() if reuse else {},
     )
     return state, optimizer

@@ -1,0 +1,126 @@
+"""The norms a train step logs: one meaning on every kind of step and device count.
+
+Each is checked against a float64 computation of the same definition on the whole
+batch (``docs/training.md``, "Metrics"):
+  gradient_norm        ‖ḡ‖ of the gradient handed to the optimizer, after clipping
+  clean_gradient_norm  ‖∇L(θ)‖ of the whole global batch at the clean point
+  update_norm          ‖optimizer update‖ (here SGD: lr·‖ḡ‖)
+  param_norm           ‖θ‖ after the update
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tiny_models  # noqa: F401  (registers TinyMLP)
+
+import gnp
+from gnp import models
+from gnp.train.gr_schedule import GRSchedule
+from gnp.train.steps import (
+    GNPOptions,
+    LossConfig,
+    create_train_state,
+    make_train_step,
+    replicate,
+    shard_batch,
+)
+
+LR, R, ALPHA = 0.5, 0.1, 0.8
+SHARDS = 4
+
+
+def problem():
+    model = models.get_model("TinyMLP", num_classes=10)
+    state, _ = create_train_state(model, lambda p: optax.sgd(LR), (8, 8, 1), init_seed=0, seed=0)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(32, 8, 8, 1)).astype(np.float32)
+    labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]
+    return model, jax.device_get(state), {"image": images, "label": labels}
+
+
+def logged(model, state, batch, *, devices, penalized, synced, clip):
+    mesh = jax.make_mesh((devices,), ("data",), devices=jax.devices()[:devices])
+    optimizer = optax.sgd(LR)
+    if clip:
+        optimizer = optax.chain(optax.clip_by_global_norm(clip), optimizer)
+    step = make_train_step(
+        model=model,
+        optimizer=optimizer,
+        schedule=optax.constant_schedule(LR),
+        mesh=mesh,
+        loss_config=LossConfig(),
+        gr=GRSchedule(r=R, alpha=ALPHA),
+        gnp_options=GNPOptions(sync_perturbations=synced),
+        penalized=penalized,
+        gradient_clipping=clip,
+    )
+    state = state.replace(opt_state=optimizer.init(state.params))
+    batch = shard_batch(batch, mesh)
+    return jax.device_get(step(replicate(state, mesh), batch["image"], batch["label"])[1])
+
+
+def expected(model, state, batch, *, devices, penalized, synced, clip):
+    """The same four norms from float64 whole-batch and per-shard gradients."""
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), state.params)
+        images, labels = (jnp.asarray(batch[k], jnp.float64) for k in ("image", "label"))
+
+        def loss(p, x, y):
+            logits = model.apply({"params": p}, x)
+            return optax.softmax_cross_entropy(logits, y).mean()
+
+        def norm(tree):
+            return float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))))
+
+        clean = jax.grad(loss)(params, images, labels)
+        if not penalized:
+            combined = clean
+        elif synced:
+            combined = gnp.value_and_grad(loss, r=R, alpha=ALPHA)(params, images, labels)[1]
+        else:
+            size = len(images) // devices
+            shards = [
+                gnp.value_and_grad(loss, r=R, alpha=ALPHA)(
+                    params, images[i * size : (i + 1) * size], labels[i * size : (i + 1) * size]
+                )[1]
+                for i in range(devices)
+            ]
+            combined = jax.tree.map(lambda *g: sum(g) / devices, *shards)
+        handed = norm(combined) if not clip else min(norm(combined), clip)
+        scale = handed / norm(combined)
+        new_params = jax.tree.map(lambda p, g: p - LR * scale * g, params, combined)
+        return {
+            "gradient_norm": handed,
+            "clean_gradient_norm": norm(clean),
+            "update_norm": LR * handed,
+            "param_norm": norm(new_params),
+        }
+
+
+KINDS = {
+    "plain": dict(penalized=False, synced=False),
+    "gnp_per_device": dict(penalized=True, synced=False),
+    "gnp_synced": dict(penalized=True, synced=True),
+}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return problem()
+
+
+@pytest.mark.parametrize("devices", [1, SHARDS])
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_each_norm_has_its_one_meaning(setup, kind, devices, clip):
+    model, state, batch = setup
+    options = dict(devices=devices, clip=clip, **KINDS[kind])
+    got = logged(model, state, batch, **options)
+    want = expected(model, state, batch, **options)
+    for key, value in want.items():
+        assert float(got[key]) == pytest.approx(value, rel=2e-5), key
+    if clip:  # the clip really acts on this batch, so the two gradient norms differ
+        assert float(got["gradient_norm"]) == pytest.approx(clip, rel=1e-6)
+        assert float(got["clean_gradient_norm"]) > 2 * clip
