@@ -4,11 +4,13 @@ A checkpoint is written only when every array in it is finite, so the latest
 checkpoint of a run that diverged is always a good one to resume or inspect.
 A checkpoint that does not restore (a damaged file, a folder left empty) is set
 aside as ``<step>.damaged``, never deleted, and the next older one is used: a
-fault costs at most the steps since the last good checkpoint.
+fault costs at most the steps since the last good checkpoint. A flipped bit
+that still decodes is caught by the SHA-256 of the arrays saved in the meta.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
@@ -18,6 +20,7 @@ from typing import Any
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from gnp.train.steps import TrainState
@@ -25,6 +28,15 @@ from gnp.train.steps import TrainState
 
 class NonFiniteError(RuntimeError):
     """Training produced NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+def state_digest(tree: Any) -> str:
+    """SHA-256 over every array's bytes (this process's first shard: the state is replicated)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.addressable_shards[0].data if isinstance(leaf, jax.Array) else leaf
+        digest.update(np.ascontiguousarray(np.asarray(shard)).tobytes())
+    return digest.hexdigest()
 
 
 def all_finite(tree: Any) -> bool:
@@ -133,7 +145,7 @@ class Checkpoints:
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state.as_dict()),
                     data=grain.checkpoint.CheckpointSave(data_iterator),
-                    meta=ocp.args.JsonSave(meta),
+                    meta=ocp.args.JsonSave(meta | {"state_sha256": state_digest(state.as_dict())}),
                 ),
             )
             self._manager.wait_until_finished()
@@ -152,7 +164,11 @@ class Checkpoints:
         aside). Raises CheckpointError when none restores."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.as_dict())
         skipped: list[str] = []
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        listed = set(self._manager.all_steps())
+        for name in sorted(os.listdir(self.directory)):
+            if name.isdigit() and int(name) not in listed:  # a step folder orbax cannot read
+                skipped.append(self._set_aside(int(name), "not a complete checkpoint"))
+        for step in sorted(listed, reverse=True):
             try:
                 restored = self._manager.restore(
                     step,
@@ -165,8 +181,11 @@ class Checkpoints:
                 meta = dict(restored["meta"])
                 if not isinstance(meta.get("epoch"), int):
                     raise ValueError("its meta has no epoch")
+                saved_digest = meta.get("state_sha256")  # absent in older checkpoints
+                if saved_digest is not None and saved_digest != state_digest(restored["state"]):
+                    raise ValueError("its arrays differ from the SHA-256 saved with them")
             except Exception as error:  # any damage (TensorStore, JSON, missing item): next one
-                skipped.append(self._set_aside(step, error))
+                skipped.append(self._set_aside(step, first_line(error)))
                 continue
             return TrainState(**restored["state"]), meta, skipped
         raise CheckpointError(
@@ -175,7 +194,7 @@ class Checkpoints:
             + ". Start a new run with another --working_dir"
         )
 
-    def _set_aside(self, step: int, error: BaseException) -> str:
+    def _set_aside(self, step: int, reason: str) -> str:
         """Renames a damaged ``<step>`` folder to ``<step>.damaged`` (kept for inspection, out
         of orbax's way so that a new save of that step cannot collide with it)."""
         path = os.path.join(self.directory, str(step))
@@ -183,7 +202,7 @@ class Checkpoints:
         if jax.process_index() == 0 and os.path.isdir(path) and not os.path.exists(aside):
             os.rename(path, aside)
         self._manager.reload()
-        return f"skipped damaged checkpoint {path} ({first_line(error)}), kept as {aside}"
+        return f"skipped damaged checkpoint {path} ({reason}), kept as {aside}"
 
     def reached_preemption(self, step: int) -> bool:
         return self._manager.reached_preemption(step)
