@@ -163,6 +163,8 @@ def main(argv: list[str]) -> None:
             "space must be quoted"
         )
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    if not _DEBUG.value:
+        logging.get_absl_handler().addFilter(_quiet_errors)
     config = _CONFIG.value
     if config is None:
         raise ValueError("--config=PATH is required (e.g. --config=gnp/configs/default.py)")
@@ -189,6 +191,15 @@ def main(argv: list[str]) -> None:
         print(f"test error rate {record['test_error_rate']:.4f}; outputs in {_WORKING_DIR.value}")
 
 
+def _quiet_errors(record: Any) -> bool:
+    """Drops orbax's error logs (a failed save logs one traceback per thread: the trainer
+    reports the failure itself, once) and the traceback of any other log record."""
+    if record.levelno == logging.converter.STANDARD_ERROR and "/orbax/" in record.pathname:
+        return False
+    record.exc_info = record.exc_text = None
+    return True
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -200,7 +211,7 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
     from gnp.train.run_lock import RunLocked
 
     if isinstance(error, Preempted):
-        return error.exit_code, f"stopped: {error}"
+        return error.exit_code, str(error)
     if isinstance(error, KeyboardInterrupt):
         return 130, (
             "interrupted (Ctrl-C); the checkpoints already in --working_dir are kept: run the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -231,6 +232,9 @@ class Checkpoints:
 
 
 def first_line(error: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
+    """An exception as one short line: its type and the first line of its message, or the
+    OS error that TensorStore buries in a long message (e.g. a full disk)."""
+    if code := re.search(r"os_error_code='?(\d+)", str(error)):
+        return f"{type(error).__name__}: {os.strerror(int(code[1]))}"
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
