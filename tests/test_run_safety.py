@@ -74,8 +74,9 @@ def test_resume_with_another_config_is_refused_naming_the_key(run_copy, key, val
 
 @pytest.mark.slow
 def test_extending_needs_the_flag_then_continues_on_the_longer_schedule(run_copy, monkeypatch):
-    """Also: a crash after epoch 3's metrics (before its checkpoint) and a torn line appended
-    to metrics.jsonl; the resumed run's TensorBoard files hold each step exactly once."""
+    """Also: a crash after epoch 3's metrics, during its checkpoint's save (as kill -9 leaves
+    it), and a torn line appended to metrics.jsonl; the resumed run's TensorBoard files hold
+    each step exactly once."""
     config = tiny_config(total_epochs=3)
     with pytest.raises(ConfigChanged, match="--allow_config_change=total_epochs"):
         train_and_evaluate(config, str(run_copy))
@@ -94,11 +95,15 @@ def test_extending_needs_the_flag_then_continues_on_the_longer_schedule(run_copy
     crashed = read_jsonl(run_copy)
     with open(run_copy / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 4, "train_lo')  # a torn append
+    partial = run_copy / "checkpoints" / "15.orbax-checkpoint-tmp"  # a save cut short
+    shutil.copytree(run_copy / "checkpoints" / "10" / "state", partial / "state")
+    truncate_array_file(partial)
 
     train_and_evaluate(config, str(run_copy), allow_config_change=["total_epochs"])
     lines = read_jsonl(run_copy)
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     assert lines[2]["train_loss"] == crashed[2]["train_loss"]  # epoch 3 redone exactly
+    assert Checkpoints(str(run_copy / "checkpoints")).load(15)[1]["epoch"] == 3
     # Cosine after one warmup epoch, by hand: the last step of epoch 3 is 14 of a 15-step run.
     cosine = [0.05 * (1 + np.cos(np.pi * f)) for f in (4 / 5, 9 / 10)]  # float32 in the run
     assert [m["learning_rate"] for m in lines[1:]] == pytest.approx(cosine, rel=1e-5)

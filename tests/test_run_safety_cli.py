@@ -205,3 +205,23 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_p
         _, progress = checkpoints.load(11)
         checkpoints.close()
         assert progress["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "error,code,message",
+    [
+        (KeyboardInterrupt(), 130, r"^interrupted \(Ctrl-C\); the checkpoints already in"),
+        (
+            RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB"),
+            1,
+            r"^error: out of memory; lower batch_size",
+        ),
+        (KeyError("x"), 1, r"^error: KeyError: 'x' \(unexpected: rerun with --debug"),
+        (FileNotFoundError(2, "No such file", "/d"), 1, r"^error: \[Errno 2\] No such file"),
+    ],
+)
+def test_every_failure_is_one_line_with_an_exit_code(error, code, message):
+    from gnp.main import describe_failure
+
+    got_code, line = describe_failure(error)
+    assert got_code == code and re.search(message, line) and "\n" not in line
