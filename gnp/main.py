@@ -20,6 +20,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gnp.errors import one_line
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
 _WORKING_DIR = flags.DEFINE_string("working_dir", None, "The run's own output directory.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and model; no training.")
@@ -39,7 +41,7 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error (also GNP_DEBUG=1).")
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
+def _load_config_file(path: str) -> ml_collections.ConfigDict:
     """Runs the config file's ``get_config()``; whatever goes wrong is a ValueError naming the
     file (absl would show a traceback, or ignore a ``get_config`` that returns a dict)."""
     if not os.path.isfile(path):
@@ -61,7 +63,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
             f"config file {path!r} imports {error.name!r}, which cannot be imported ({error})"
         ) from error
     except Exception as error:
-        raise ValueError(f"config file {path!r} fails when run: {_one_line(error)}") from error
+        raise ValueError(f"config file {path!r} fails when run: {one_line(error)}") from error
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ValueError(
@@ -71,7 +73,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     try:
         config = get_config()
     except Exception as error:
-        raise ValueError(f"get_config() in {path!r} fails: {_one_line(error)}") from error
+        raise ValueError(f"get_config() in {path!r} fails: {one_line(error)}") from error
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(
             f"get_config() in {path!r} returned {type(config).__name__}, not an "
@@ -97,7 +99,7 @@ def check_override_keys(argv: list[str]) -> None:
     path = config_path(argv)
     if path is None:
         return
-    config = load_config_file(path)
+    config = _load_config_file(path)
     for arg in argv:
         if not arg.startswith("--config."):
             continue
@@ -200,11 +202,6 @@ def _quiet_errors(record: Any) -> bool:
     return True
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def describe_failure(error: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that ended a run."""
     from gnp.train.checkpoint import CheckpointError, NonFiniteError, Preempted
@@ -225,7 +222,7 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
             "smaller pieces), or use model.dtype=bfloat16 (see docs/troubleshooting.md)"
         )
     return 1, (
-        f"error: {_one_line(error)} (unexpected: rerun with --debug or GNP_DEBUG=1 for the "
+        f"error: {one_line(error)} (unexpected: rerun with --debug or GNP_DEBUG=1 for the "
         "traceback, and report it)"
     )
 

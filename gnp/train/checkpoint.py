@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gnp.errors import one_line
 from gnp.train.steps import TrainState
 
 
@@ -153,7 +153,7 @@ class Checkpoints:
         except Exception as error:  # orbax wraps OS errors in several types; all mean "not saved"
             raise CheckpointError(
                 f"could not save the checkpoint of step {step} in {self.directory} "
-                f"({first_line(error)}); the last good checkpoint is {last_good}: free space "
+                f"({one_line(error)}); the last good checkpoint is {last_good}: free space "
                 "or fix the location, then run the same command to resume"
             ) from error
 
@@ -186,7 +186,7 @@ class Checkpoints:
                 if saved_digest is not None and saved_digest != state_digest(restored["state"]):
                     raise ValueError("its arrays differ from the SHA-256 saved with them")
             except Exception as error:  # any damage (TensorStore, JSON, missing item): next one
-                skipped.append(self._set_aside(step, first_line(error)))
+                skipped.append(self._set_aside(step, one_line(error)))
                 continue
             return TrainState(**restored["state"]), meta, skipped
         raise CheckpointError(
@@ -229,12 +229,3 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
-
-
-def first_line(error: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message, or the
-    OS error that TensorStore buries in a long message (e.g. a full disk)."""
-    if code := re.search(r"os_error_code='?(\d+)", str(error)):
-        return f"{type(error).__name__}: {os.strerror(int(code[1]))}"
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
