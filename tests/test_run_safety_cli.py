@@ -1,7 +1,8 @@
 """The command line a user runs: every mistake or fault is one ``error:`` line, no traceback.
 
-Each case runs ``python -m gnp.main`` in a fresh process. Config-file errors are
-found before JAX is imported, so those cases take about a second each.
+Each case runs ``python -m gnp.main`` in a fresh process, except config-file errors:
+those are found before absl parses a flag, so ``gnp.main.run()`` is called in this process
+with the same argv.
 """
 
 import contextlib
@@ -58,14 +59,27 @@ CONFIG_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_FILES))
-def test_a_broken_config_file_is_one_line_naming_it(tmp_path, case):
+def test_a_broken_config_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case):
+    from gnp import main
+
     source, message = CONFIG_FILES[case]
     path = tmp_path / "my config.py"  # a space in the path too
     path.write_text(source)
-    result = gnp_main(f"--config={path}", f"--working_dir={tmp_path / 'run'}")
-    assert_one_line_error(result, re.escape(repr(str(path))), message)
-    assert result.stderr.count("\n") == 1
+    argv = ["gnp-train", f"--config={path}", f"--working_dir={tmp_path / 'run'}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main.run()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ")
+    assert repr(str(path)) in stderr and re.search(message, stderr), stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_broken_config_file_through_the_real_command_line(tmp_path):
+    path = tmp_path / "c.py"
+    path.write_text(CONFIG_FILES["syntax"][0])
+    assert_one_line_error(gnp_main(f"--config={path}"), r"has a syntax error at line 1")
 
 
 def test_an_unquoted_path_with_a_space_says_to_quote_it(tmp_path):
