@@ -121,6 +121,21 @@ def _train(
     is_chief = jax.process_index() == 0
     info, steps_per_epoch = pipeline.info, pipeline.steps_per_epoch
 
+    # A resume must have the config the run was trained with: checked before anything is built.
+    checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
+    changes: dict[str, tuple[Any, Any]] = {}
+    if steps := checkpoints.all_steps():
+        try:
+            changes = run_config.check_resume(
+                working_dir,
+                config.to_dict(),
+                epochs_done=steps[-1] // steps_per_epoch,
+                allowed=allow_config_change,
+            )
+        except run_config.ConfigChanged:
+            checkpoints.close()
+            raise
+
     # Model, optimizer, state.
     model = build_model(config, info.num_classes)
     schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -134,17 +149,9 @@ def _train(
     state = replicate(state, mesh)
     train_iterator = pipeline.train_iterator()
 
-    # Resume: only with the config the run was trained with, from the newest good checkpoint.
-    checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
+    # Resume from the newest checkpoint that restores.
     progress: dict[str, Any] = {"epoch": 0, "finished": False}
-    changes: dict[str, tuple[Any, Any]] = {}
-    if steps := checkpoints.all_steps():
-        changes = run_config.check_resume(
-            working_dir,
-            config.to_dict(),
-            epochs_done=steps[-1] // steps_per_epoch,
-            allowed=allow_config_change,
-        )
+    if steps:
         state, progress, skipped = checkpoints.restore(state, train_iterator)
         for line in skipped:
             print(line)
