@@ -40,7 +40,7 @@ def out_of_range_label(batch):
 
 CASES = {
     "float_pixels": (with_data(lambda d: d.astype(np.float64)), r"pixel values must be integers"),
-    "nan_pixels": (with_data(nan_pixel), r"pixel values must be integers, found dtype float32"),
+    "nan_pixels": (with_data(nan_pixel), r"found dtype float32 with NaN or infinity"),
     "pixels_256": (
         with_data(lambda d: d.astype(np.int64) + 1),
         r"pixel values lie outside \[0, 256\)",

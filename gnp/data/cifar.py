@@ -128,9 +128,11 @@ def _fetch(files: CifarFiles, data_dir: Path, download: Downloader) -> Path:
 def _whole_numbers(values: np.ndarray, low: int, high: int, what: str, where: str) -> np.ndarray:
     """``values`` as integers, refused unless they are an integer array in [low, high)."""
     if not np.issubdtype(values.dtype, np.integer):
+        non_finite = np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all()
         raise ValueError(
-            f"{where}: {what} must be integers, found dtype {values.dtype}; this is not the "
-            "official python-version file"
+            f"{where}: {what} must be integers, found dtype {values.dtype}"
+            + (" with NaN or infinity" if non_finite else "")
+            + "; this is not the official python-version file"
         )
     if values.size and (values.min() < low or values.max() >= high):
         outside = int(np.count_nonzero((values < low) | (values >= high)))
