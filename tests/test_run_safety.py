@@ -230,6 +230,16 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_kept(
     assert sorted(os.listdir(checkpoints_dir)) == sorted(kept)
 
 
+def test_a_step_damaged_twice_keeps_both_copies(run_copy, restore_template):
+    checkpoints_dir = run_copy / "checkpoints"
+    shutil.copytree(checkpoints_dir / "10", checkpoints_dir / "10.damaged")  # an earlier one
+    remove_state(checkpoints_dir / "10")
+    _, _, skipped = Checkpoints(str(checkpoints_dir)).restore(*restore_template)
+    assert skipped[0].endswith(f"kept as {checkpoints_dir / '10.damaged-2'}")
+    assert sorted(os.listdir(checkpoints_dir)) == ["10.damaged", "10.damaged-2", "5"]
+    assert not (checkpoints_dir / "10.damaged-2" / "state").exists()
+
+
 def test_no_restorable_checkpoint_is_one_error_naming_each(run_copy, restore_template):
     for step in ("5", "10"):
         remove_state(run_copy / "checkpoints" / step)

@@ -199,8 +199,11 @@ class Checkpoints:
         """Renames a damaged ``<step>`` folder to ``<step>.damaged`` (kept for inspection, out
         of orbax's way so that a new save of that step cannot collide with it)."""
         path = os.path.join(self.directory, str(step))
-        aside = f"{path}.damaged"
-        if jax.process_index() == 0 and os.path.isdir(path) and not os.path.exists(aside):
+        aside, copies = f"{path}.damaged", 1
+        while os.path.exists(aside):  # the same step damaged before: keep both
+            copies += 1
+            aside = f"{path}.damaged-{copies}"
+        if jax.process_index() == 0:
             os.rename(path, aside)
         self._manager.reload()
         return f"skipped damaged checkpoint {path} ({reason}), kept as {aside}"
