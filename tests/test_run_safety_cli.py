@@ -17,7 +17,8 @@ import pytest
 from test_data_sources import write_cifar
 
 from gnp.data import cifar
-from gnp.train.checkpoint import Checkpoints
+from gnp.train.checkpoint import CheckpointError, Checkpoints, Preempted
+from gnp.train.run_lock import RunLocked
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "gnp" / "configs" / "default.py")
@@ -232,6 +233,9 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_p
         ),
         (KeyError("x"), 1, r"^error: KeyError: 'x' \(unexpected: rerun with --debug"),
         (FileNotFoundError(2, "No such file", "/d"), 1, r"^error: \[Errno 2\] No such file"),
+        (RunLocked("d is in use by another run (pid 7)"), 1, r"^error: d is in use .*pid 7"),
+        (CheckpointError("could not save\nthe checkpoint"), 1, r"^error: could not save the"),
+        (Preempted("stopped at step 3", 130), 130, r"^stopped at step 3$"),
     ],
 )
 def test_every_failure_is_one_line_with_an_exit_code(error, code, message):
