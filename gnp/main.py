@@ -2,6 +2,10 @@
 
 Also installed as ``gnp-train``. ``--dry_run`` resolves the config, builds the
 model with ``jax.eval_shape`` and the data source, prints both and exits.
+
+A user's mistake or a fault ends in one line, ``error: ...``, naming the
+problem and the fix, and a non-zero exit code; ``--debug`` or ``GNP_DEBUG=1``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -9,11 +13,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import os
 import sys
 from typing import Any
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from gnp.errors import one_line
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
 _WORKING_DIR = flags.DEFINE_string("working_dir", None, "The run's own output directory.")
@@ -39,26 +47,73 @@ _RANDAUG_MAGNITUDE = flags.DEFINE_integer(
 )
 # What a positive --imagenet_mixup_alpha turns the batch-level augmentation into.
 _WITH_MIXUP = {"none": "mixup", "cutout": "mixcut"}
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change",
+    [],
+    "Config keys a resume may change (only total_epochs: extends a run; see docs/training.md).",
+)
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error (also GNP_DEBUG=1).")
 
 
-def _load_config_file(path: str) -> Any:
+def _load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Runs the config file's ``get_config()``; whatever goes wrong is a ValueError naming the
+    file (absl would show a traceback, or ignore a ``get_config`` that returns a dict)."""
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"config file {path!r} does not exist (a path with a space must be quoted)"
+        )
     spec = importlib.util.spec_from_file_location("gnp_user_config", path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load config file {path!r}")
+        raise ValueError(f"config file {path!r} is not a Python file; give a .py file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ValueError(
+            f"config file {path!r} has a syntax error at line {error.lineno}: {error.msg}"
+        ) from error
+    except ImportError as error:
+        raise ValueError(
+            f"config file {path!r} imports {error.name!r}, which cannot be imported ({error})"
+        ) from error
+    except Exception as error:
+        raise ValueError(f"config file {path!r} fails when run: {one_line(error)}") from error
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ValueError(
+            f"config file {path!r} has no get_config() function; define one that returns an "
+            "ml_collections.ConfigDict (see gnp/configs/default.py)"
+        )
+    try:
+        config = get_config()
+    except Exception as error:
+        raise ValueError(f"get_config() in {path!r} fails: {one_line(error)}") from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(
+            f"get_config() in {path!r} returned {type(config).__name__}, not an "
+            "ml_collections.ConfigDict; return one (e.g. start from "
+            "gnp.configs.base.get_base_config())"
+        )
+    return config
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The ``--config`` path, given as ``--config=PATH`` or ``--config PATH``."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
 
 def check_override_keys(argv: list[str]) -> None:
-    """An unknown ``--config.KEY`` is a clear error listing the valid keys at that level."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    """Loads the config file once up front, so that a broken file or an unknown
+    ``--config.KEY`` is a clear error (the latter listing the valid keys at that level)."""
+    path = config_path(argv)
     if path is None:
         return
-    try:
-        config = _load_config_file(path)
-    except FileNotFoundError:
-        raise SystemExit(f"error: config file {path!r} does not exist") from None
+    config = _load_config_file(path)
     for arg in argv:
         if not arg.startswith("--config."):
             continue
@@ -69,8 +124,8 @@ def check_override_keys(argv: list[str]) -> None:
                 valid = sorted(node.keys()) if hasattr(node, "keys") else []
                 where = ".".join(keys[:depth]) or "the config"
                 hint = difflib.get_close_matches(key, valid, n=1)
-                raise SystemExit(
-                    f"error: unknown config key {'.'.join(keys)!r}"
+                raise ValueError(
+                    f"unknown config key {'.'.join(keys)!r}"
                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
                     + f"; valid keys of {where}: {', '.join(valid)}"
                 )
@@ -157,40 +212,86 @@ def dry_run(config: Any) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise ValueError(
+            f"unexpected arguments {argv[1:]}: every flag starts with --, and a path with a "
+            "space must be quoted"
+        )
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    if not _DEBUG.value:
+        logging.get_absl_handler().addFilter(_quiet_errors)
     config = _CONFIG.value
     if config is None:
-        raise app.UsageError("--config=PATH is required (e.g. gnp/configs/default.py)")
+        raise ValueError("--config=PATH is required (e.g. --config=gnp/configs/default.py)")
     apply_released_flags(config)
     from gnp.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    try:
-        if _DRY_RUN.value:
-            dry_run(config)
-            return
-        if not _WORKING_DIR.value:
-            raise app.UsageError("--working_dir=DIR is required")
-        from gnp.train.checkpoint import NonFiniteError, Preempted
-        from gnp.train.loop import train_and_evaluate
+    if _DRY_RUN.value:
+        dry_run(config)
+        return
+    if not _WORKING_DIR.value:
+        raise ValueError("--working_dir=DIR is required: the run's own output directory")
+    from gnp.choices import check_choice
+    from gnp.train.loop import train_and_evaluate
+    from gnp.train.run_config import EXTENSIBLE
 
-        try:
-            record = train_and_evaluate(config, _WORKING_DIR.value)
-        except NonFiniteError as e:
-            raise SystemExit(f"error: {e}") from None
-        except Preempted as e:
-            raise SystemExit(f"preempted: {e}") from None
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    for key in _ALLOW_CONFIG_CHANGE.value:
+        check_choice(key, sorted(EXTENSIBLE), "--allow_config_change key")
+    record = train_and_evaluate(
+        config, _WORKING_DIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+    )
     if "test_error_rate" in record:
         print(f"test error rate {record['test_error_rate']:.4f}; outputs in {_WORKING_DIR.value}")
 
 
+def _quiet_errors(record: Any) -> bool:
+    """Drops orbax's error logs (a failed save logs one traceback per thread: the trainer
+    reports the failure itself, once) and the traceback of any other log record."""
+    if record.levelno == logging.converter.STANDARD_ERROR and "/orbax/" in record.pathname:
+        return False
+    record.exc_info = record.exc_text = None
+    return True
+
+
+def describe_failure(error: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for an exception that ended a run."""
+    from gnp.train.checkpoint import CheckpointError, NonFiniteError, Preempted
+    from gnp.train.run_lock import RunLocked
+
+    if isinstance(error, Preempted):
+        return error.exit_code, str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return 130, (
+            "interrupted (Ctrl-C); the checkpoints already in --working_dir are kept: run the "
+            "same command to resume"
+        )
+    if isinstance(error, ValueError | OSError | NonFiniteError | CheckpointError | RunLocked):
+        return 1, f"error: {' '.join(str(error).split())}"
+    if "RESOURCE_EXHAUSTED" in str(error) or isinstance(error, MemoryError):
+        return 1, (
+            "error: out of memory; lower batch_size, or raise grad_accum_steps (same batch in "
+            "smaller pieces), or use model.dtype=bfloat16 (see docs/troubleshooting.md)"
+        )
+    return 1, (
+        f"error: {one_line(error)} (unexpected: rerun with --debug or GNP_DEBUG=1 for the "
+        "traceback, and report it)"
+    )
+
+
 def run() -> None:
     argv = normalize_argv(sys.argv)
-    check_override_keys(argv)
-    app.run(main, argv=argv)
+    debug = "--debug" in argv or os.environ.get("GNP_DEBUG", "") not in ("", "0")
+    try:
+        check_override_keys(argv)
+        app.run(main, argv=argv)
+    except SystemExit:
+        raise
+    except BaseException as error:
+        if debug:
+            raise
+        code, line = describe_failure(error)
+        print(line, file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -78,13 +78,24 @@ class FileSplit:
             return None
 
 
+def _kind(entry: os.DirEntry) -> str | None:
+    """The entry's kind, "dir" or "file" (None for anything else). A symbolic link that loops
+    raises OSError when followed: an error naming the link, not a traceback from a scan."""
+    try:
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else None
+    except OSError as error:
+        raise ValueError(
+            f"{entry.path}: {error.strerror} (a symbolic link loop); remove or fix that link"
+        ) from None
+
+
 def class_names(directory: Path, flag: str) -> list[str]:
     if not directory.is_dir():
         raise FileNotFoundError(
             f"{directory} is not a directory; set --config.{flag} to a folder of class "
             "folders (e.g. n01440764/*.JPEG)"
         )
-    names = sorted(e.name for e in os.scandir(directory) if e.is_dir() and e.name[0] != ".")
+    names = sorted(e.name for e in os.scandir(directory) if e.name[0] != "." and _kind(e) == "dir")
     if not names:
         raise ValueError(
             f"{directory} holds no class folders; --config.{flag} must point at a folder "
@@ -99,7 +110,7 @@ def scan(directory: Path, classes: list[str], strict: bool, num_threads: int = 3
         (f"{name}/{entry.name}", label)
         for label, name in enumerate(classes)
         for entry in sorted(os.scandir(directory / name), key=lambda e: e.name)
-        if entry.is_file() and entry.name[0] != "."
+        if entry.name[0] != "." and _kind(entry) == "file"
     ]
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         readable = list(pool.map(_readable, [str(directory / p) for p, _ in candidates]))

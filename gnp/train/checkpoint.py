@@ -2,25 +2,42 @@
 
 A checkpoint is written only when every array in it is finite, so the latest
 checkpoint of a run that diverged is always a good one to resume or inspect.
+A checkpoint that does not restore (a damaged file, a folder left empty) is set
+aside as ``<step>.damaged``, never deleted, and the next older one is used: a
+fault costs at most the steps since the last good checkpoint. A flipped bit
+that still decodes is caught by the SHA-256 of the arrays saved in the meta.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from gnp.errors import one_line
 from gnp.train.steps import TrainState
 
 
 class NonFiniteError(RuntimeError):
     """Training produced NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+def state_digest(tree: Any) -> str:
+    """SHA-256 over every array's bytes (this process's first shard: the state is replicated)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.addressable_shards[0].data if isinstance(leaf, jax.Array) else leaf
+        digest.update(np.ascontiguousarray(np.asarray(shard)).tobytes())
+    return digest.hexdigest()
 
 
 def all_finite(tree: Any) -> bool:
@@ -29,34 +46,63 @@ def all_finite(tree: Any) -> bool:
 
 
 class Preempted(RuntimeError):
-    """The run was asked to stop (SIGTERM) and saved a checkpoint at the current step."""
+    """The run was asked to stop (SIGTERM or Ctrl-C) and saved a checkpoint at the current step.
+
+    ``exit_code`` follows the shell's convention for the signal (128 + its number).
+    """
+
+    def __init__(self, message: str, exit_code: int = 128 + signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or none could be read back; the message says which."""
 
 
 class PreemptionGuard:
-    """Turns SIGTERM, a cluster's preemption notice, into "save at the next step and stop".
+    """Turns SIGTERM (a cluster's preemption notice) and a first Ctrl-C into "save at the
+    next step and stop"; a second Ctrl-C aborts at once, keeping the last checkpoint.
 
     One process: a signal handler sets a flag. Several: JAX's preemption sync point
     (through orbax), so that every host saves at the same step.
     """
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.signal = signum
+        if signum == signal.SIGINT:
+            print(
+                "\nCtrl-C: saving a checkpoint at the next step, then stopping "
+                "(press Ctrl-C again to stop at once without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or signal.SIGTERM)
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # signals go to it only
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def reached(self, step: int, checkpoints: Checkpoints) -> bool:
-        if jax.process_count() > 1:
+        if jax.process_count() > 1:  # every host must stop at the same step: JAX syncs them
             return checkpoints.reached_preemption(step)
         return self.requested
 
@@ -83,34 +129,84 @@ class Checkpoints:
         return os.path.join(self.directory, str(step))
 
     def save(self, state: TrainState, data_iterator: Any, meta: dict[str, Any]) -> None:
+        """Writes the checkpoint of ``state.step`` unless it exists already (a stop requested
+        right after an epoch's save); any failure is one CheckpointError naming the cause."""
+        step = int(state.step)
+        if step in self._manager.all_steps():
+            return
         if not all_finite((state.params, state.batch_stats, state.opt_state)):
             raise NonFiniteError(
-                f"refusing to checkpoint non-finite parameters at step {int(state.step)}; "
+                f"refusing to checkpoint non-finite parameters at step {step}; "
                 f"the last good checkpoint is {self.describe_latest()}"
             )
-        self._manager.save(
-            int(state.step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state.as_dict()),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-                meta=ocp.args.JsonSave(meta),
-            ),
-        )
-        self._manager.wait_until_finished()
+        last_good = self.describe_latest()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state.as_dict()),
+                    data=grain.checkpoint.CheckpointSave(data_iterator),
+                    meta=ocp.args.JsonSave(meta | {"state_sha256": state_digest(state.as_dict())}),
+                ),
+            )
+            self._manager.wait_until_finished()
+        except Exception as error:  # orbax wraps OS errors in several types; all mean "not saved"
+            raise CheckpointError(
+                f"could not save the checkpoint of step {step} in {self.directory} "
+                f"({one_line(error)}); the last good checkpoint is {last_good}: free space "
+                "or fix the location, then run the same command to resume"
+            ) from error
 
-    def restore(self, template: TrainState, data_iterator: Any) -> tuple[TrainState, dict]:
-        """The latest checkpoint into ``template``'s structure and shardings; moves the iterator."""
-        step = self.latest_step()
+    def restore(
+        self, template: TrainState, data_iterator: Any
+    ) -> tuple[TrainState, dict[str, Any], list[str]]:
+        """The newest checkpoint that restores, into ``template``'s structure and shardings;
+        moves the iterator. Returns (state, progress, one line per damaged checkpoint set
+        aside). Raises CheckpointError when none restores."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.as_dict())
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-                meta=ocp.args.JsonRestore(),
-            ),
+        skipped: list[str] = []
+        listed = set(self._manager.all_steps())
+        for name in sorted(os.listdir(self.directory)):
+            if name.isdigit() and int(name) not in listed:  # a step folder orbax cannot read
+                skipped.append(self._set_aside(int(name), "not a complete checkpoint"))
+        for step in sorted(listed, reverse=True):
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
+                meta = dict(restored["meta"])
+                if not isinstance(meta.get("epoch"), int):
+                    raise ValueError("its meta has no epoch")
+                saved_digest = meta.get("state_sha256")  # absent in older checkpoints
+                if saved_digest is not None and saved_digest != state_digest(restored["state"]):
+                    raise ValueError("its arrays differ from the SHA-256 saved with them")
+            except Exception as error:  # any damage (TensorStore, JSON, missing item): next one
+                skipped.append(self._set_aside(step, one_line(error)))
+                continue
+            return TrainState(**restored["state"]), meta, skipped
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} restores: "
+            + "; ".join(skipped)
+            + ". Start a new run with another --working_dir"
         )
-        return TrainState(**restored["state"]), dict(restored["meta"])
+
+    def _set_aside(self, step: int, reason: str) -> str:
+        """Renames a damaged ``<step>`` folder to ``<step>.damaged`` (kept for inspection, out
+        of orbax's way so that a new save of that step cannot collide with it)."""
+        path = os.path.join(self.directory, str(step))
+        aside, copies = f"{path}.damaged", 1
+        while os.path.exists(aside):  # the same step damaged before: keep both
+            copies += 1
+            aside = f"{path}.damaged-{copies}"
+        if jax.process_index() == 0:
+            os.rename(path, aside)
+        self._manager.reload()
+        return f"skipped damaged checkpoint {path} ({reason}), kept as {aside}"
 
     def reached_preemption(self, step: int) -> bool:
         return self._manager.reached_preemption(step)

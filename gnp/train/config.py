@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import jax
@@ -15,9 +16,48 @@ from gnp.data import dataset_names
 from gnp.gradient import ASAM_LEAVES, METHODS, PERTURBATIONS, check_coefficients
 from gnp.optim import SCHEDULES, optimizer_kwargs
 from gnp.train.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
+from gnp.train.run_config import flatten
 from gnp.train.steps import DIRECTIONS
 
 DTYPE_NAMES = ("float32", "bfloat16")
+INF = math.inf
+
+# key: (low, high, high included); the values a key can mean something with. (gnp.r, gnp.alpha
+# and gnp.eta are checked by gnp.gradient.check_coefficients, the library's own check.)
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "batch_size": (1, INF, True),
+    "eval_batch_size": (0, INF, True),  # 0: same as batch_size
+    "base_lr": (0, INF, True),
+    "l2_regularization": (0, INF, True),
+    "gradient_clipping": (0, INF, True),  # 0: off
+    "label_smoothing": (0, 1, False),
+    "exponential_decay_rate": (0, 1, True),
+    "hybrid_config.p": (0, 1, True),
+    "dataset.image_size": (0, INF, True),  # 0: the source's own size
+    "dataset.cutout_size": (0, INF, True),  # 0: a size that suits the image size
+    "dataset.num_workers": (-1, INF, True),  # -1: from the CPU count
+    "dataset.mixup_alpha": (0, INF, True),
+    "dataset.label_noise": (0, 1, True),
+}
+
+
+def check_ranges(config: Any) -> None:
+    """Every number finite, and every key of ``RANGES`` inside its range; the error names
+    the key and the range."""
+    values = flatten(config.to_dict())
+    for key, value in values.items():
+        for number in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ValueError(f"{key} is {value}; it must be a finite number")
+    for key, (low, high, high_included) in RANGES.items():
+        value = values.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        inside = low <= value <= high if high_included else low <= value < high
+        if not inside:
+            upper = "" if high == INF else f", {high}{']' if high_included else ')'}"
+            where = f"[{low}{upper}" if upper else f"at least {low}"
+            raise ValueError(f"{key} must be {'in ' if upper else ''}{where}, got {value}")
 
 
 def _check_efficient(config: Any) -> None:
@@ -52,6 +92,7 @@ def _check_efficient(config: Any) -> None:
 def validate_config(config: Any) -> Any:
     """Returns a copy with derived defaults filled in (eval batch size); raises ValueError."""
     config = config.copy_and_resolve_references()
+    check_ranges(config)
     check_choice(config.model.model_name, models.names(), "model.model_name")
     check_choice(config.dataset.dataset_name, dataset_names(), "dataset.dataset_name")
     optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)

@@ -6,11 +6,13 @@ Sections: set-up (mesh, data, model, optimizer, state), resume, the epoch loop
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
+import signal
 import time
+from collections.abc import Collection
 from typing import Any
 
 import jax
@@ -21,10 +23,13 @@ from tqdm import tqdm
 from gnp import models
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.optim import build_optimizer, learning_rate_schedule
+from gnp.train import run_config
 from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted, PreemptionGuard
 from gnp.train.config import validate_config
 from gnp.train.gr_schedule import GRSchedule, hybrid_probability
 from gnp.train.metrics import MetricWriter, plot_curves
+from gnp.train.outputs import check_working_dir, prepare_outputs
+from gnp.train.run_lock import RunLock
 from gnp.train.steps import (
     AXIS,
     GNPOptions,
@@ -97,18 +102,53 @@ def _first_non_finite(step_metrics: list[dict[str, Any]]) -> tuple[int, str, flo
     return None
 
 
-def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
-    """Train (or resume) the run in ``working_dir``; returns the last epoch's metrics."""
-    config = validate_config(config)
-    os.makedirs(working_dir, exist_ok=True)
-    is_chief = jax.process_index() == 0
+def train_and_evaluate(
+    config: Any, working_dir: str, *, allow_config_change: Collection[str] = ()
+) -> dict[str, Any]:
+    """Train (or resume) the run in ``working_dir``; returns the last epoch's metrics.
 
-    # Mesh and data.
+    ``allow_config_change`` names the changed keys a resume may accept (see
+    ``run_config.EXTENSIBLE``); any other change to the run's config is refused.
+    """
+    config = validate_config(config)
+    check_working_dir(working_dir)
+
+    # Mesh and data: read before any output exists, so that a data error leaves nothing behind.
     mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
     pipeline = build_input_pipeline(
         config, process_index=jax.process_index(), process_count=jax.process_count()
     )
+    prepare_outputs(working_dir)
+    is_chief = jax.process_index() == 0
+    with RunLock(working_dir) if is_chief else contextlib.nullcontext():
+        return _train(config, working_dir, mesh, pipeline, allow_config_change)
+
+
+def _train(
+    config: Any,
+    working_dir: str,
+    mesh: Any,
+    pipeline: InputPipeline,
+    allow_config_change: Collection[str],
+) -> dict[str, Any]:
+    """The run itself, while this process holds the working directory's lock."""
+    is_chief = jax.process_index() == 0
     info, steps_per_epoch = pipeline.info, pipeline.steps_per_epoch
+
+    # A resume must have the config the run was trained with: checked before anything is built.
+    checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
+    changes: dict[str, tuple[Any, Any]] = {}
+    if steps := checkpoints.all_steps():
+        try:
+            changes = run_config.check_resume(
+                working_dir,
+                config.to_dict(),
+                epochs_done=steps[-1] // steps_per_epoch,
+                allowed=allow_config_change,
+            )
+        except run_config.ConfigChanged:
+            checkpoints.close()
+            raise
 
     # Model, optimizer, state.
     model = build_model(config, info.num_classes)
@@ -124,22 +164,24 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
     state = replicate(state, mesh)
     train_iterator = pipeline.train_iterator()
 
-    # Resume.
-    checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
+    # Resume from the newest checkpoint that restores.
     progress: dict[str, Any] = {"epoch": 0, "finished": False}
-    if checkpoints.latest_step() is not None:
-        state, progress = checkpoints.restore(state, train_iterator)
-        if progress.get("finished"):
+    if steps:
+        state, progress, skipped = checkpoints.restore(state, train_iterator)
+        for line in skipped:
+            print(line)
+        if progress["epoch"] >= config.total_epochs:
             print(
                 f"{working_dir}: this run finished already (epoch {progress['epoch']}); "
-                "nothing to do. Use a new --working_dir to train again."
+                "nothing to do. Use a new --working_dir to train again, or extend it with "
+                "--config.total_epochs=N --allow_config_change=total_epochs."
             )
             checkpoints.close()
             return progress.get("final_metrics", {})
         print(f"resuming from epoch {progress['epoch']} (step {int(state.step)})")
+        _report_changes(changes, config, steps_per_epoch, int(state.step))
     if is_chief:
-        with open(os.path.join(working_dir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
+        run_config.record(working_dir, config.to_dict(), step=int(state.step), changes=changes)
 
     # Steps: a GNP step and a plain step, each compiled once on first use.
     gr = GRSchedule(
@@ -210,9 +252,11 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                 step = first_step + i
                 if preemption.reached(step, checkpoints):
                     checkpoints.save(state, train_iterator, {"epoch": epoch - 1, "finished": False})
+                    cause = signal.Signals(preemption.signal or signal.SIGTERM).name
                     raise Preempted(
-                        f"stopped at step {step} (epoch {epoch}) on request and saved "
-                        f"{checkpoints.describe_latest()}; run the same command to resume"
+                        f"stopped at step {step} (epoch {epoch}) on request ({cause}) and saved "
+                        f"{checkpoints.describe_latest()}; run the same command to resume",
+                        preemption.exit_code,
                     )
                 penalized = gr.is_gnp_step(step)
                 gnp_steps += penalized
@@ -289,6 +333,23 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
     if is_chief:
         plot_curves(writer.path, os.path.join(working_dir, "curves.png"))
     return record
+
+
+def _report_changes(
+    changes: dict[str, tuple[Any, Any]], config: Any, steps_per_epoch: int, step: int
+) -> None:
+    """Says what a resume changed; for a longer run, how the learning rate moves at ``step``."""
+    for key, (old, new) in changes.items():
+        print(f"config change on resume: {key} {old!r} -> {new!r}")
+    if "total_epochs" in changes:
+        before = config.copy_and_resolve_references()
+        before.total_epochs = changes["total_epochs"][0]
+        old_lr = float(learning_rate_schedule(before, steps_per_epoch)(step))
+        new_lr = float(learning_rate_schedule(config, steps_per_epoch)(step))
+        print(
+            f"from step {step} the learning rate follows the {config.total_epochs}-epoch "
+            f"schedule: {old_lr:.4g} -> {new_lr:.4g} at this step"
+        )
 
 
 def _format_record(record: dict[str, Any]) -> str:

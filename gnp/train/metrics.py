@@ -1,11 +1,21 @@
-"""Per-epoch metrics: ``metrics.jsonl``, TensorBoard events and a PNG of the curves."""
+"""Per-epoch metrics: ``metrics.jsonl``, TensorBoard events and a PNG of the curves.
+
+``metrics.jsonl`` is the record; the TensorBoard events are derived from it. On
+resume both are cut back to the restored epoch: the lines past it are dropped,
+and the event files are written afresh from the kept lines, because TensorBoard
+would otherwise show the redone steps twice.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import math
 import os
 from typing import Any
+
+log = logging.getLogger("gnp")
 
 PLOTTED = (
     ("train_loss", "test_loss", "loss"),
@@ -15,10 +25,24 @@ PLOTTED = (
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
+    """Every record in ``path``. A torn last line (a crash or a full disk while appending)
+    is dropped with a warning; a bad line elsewhere is an error naming the file and line."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            if position == len(lines) - 1:
+                log.warning("%s: dropping its torn last line %d (%r)", path, number, line[:80])
+                break
+            raise ValueError(
+                f"{path} line {number} is not JSON ({error}); fix or delete that line"
+            ) from None
+    return records
 
 
 class MetricWriter:
@@ -36,16 +60,25 @@ class MetricWriter:
             f.writelines(json.dumps(m) + "\n" for m in kept)
         from tensorboardX import SummaryWriter
 
-        self._tensorboard = SummaryWriter(os.path.join(working_dir, "tensorboard"))
+        tensorboard_dir = os.path.join(working_dir, "tensorboard")
+        for old in glob.glob(os.path.join(tensorboard_dir, "events.out.tfevents.*")):
+            os.remove(old)  # derived from metrics.jsonl: rewritten below from the kept lines
+        self._tensorboard = SummaryWriter(tensorboard_dir)
+        for record in kept:
+            self._add_scalars(record)
+        self._tensorboard.flush()
+
+    def _add_scalars(self, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key not in ("epoch", "step") and isinstance(value, int | float):
+                self._tensorboard.add_scalar(key, value, record["step"])
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key not in ("epoch", "step") and isinstance(value, int | float):
-                self._tensorboard.add_scalar(key, value, record["step"])
+        self._add_scalars(record)
         self._tensorboard.flush()
 
     def close(self) -> None:

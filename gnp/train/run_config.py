@@ -1,0 +1,127 @@
+"""The config a run was trained with: ``config.json`` (the one in effect now) and
+``config_history.jsonl`` (one line per start, with what changed).
+
+Resuming with another config would mix two runs under one name (another α for
+the second half, another batch size under the same step count), so a resumed
+run must have the config it was started with. Two kinds of key are exempt:
+``BOOKKEEPING`` keys change where or how often things are written, not what is
+trained, and may always change; ``EXTENSIBLE`` keys change the run and are
+allowed only when named in ``--allow_config_change``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Collection
+from typing import Any
+
+BOOKKEEPING = frozenset(
+    {
+        "evaluate_every_n_epochs",
+        "save_ckpt_every_n_epochs",
+        "keep_checkpoints",
+        "log_every_n_steps",
+        "compute_top_5_error_rate",
+        "eval_batch_size",
+        "dataset.num_workers",
+        "dataset.data_dir",
+        "dataset.imagenet_train_dir",
+        "dataset.imagenet_val_dir",
+    }
+)
+# Extending total_epochs continues on the learning-rate schedule of the longer run (see
+# docs/training.md): the trained epochs stay as they were, the rest follow the new total.
+EXTENSIBLE = frozenset({"total_epochs"})
+
+
+class ConfigChanged(ValueError):
+    """The resolved config differs from the one the run in ``working_dir`` was trained with."""
+
+
+def plain(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The config as it reads back from JSON (tuples become lists), so that both compare."""
+    return json.loads(json.dumps(config_dict, default=str))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``key: (saved, current)`` for every key whose value differs. A key the saved config
+    lacks (added by a newer gnp) takes its current value and is not a difference."""
+    old, new = flatten(plain(saved)), flatten(plain(current))
+    return {k: (old[k], new.get(k)) for k in sorted(old) if k in new and old[k] != new[k]} | {
+        k: (old[k], None) for k in sorted(old) if k not in new
+    }
+
+
+def read_saved(working_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(working_dir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as error:
+        raise ConfigChanged(
+            f"{path} is not valid JSON ({error}); it records the config this run was trained "
+            "with: restore it, or train in another --working_dir"
+        ) from None
+
+
+def check_resume(
+    working_dir: str,
+    current: dict[str, Any],
+    *,
+    epochs_done: int,
+    allowed: Collection[str] = (),
+) -> dict[str, tuple[Any, Any]]:
+    """The changes to record (bookkeeping and allowed ones); raises ConfigChanged for any other,
+    naming each key and the way out."""
+    saved = read_saved(working_dir)
+    if saved is None:
+        return {}
+    changes = differences(saved, current)
+    accepted = BOOKKEEPING | (EXTENSIBLE & set(allowed))
+    refused = {k: v for k, v in changes.items() if k not in accepted}
+    if "total_epochs" in changes and current["total_epochs"] <= epochs_done:
+        refused["total_epochs"] = changes["total_epochs"]
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        extensible = sorted(set(refused) & EXTENSIBLE)
+        way_out = (
+            f", or allow it with --allow_config_change={','.join(extensible)} (the new "
+            f"total_epochs must exceed the {epochs_done} epochs trained)"
+            if extensible and len(extensible) == len(refused)
+            else ""
+        )
+        raise ConfigChanged(
+            f"{working_dir} was trained with another config ({listed}); to train with the new "
+            f"one use a new --working_dir, or drop the changed flags to resume{way_out}"
+        )
+    return changes
+
+
+def record(
+    working_dir: str, current: dict[str, Any], *, step: int, changes: dict[str, tuple[Any, Any]]
+) -> None:
+    """Writes ``config.json`` and appends this start to ``config_history.jsonl``."""
+    with open(os.path.join(working_dir, "config.json"), "w") as f:
+        json.dump(plain(current), f, indent=2)
+    entry = {
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "start_step": step,
+        "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
+        "config": plain(current),
+    }
+    with open(os.path.join(working_dir, "config_history.jsonl"), "a") as f:
+        f.write(json.dumps(entry) + "\n")

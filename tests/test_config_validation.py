@@ -1,0 +1,66 @@
+"""Every config value that cannot mean anything is refused up front, naming the key."""
+
+import math
+
+import pytest
+
+from gnp.configs import default
+from gnp.train.config import RANGES, validate_config
+
+
+def config_with(key, value):
+    config = default.get_config()
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("gnp.r", -0.05, r"gnp.r must be a finite number ≥ 0 \(.*\), got -0.05"),
+        ("gnp.alpha", -1.0, r"gnp.alpha must be a finite number ≥ 0 \(.*\), got -1.0"),
+        ("base_lr", -0.1, r"base_lr must be at least 0"),
+        ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\), got 1.0"),
+        ("label_smoothing", -0.1, r"label_smoothing must be in \[0, 1\)"),
+        ("l2_regularization", -5e-4, r"l2_regularization must be at least 0"),
+        ("dataset.cutout_size", -8, r"dataset.cutout_size must be at least 0, got -8"),
+        ("gradient_clipping", -1.0, r"gradient_clipping must be at least 0"),
+        ("gnp.eta", -0.01, r"gnp.eta must be a finite number ≥ 0"),
+        ("dataset.num_workers", -2, r"dataset.num_workers must be at least -1, got -2"),
+        ("dataset.image_size", -32, r"dataset.image_size must be at least 0"),
+        ("hybrid_config.p", 1.5, r"hybrid_config.p must be in \[0, 1\], got 1.5"),
+        ("dataset.label_noise", 2.0, r"dataset.label_noise must be in \[0, 1\]"),
+        ("batch_size", 0, r"batch_size must be at least 1"),
+        ("gnp.r", math.nan, r"gnp.r is nan; it must be a finite number"),
+        ("base_lr", math.inf, r"base_lr is inf; it must be a finite number"),
+        ("gnp.alpha", -math.inf, r"gnp.alpha is -inf"),
+        ("stepped_lr_boundaries", (0.3, math.nan), r"stepped_lr_boundaries is \(0.3, nan\)"),
+    ],
+)
+def test_meaningless_values_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        validate_config(config_with(key, value))
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("gnp.alpha", 1.5), ("gnp.r", 0.0), ("label_smoothing", 0.0), ("dataset.num_workers", -1)],
+)
+def test_values_at_the_edges_of_their_range_pass(key, value):
+    assert lookup(validate_config(config_with(key, value)), key) == value
+
+
+def lookup(config, key):
+    for part in key.split("."):
+        config = config[part]  # a KeyError for a key the config lacks
+    return config
+
+
+def test_every_ranged_key_exists_in_the_base_config():
+    config = default.get_config()
+    for key in RANGES:
+        lookup(config, key)
