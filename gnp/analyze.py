@@ -49,10 +49,10 @@ from ml_collections import config_flags
 from gnp import analysis
 from gnp.analysis.plots import clean_gradient_norm_key, json_ready
 from gnp.data import InputPipeline, build_input_pipeline
-from gnp.main import check_override_keys, normalize_argv
 from gnp.optim import l2_penalty
 from gnp.train.checkpoint import Checkpoints, NonFiniteError
 from gnp.train.config import validate_config
+from gnp.train.config_file import check_override_keys, normalize_argv
 from gnp.train.loop import build_model, train_and_evaluate
 from gnp.train.metrics import read_metrics
 from gnp.train.steps import RNG_STREAMS

@@ -14,8 +14,9 @@ from absl import flags
 from ml_collections import config_flags
 from test_data_sources import write_cifar, write_imagefolder
 
-from gnp import main
 from gnp.data import cifar
+from gnp.main import main
+from gnp.train.config_file import load_config_file, normalize_argv
 
 ROOT = pathlib.Path(__file__).parents[1]
 CONFIGS = sorted(
@@ -44,7 +45,7 @@ def point_at(config, data_dirs):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_dry_run_of_every_config(path, data_dirs, capsys):
-    config = point_at(main._load_config_file(str(path)), data_dirs)
+    config = point_at(load_config_file(str(path)), data_dirs)
     config.batch_size = 4  # the tiny data sets written here hold few images
     main.dry_run(config)
     out = capsys.readouterr().out
@@ -263,12 +264,12 @@ def released_argv(name: str, config_path: str, working_dir: str) -> list[str]:
     text = re.sub(r"\$\{?(\w+)\}?", lambda m: variables[m.group(1)], released_command(name))
     words = shlex.split(text.replace("\\\n", " "))
     assert words[:3] == ["python3", "-m", "gnp.main.main"]
-    return words[3:]
+    return words[3:]  # the interpreter and module are the test's (the module name unchanged)
 
 
 def resolve(argv: list[str]):
     """The config our command line builds from ``argv`` (its own flag parsing, in process)."""
-    argv = ["gnp-train", *main.normalize_argv(argv)]
+    argv = ["gnp-train", *normalize_argv(argv)]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
     flags.DEFINE_string("working_dir", None, "", flag_values=values)
@@ -361,17 +362,17 @@ def test_released_script_resolves_to_the_released_run_and_to_our_recipe(name, tm
     assert {k: fields[k] for k in expected} == expected
 
     # Our recipe file (what recipes/<name>.sh runs) trains the same.
-    recipe = main._load_config_file(str(ROOT / "gnp" / "configs" / f"{name.replace('-', '_')}.py"))
+    recipe = load_config_file(str(ROOT / "gnp" / "configs" / f"{name.replace('-', '_')}.py"))
     for key in TRAINING_KEYS:
         assert recipe[key] == config[key], key
     for section in ("opt", "gnp", "model", "dataset"):
         assert recipe[section].to_dict() == config[section].to_dict(), section
 
 
-def test_released_command_line_runs_unchanged_but_for_the_module_name(data_dirs, tmp_path):
+def test_released_command_line_runs_unchanged(data_dirs, tmp_path):
     # The released vit-cifar-basic line verbatim (spaced flag included), with our train_config.py
     # as TRAIN_CONFIG_DIR, plus --dry_run and the batch and data folder the tiny files here need.
-    # Only its module differs: `python3 -m gnp.main.main` there, `python -m gnp.main` here.
+    # Its module too: `python3 -m gnp.main.main`, with this interpreter.
     argv = released_argv(
         "vit-cifar-basic", str(ROOT / "gnp" / "configs" / "train_config.py"), str(tmp_path)
     )
@@ -383,7 +384,7 @@ def test_released_command_line_runs_unchanged_but_for_the_module_name(data_dirs,
         "--cutout_length=8",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "gnp.main", *argv, *extra],
+        [sys.executable, "-m", "gnp.main.main", *argv, *extra],
         cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         capture_output=True,
@@ -421,7 +422,7 @@ def test_imagenet_mixup_flag_turns_mixup_on_for_imagenet_only(data_dirs):
 def test_released_keys_without_meaning_are_accepted_with_a_notice(caplog):
     from gnp.train.config import validate_config
 
-    config = main._load_config_file(str(ROOT / "gnp" / "configs" / "train_config.py"))
+    config = load_config_file(str(ROOT / "gnp" / "configs" / "train_config.py"))
     config.model_folder = "/raid/zy/models"
     config.logging.basic_logger_level = "info"
     config.dataset.num_classes = 10
@@ -435,7 +436,7 @@ def test_released_keys_without_meaning_are_accepted_with_a_notice(caplog):
 def test_wrn_skip_option_is_refused_for_models_without_it():
     from gnp.train.config import validate_config
 
-    config = main._load_config_file(str(ROOT / "gnp" / "configs" / "vit_cifar_basic.py"))
+    config = load_config_file(str(ROOT / "gnp" / "configs" / "vit_cifar_basic.py"))
     config.use_additional_skip_connections_in_wrn = True
     with pytest.raises(ValueError, match="WideResNet models only"):
         validate_config(config)

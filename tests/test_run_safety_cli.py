@@ -1,7 +1,7 @@
 """The command line a user runs: every mistake or fault is one ``error:`` line, no traceback.
 
 Each case runs ``python -m gnp.main`` in a fresh process, except config-file errors:
-those are found before absl parses a flag, so ``gnp.main.run()`` is called in this process
+those are found before absl parses a flag, so ``gnp.main.main.run()`` is called in this process
 with the same argv.
 """
 
@@ -61,7 +61,7 @@ CONFIG_FILES = {
 
 @pytest.mark.parametrize("case", sorted(CONFIG_FILES))
 def test_a_broken_config_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case):
-    from gnp import main
+    from gnp.main import main
 
     source, message = CONFIG_FILES[case]
     path = tmp_path / "my config.py"  # a space in the path too
@@ -239,7 +239,7 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_p
     ],
 )
 def test_every_failure_is_one_line_with_an_exit_code(error, code, message):
-    from gnp.main import describe_failure
+    from gnp.main.main import describe_failure
 
     got_code, line = describe_failure(error)
     assert got_code == code and re.search(message, line) and "\n" not in line

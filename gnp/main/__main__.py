@@ -1,0 +1,5 @@
+"""``python -m gnp.main``: see ``gnp.main.main``."""
+
+from gnp.main.main import run
+
+run()
