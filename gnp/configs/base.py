@@ -74,6 +74,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dataset.num_workers = -1  # -1: from the CPU count
     config.dataset.strict = False  # fail on a corrupt image instead of skipping it
     config.dataset.label_noise = 0.0  # fraction of training labels flipped to another class
+    config.dataset.eval_split = "test"  # or "validation" (tuning; sources that have one)
+    config.dataset.mnist1d_train_size = 4000  # MNIST-1D split sizes and generator seed
+    config.dataset.mnist1d_validation_size = 2000
+    config.dataset.mnist1d_test_size = 20000
+    config.dataset.mnist1d_seed = 42
 
     # Model.
     config.model = ml_collections.ConfigDict()
