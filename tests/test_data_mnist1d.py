@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from gnp.configs.default import get_config
-from gnp.data import build_input_pipeline
-from gnp.data import mnist1d
+from gnp.data import build_input_pipeline, mnist1d
 from gnp.data.mnist1d import Mnist1dSizes
 
 SIZES = Mnist1dSizes(train=43, validation=21, test=35, seed=5)  # not multiples of 10
