@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -83,8 +84,14 @@ def _first_non_finite(step_metrics: list[dict[str, Any]]) -> tuple[int, str, flo
     return None
 
 
-def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
-    """Train (or resume) the run in ``working_dir``; returns the last epoch's metrics."""
+def train_and_evaluate(
+    config: Any, working_dir: str, on_step: Callable[[int, TrainState], None] | None = None
+) -> dict[str, Any]:
+    """Train (or resume) the run in ``working_dir``; returns the last epoch's metrics.
+
+    ``on_step(step, state)`` is called after each optimizer step with the new state, to
+    observe what the metrics do not hold (the study reads Adam's second moment from it).
+    """
     config = validate_config(config)
     os.makedirs(working_dir, exist_ok=True)
     is_chief = jax.process_index() == 0
@@ -189,6 +196,8 @@ def train_and_evaluate(config: Any, working_dir: str) -> dict[str, Any]:
                 gnp_steps += penalized
                 batch = shard_batch(next(train_iterator), mesh)
                 state, metrics = train_steps[penalized](state, batch["image"], batch["label"])
+                if on_step is not None:
+                    on_step(step, state)
                 step_metrics.append(metrics)
                 if (i + 1) % config.log_every_n_steps == 0:
                     latest = jax.device_get(metrics)
