@@ -460,27 +460,43 @@ def execute(spec: RunSpec, out: Path, scale: Scale) -> dict[str, Any]:
 
 
 class Progress:
-    """Runs done / total and an ETA from the seconds per unit of cost measured so far."""
+    """Runs done / total and an ETA: the seconds per unit of cost measured so far in each
+    part (a ViT epoch costs more than a CNN one) times that part's cost left; a part not
+    measured yet borrows the overall rate."""
 
     def __init__(self, runs: Sequence[RunSpec], out: Path) -> None:
         self.total = len(runs)
-        done = [spec for spec in runs if (spec.directory(out) / RUN_FILE).exists()]
-        self.done = len(done)
-        self.remaining_cost = sum(spec.cost for spec in runs) - sum(spec.cost for spec in done)
-        self.spent_cost = 0.0
-        self.started = time.perf_counter()
+        self.done = 0
+        self.remaining: dict[str, float] = {}
+        for spec in runs:
+            if (spec.directory(out) / RUN_FILE).exists():
+                self.done += 1
+            else:
+                self.remaining[spec.part] = self.remaining.get(spec.part, 0.0) + spec.cost
+        self.spent: dict[str, tuple[float, float]] = {}  # part → (seconds, cost)
+        self.last = time.perf_counter()
 
     def line(self) -> str:
         text = f"[{self.done}/{self.total} runs done]"
-        if self.spent_cost > 0:
-            rate = (time.perf_counter() - self.started) / self.spent_cost
-            text += f" ETA {format_duration(rate * self.remaining_cost)}"
+        if self.spent:
+            seconds = sum(s for s, _ in self.spent.values())
+            overall = seconds / sum(c for _, c in self.spent.values())
+            rate = {part: s / c for part, (s, c) in self.spent.items()}
+            left = sum(cost * rate.get(part, overall) for part, cost in self.remaining.items())
+            text += f" ETA {format_duration(left)}"
         return text
 
     def finished(self, spec: RunSpec) -> None:
+        now = time.perf_counter()
+        seconds, cost = self.spent.get(spec.part, (0.0, 0.0))
+        self.spent[spec.part] = (seconds + now - self.last, cost + spec.cost)
+        self.remaining[spec.part] -= spec.cost
         self.done += 1
-        self.spent_cost += spec.cost
-        self.remaining_cost -= spec.cost
+        self.last = now
+
+    def skipped(self) -> None:
+        """A run found finished after all (by another process): time since is not its cost."""
+        self.last = time.perf_counter()
 
 
 def format_duration(seconds: float) -> str:
@@ -502,6 +518,8 @@ def run_all(specs: Sequence[RunSpec], out: Path, scale: Scale, progress: Progres
         execute(spec, out, scale)
         if fresh:
             progress.finished(spec)
+        else:
+            progress.skipped()
 
 
 def choose_r(tuning: Sequence[dict[str, Any]]) -> dict[tuple[str, str], float]:
@@ -575,9 +593,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     scale = SCALES[args.mode]
     out = Path(args.out or f"runs/study_{args.mode}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # Seeds of one variant compile the same programs: keep them across runs.
-    jax.config.update("jax_compilation_cache_dir", str(out / ".jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Seeds of one variant compile the same programs: keep them across runs (unless the
+    # caller has a compilation cache of its own).
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(out / ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     parts = [args.only] if args.only else list(PARTS)
 
     def selected(specs: list[RunSpec]) -> list[RunSpec]:

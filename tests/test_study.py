@@ -217,6 +217,20 @@ def test_plan_sizes_and_progress_line(tmp_path):
     assert {s.config.model.model_name for s in vits} == {"ViT1D_32", "ViT1D_64"}
     no_warmup = [s for s in vits if s.variant.key == "gr_no_lr_warmup"]
     assert {s.config.warmup_epochs for s in no_warmup} == {0}
-    progress = study.Progress(finals[:3], tmp_path)
-    assert progress.line() == "[0/3 runs done]"
+    sgd, sam, adam, gr = finals[0], finals[10], vits[0], vits[4]
+    assert (sgd.variant.key, sam.variant.key, adam.variant.key, gr.variant.key) == (
+        "sgd",
+        "sam",
+        "adam",
+        "gr",
+    )
+    progress = study.Progress([sgd, sam, adam, gr], tmp_path)
+    assert progress.line() == "[0/4 runs done]"
+    progress.last -= 600  # SGD "took" 10 min for 60 units: 10 s per unit
+    progress.finished(sgd)
+    # Left: SAM 120 units, Adam 40 and GR 80 (ViT not measured: the overall 10 s) → 40 min.
+    assert progress.line() == "[1/4 runs done] ETA 40 min"
+    progress.last -= 800  # Adam "took" 800 s for 40 units: 20 s per unit in its part
+    progress.finished(adam)
+    assert progress.line() == "[2/4 runs done] ETA 47 min"  # 120 · 10 + 80 · 20 = 2,800 s
     assert study.format_duration(2.5 * 3600) == "2 h 30 min"
