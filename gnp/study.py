@@ -558,7 +558,33 @@ def planned_r(tuning: Sequence[RunSpec], out: Path, scale: Scale) -> Callable[[s
     return lambda group, key: chosen.get((group, key), default_r(scale))
 
 
+def select(specs: list[RunSpec], args: argparse.Namespace, sharded: bool = True) -> list:
+    """The runs ``--variants`` keeps (and this ``--shard`` takes), with ``--data_dir``."""
+    specs = [s for s in specs if not args.variants or s.variant.key in args.variants]
+    for spec in specs:
+        if args.data_dir:
+            spec.config.dataset.data_dir = args.data_dir
+    return specs[args.shard[0] :: args.shard[1]] if sharded else specs
+
+
+def wait_for(specs: Sequence[RunSpec], out: Path, poll_seconds: float = 10.0) -> None:
+    """Block until every run in ``specs`` has finished (in this or another ``--shard``)."""
+    waiting = [spec for spec in specs if not (spec.directory(out) / RUN_FILE).exists()]
+    if waiting:
+        print(f"waiting for {len(waiting)} tuning runs of the other shards", flush=True)
+    while any(not (spec.directory(out) / RUN_FILE).exists() for spec in waiting):
+        time.sleep(poll_seconds)
+
+
 # Command line.
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``K/N`` with 0 ≤ K < N."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--shard takes K/N with 0 <= K < N, got {text!r}")
+    return int(index), int(count)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -585,6 +611,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help=f"comma-separated variant keys to run (default: all): {', '.join(keys)}",
     )
+    parser.add_argument(
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        help="K/N: run every N-th run from the K-th (0-based), so that N processes share the "
+        "study (e.g. 0/2 and 1/2 on 2 cores); the finals wait for every shard's tuning runs",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.variants) - set(keys))
     if unknown:
@@ -605,18 +638,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     parts = [args.only] if args.only else list(PARTS)
 
-    def selected(specs: list[RunSpec]) -> list[RunSpec]:
-        """The runs ``--variants`` keeps, with ``--data_dir`` applied."""
-        specs = [s for s in specs if not args.variants or s.variant.key in args.variants]
-        for spec in specs:
-            if args.data_dir:
-                spec.config.dataset.data_dir = args.data_dir
-        return specs
-
-    tuning = selected(tuning_runs(scale)) if "icml2022" in parts else []
+    tuning = select(tuning_runs(scale), args) if "icml2022" in parts else []
+    all_tuning = select(tuning_runs(scale), args, sharded=False)
     planned = list(tuning)
     for part in parts:
-        planned += selected(final_runs(scale, part, planned_r(tuning, out, scale)))
+        planned += select(final_runs(scale, part, planned_r(all_tuning, out, scale)), args)
     progress = Progress(planned, out)
     print(f"{args.mode} study: {progress.total} runs in {out} ({progress.done} done before)")
     path = out / "results.json"
@@ -627,11 +653,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         if part == "icml2022":
             run_all(tuning, out, scale, progress)
+            wait_for(all_tuning, out)
         # The report covers every finished run of the part, not only this invocation's.
         tuned = finished_runs(tuning_runs(scale) if part == "icml2022" else [], out)
         chosen = choose_r(tuned)
         pick = lambda group, key, chosen=chosen: chosen.get((group, key), default_r(scale))
-        run_all(selected(final_runs(scale, part, pick)), out, scale, progress)
+        run_all(select(final_runs(scale, part, pick), args), out, scale, progress)
         finals = finished_runs(final_runs(scale, part, pick), out)
         results[part] = {
             "tuning": [strip(run) for run in tuned],

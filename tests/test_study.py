@@ -234,3 +234,23 @@ def test_plan_sizes_and_progress_line(tmp_path):
     progress.finished(adam)
     assert progress.line() == "[2/4 runs done] ETA 47 min"  # 120 · 10 + 80 · 20 = 2,800 s
     assert study.format_duration(2.5 * 3600) == "2 h 30 min"
+
+
+def test_shards_split_the_plan_and_variants_filter_it():
+    scale = study.SCALES["full"]
+    plan = study.tuning_runs(scale)
+    shards = [
+        study.select(plan, study.parse_args([f"--shard={k}/3", "--variants=sam,gnp_paper"]))
+        for k in range(3)
+    ]
+    everything = [spec.directory(study.Path("x")) for shard in shards for spec in shard]
+    assert len(everything) == len(set(everything)) == 2 * 2 * 4 * 2  # noise · variants · r · seeds
+    assert {spec.variant.key for shard in shards for spec in shard} == {"sam", "gnp_paper"}
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_bad_shard_is_a_one_line_error(capsys, text):
+    with pytest.raises(SystemExit):
+        study.parse_args([f"--shard={text}"])
+    assert "--shard takes K/N with 0 <= K < N" in capsys.readouterr().err
