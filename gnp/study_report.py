@@ -206,6 +206,30 @@ def plot_contrasts(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def plot_test_errors(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+    """Test error per variant and group: each seed a point, the mean with its 95 % CI."""
+    runs = results["runs"]
+    groups = _groups(runs)
+    figure = Figure(figsize=(5 * len(groups), 0.4 * len(labels) + 1.5), layout="constrained")
+    for axes, group in zip(np.atleast_1d(figure.subplots(1, len(groups))), groups, strict=True):
+        for index, key in enumerate(labels):
+            errors = 100 * np.asarray(
+                [run["error_rate"] for run in by_seed(runs, group, key).values()]
+            )
+            if not len(errors):
+                continue
+            axes.scatter(errors, np.full(len(errors), index), s=12, color="0.5", zorder=2)
+            axes.plot(errors.mean(), index, "kD", ms=5, zorder=3)
+            if len(errors) > 1:
+                axes.plot(statistics.t_interval(errors), [index, index], "k-", lw=2)
+        axes.set_yticks(range(len(labels)), list(labels.values()))
+        axes.invert_yaxis()
+        axes.set_title(group)
+        axes.set_xlabel("test error (%): seeds (grey), mean and 95 % CI (black)")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
 def plot_gradient_norms(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
     """Figure 3 of the 2022 paper, both ways: the clean ‖g1‖ and the combined gradient's norm
     per epoch, per variant, mean over the final seeds with a 95 % band."""
@@ -275,6 +299,7 @@ def write_report(
             continue
         sections.append(f"## {part}\n\n{variant_table(results[part], labels[part])}\n")
         report["correlations"][part] = correlations(results[part])
+        figures.append(plot_test_errors(results[part], labels[part], out / f"{part}_errors.png"))
         if part == "icml2022":
             report["gate"] = gate(results[part])
             figures.append(

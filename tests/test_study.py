@@ -35,6 +35,9 @@ def smoke_2022(tmp_path_factory):
 def test_numbers_come_from_the_runs(smoke_2022):
     out, results = smoke_2022
     assert json.loads((out / "results.json").read_text()) == results
+    figures = {"icml2022_errors.png", "icml2022_gradient_norms.png"}
+    assert {path.rsplit("/", 1)[-1] for path in results["figures"]} == figures
+    assert all((out / name).stat().st_size > 0 for name in figures)
     runs = results["icml2022"]["runs"]
     assert [(run["variant"], run["group"], run["seed"]) for run in runs] == [
         ("sgd", "noise0.3", 0),
