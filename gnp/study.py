@@ -125,7 +125,8 @@ SCALES = {
         trace_probes=2,
     ),
 }
-# Every step of the full study on less: one noise level, two r values, two and one seeds.
+# Every step of the full study on less (about 25 min of CPU): one noise level, two r values,
+# two seeds (2022), one seed and width (2024); its runs are configured as the full study's.
 SCALES["pilot"] = dataclasses.replace(
     SCALES["full"],
     label_noise=(0.3,),
@@ -133,6 +134,7 @@ SCALES["pilot"] = dataclasses.replace(
     tune_seeds=(100,),
     seeds_2022=(0, 1),
     seeds_2024=(0,),
+    widths=(32,),
 )
 
 
