@@ -600,8 +600,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mode",
         choices=sorted(SCALES),
         default="full",
-        help="full: the study (about 2.5 h on 2 cores); pilot: every step with fewer seeds and "
-        "r values (about 30 min); smoke: the digits set, a 2-minute check of the machinery",
+        help="full: the study (estimated 4 h of CPU: run two --shard processes on 2 cores); "
+        "pilot: every step on fewer runs (about 25 min of CPU); smoke: the digits set, a "
+        "2-minute check of the machinery",
     )
     parser.add_argument("--out", default="", help="output folder (default: runs/study_<mode>)")
     parser.add_argument("--only", choices=PARTS, help="run one part only")
