@@ -1,17 +1,29 @@
-"""The reproduction study of issue 7 at CPU scale: both papers' main claims on the digits set.
+"""The reproduction study on MNIST-1D: both papers' claims, with declared paired contrasts.
 
-    python -m gnp.study [--seeds=3] [--epochs=N] [--out=runs/study] [--only=icml2022|icml2024]
+    python -m gnp.study --mode=full  [--out=runs/study] [--only=icml2022|icml2024]
+    python -m gnp.study --mode=pilot [--out=runs/pilot]    # every step, fewer seeds and r
+    python -m gnp.study --mode=smoke [--out=runs/smoke]    # digits, a 2-minute check
 
-ICML 2022 (SmallCNN, SGD-momentum): plain training (α = 0) against SAM (α = 1), GNP (α = 0.8)
-and a small α sweep, on clean labels and with 20 % of the training labels flipped.
-ICML 2024 (a 4-block ViT, AdamW with a learning-rate warmup): Adam against Adam + GR, and GR
-with each warmup strategy (r, λ, zero), with Adam's second moment ν read from a checkpoint
-after every early epoch, since the paper blames GR for inflating ν during the warmup.
+ICML 2022 (CNN1D_32 with BatchNorm, SGD-momentum, 0 % and 30 % flipped labels): SGD, SAM,
+GNP α = 0.8 with the paper's formula, GNP α = 0.8 normalized as the released code mixes it,
+and GNP α = 0.5. Each variant's r is chosen on the validation split from ``r_grid`` (mean
+over the tuning seeds, which are not the final seeds), then the final seeds train at that r
+and are evaluated once on the test split.
 
-Every run is a plain ``train_and_evaluate`` in ``OUT/<part>/<variant>/seed<k>``, so a
-re-run skips finished runs and resumes interrupted ones. ``OUT/results.json`` and
-``OUT/results.md`` hold the tables (mean ± std over seeds), the PNGs the curves. See
-``docs/reproduction.md`` for the numbers and what they do and do not show.
+ICML 2024 (ViT1D of width 32 and 64, AdamW with learning-rate warmup, α = 1, r = 0.1):
+Adam, GR from step 0, GR with r-, λ- and zero-warmup, and Adam and GR without the
+learning-rate warmup. For the first 300 steps the mean and coefficient of variation of
+Adam's √ν̂ and of its per-parameter step size lr/(√ν̂ + ε) are recorded.
+
+Every final run is measured at its final checkpoint: train error on the flipped and the
+clean labels, the whole-training-set ‖∇L‖, the top Hessian eigenvalue and the Hutchinson
+trace (the same probes for every run, so trace differences have a paired standard error).
+The declared contrasts (``DECLARED``) get a paired difference of test error with a 95 % t
+interval and an exact sign test, Holm-corrected over the family.
+
+A run lives in ``OUT/<part>/<stage>/<group>/<variant>/r<r>/seed<k>``; it is finished when its
+``study_run.json`` exists, and a re-run skips it, so the study resumes part by part.
+``OUT/results.json``, ``OUT/results.md`` and the PNGs are rewritten after every part.
 """
 
 from __future__ import annotations
@@ -19,464 +31,658 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from matplotlib.figure import Figure
 
 from gnp import analysis
-from gnp.analysis.plots import json_ready, plot_alpha_sweep
+from gnp.analysis.plots import json_ready
 from gnp.analyze import load_run, params_loss, split_batches
-from gnp.configs.default import get_config as digits_config
-from gnp.train.checkpoint import Checkpoints
+from gnp.configs.default import get_config as default_config
+from gnp.data import build_input_pipeline
+from gnp.data.label_noise import RelabeledSplit
+from gnp.optim import learning_rate_schedule
+from gnp.study_report import write_report
 from gnp.train.loop import train_and_evaluate
+from gnp.train.metrics import read_metrics
+from gnp.train.steps import TrainState
 
 PARTS = ("icml2022", "icml2024")
-DEFAULT_EPOCHS = {"icml2022": 20, "icml2024": 20}
-LABEL_NOISE = (0.0, 0.2)
-# A ViT small enough for 8×8 digits on CPU: 2×2 patches give 16 tokens and a class token.
-SMALL_VIT = {"hidden_size": 64, "depth": 4, "num_heads": 4, "mlp_dim": 128, "patch_size": 2}
-WARMUP_FRACTION = 0.3  # of the ViT run, as learning-rate (and GR) warmup
-REPORTED = ("test_error_rate", "gradient_norm", "train_loss", "train_error_rate")
-# Where a part measures them: ‖∇L‖ of the final checkpoint (ICML 2022); test error when the
-# warmup ends and Adam's √ν̂ after the first epoch, where the paper sees GR do its harm (2024).
-MEASURED = ("full_gradient_norm", "warmup_test_error_rate", "first_epoch_mean_sqrt_nu")
+RUN_FILE = "study_run.json"
+ADAM_STEPS = 300  # steps whose Adam second-moment statistics are recorded
+TRACE_KEY = 0  # one probe key for every run: trace estimates of two runs are paired
+# The Hessian's 30 products over all 4,000 MNIST-1D signals would cost as much as training a
+# run; the first eval batch (1,000 signals, the same for every run) is what they see.
+HESSIAN_BATCHES = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """How much of the study to run: seeds, r grid, epochs, data, models."""
+
+    dataset: str
+    model_2022: str
+    epochs_2022: int
+    epochs_2024: int
+    warmup_2024: int
+    label_noise: tuple[float, ...]
+    r_grid: tuple[float, ...]
+    tune_seeds: tuple[int, ...]
+    seeds_2022: tuple[int, ...]
+    seeds_2024: tuple[int, ...]
+    widths: tuple[int, ...]
+    lanczos_iterations: int
+    trace_probes: int
+
+    def vit(self, width: int) -> tuple[str, dict[str, Any]]:
+        """The 2024 part's model name and ``model_params`` at ``width``."""
+        if self.dataset == "mnist1d":
+            return f"ViT1D_{width}", {}
+        # 8×8 digits: 2×2 patches, two blocks; only a smoke test.
+        params = {"hidden_size": width, "depth": 2, "num_heads": 2, "mlp_dim": 2 * width}
+        return "ViT_TI16", params | {"patch_size": 2}
+
+
+SCALES = {
+    "full": Scale(
+        dataset="mnist1d",
+        # CNN1D_32 does not memorize 30 % flipped labels in 60 epochs (35 % of them still
+        # wrong); CNN1D_64 does (0 %), for the cost of CNN1D_32 in 100 (docs/reproduction.md).
+        model_2022="CNN1D_64",
+        epochs_2022=60,
+        epochs_2024=40,
+        warmup_2024=8,
+        label_noise=(0.0, 0.3),
+        r_grid=(0.02, 0.05, 0.1, 0.2),
+        tune_seeds=(100, 101),
+        seeds_2022=tuple(range(10)),
+        seeds_2024=tuple(range(4)),
+        widths=(32, 64),
+        lanczos_iterations=20,
+        trace_probes=10,
+    ),
+    "smoke": Scale(
+        dataset="digits",
+        model_2022="SmallCNN",
+        epochs_2022=2,
+        epochs_2024=2,
+        warmup_2024=1,
+        label_noise=(0.3,),
+        r_grid=(0.05,),
+        tune_seeds=(100,),
+        seeds_2022=(0,),
+        seeds_2024=(0,),
+        widths=(16,),
+        lanczos_iterations=5,
+        trace_probes=2,
+    ),
+}
+# Every step of the full study on less (about 25 min of CPU): one noise level, two r values,
+# two seeds (2022), one seed and width (2024); its runs are configured as the full study's.
+SCALES["pilot"] = dataclasses.replace(
+    SCALES["full"],
+    label_noise=(0.3,),
+    r_grid=(0.05, 0.1),
+    tune_seeds=(100,),
+    seeds_2022=(0, 1),
+    seeds_2024=(0,),
+    widths=(32,),
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One training setting; ``key`` names its directory, ``label`` its row in the tables."""
+    """One training setting of a part; ``tuned`` variants get their r from the validation."""
 
-    part: str
     key: str
     label: str
     overrides: dict[str, Any]
+    tuned: bool = False
 
 
-def icml2022_variants() -> list[Variant]:
-    """α = 0 (plain SGD-momentum), 0.5, 0.8 (GNP), 0.9, 1 (SAM) at r = 0.05, clean and noisy."""
-    names = {0.0: "SGD", 0.5: "GNP α=0.5", 0.8: "GNP α=0.8", 0.9: "GNP α=0.9", 1.0: "SAM"}
-    return [
-        Variant(
-            part="icml2022",
-            key=f"noise{noise:g}_alpha{alpha:g}",
-            label=name,
-            overrides={"gnp.alpha": alpha, "dataset.label_noise": noise},
-        )
-        for noise in LABEL_NOISE
-        for alpha, name in names.items()
-    ]
+ICML2022_VARIANTS = (
+    Variant("sgd", "SGD", {"gnp.alpha": 0.0}),
+    Variant("sam", "SAM", {"gnp.alpha": 1.0}, tuned=True),
+    Variant("gnp_paper", "GNP α=0.8 (paper)", {"gnp.alpha": 0.8}, tuned=True),
+    Variant(
+        "gnp_released",
+        "GNP α=0.8 (released, normalized)",
+        {"gnp.alpha": 0.8, "gnp.norm_perturbations": True},
+        tuned=True,
+    ),
+    Variant("gnp_alpha0.5", "GNP α=0.5 (paper)", {"gnp.alpha": 0.5}, tuned=True),
+)
+ICML2024_VARIANTS = (
+    Variant("adam", "Adam", {"gnp.alpha": 0.0}),
+    Variant("gr", "GR", {}),
+    Variant("gr_warmup_r", "GR, r-warmup", {"gr_warmup_strategy": "r"}),
+    Variant("gr_warmup_lambda", "GR, λ-warmup", {"gr_warmup_strategy": "lambda"}),
+    Variant("gr_warmup_zero", "GR, zero-warmup", {"gr_warmup_strategy": "zero"}),
+    Variant("adam_no_lr_warmup", "Adam, no lr warmup", {"gnp.alpha": 0.0, "warmup_epochs": 0}),
+    Variant("gr_no_lr_warmup", "GR, no lr warmup", {"warmup_epochs": 0}),
+)
 
 
-def icml2024_variants() -> list[Variant]:
-    """Adam, Adam + GR from the first step, and GR with each of the paper's three warmups."""
-    settings = {
-        "adam": ("Adam", {"gnp.alpha": 0.0}),
-        "gr": ("Adam+GR", {"gr_warmup_strategy": "none"}),
-        "gr_warmup_r": ("Adam+GR, r warmup", {"gr_warmup_strategy": "r"}),
-        "gr_warmup_lambda": ("Adam+GR, λ warmup", {"gr_warmup_strategy": "lambda"}),
-        "gr_warmup_zero": ("Adam+GR, zero warmup", {"gr_warmup_strategy": "zero"}),
-    }
-    return [
-        Variant(part="icml2024", key=key, label=label, overrides=overrides)
-        for key, (label, overrides) in settings.items()
-    ]
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+    """A declared comparison: test error of ``a`` minus ``b``, paired by seed, in one group."""
+
+    part: str
+    a: str
+    b: str
 
 
-def icml2022_config(epochs: int) -> ml_collections.ConfigDict:
-    """The default digits run (SmallCNN, momentum 0.9, lr 0.1, cosine, r = 0.05), shortened."""
-    config = digits_config()
+# Declared before any run: every group (label-noise level, width) of its part gets each.
+DECLARED = (
+    Contrast("icml2022", "gnp_paper", "sam"),
+    Contrast("icml2022", "gnp_paper", "sgd"),
+    Contrast("icml2022", "gnp_released", "sam"),
+    Contrast("icml2022", "gnp_released", "sgd"),
+    Contrast("icml2024", "gr", "adam"),
+    Contrast("icml2024", "gr_warmup_zero", "gr"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run: where it lives and the config it trains."""
+
+    part: str
+    stage: str  # "tune" (evaluated on validation) or "final" (on test)
+    group: str  # "noise0.3", "width64"
+    variant: Variant
+    r: float
+    seed: int
+    config: Any
+    cost: float  # relative compute: epochs × (2 for a penalized run, 1 for plain)
+
+    def directory(self, out: Path) -> Path:
+        path = out / self.part / self.stage / self.group / self.variant.key
+        return path / f"r{self.r:g}" / f"seed{self.seed}"
+
+
+# Configs.
+
+
+def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+
+
+def base_config(scale: Scale, epochs: int) -> ml_collections.ConfigDict:
+    """The default run (SGD-momentum 0.9, lr 0.1 cosine, L2 5e-4, batch 128) on the scale's
+    data, evaluated and checkpointed only at the end (the study reads nothing in between)."""
+    config = default_config()
+    config.dataset.dataset_name = scale.dataset
     config.total_epochs = epochs
     config.warmup_epochs = min(config.warmup_epochs, epochs)
-    config.evaluate_every_n_epochs = 1
+    config.evaluate_every_n_epochs = epochs
     config.save_ckpt_every_n_epochs = epochs
     config.keep_checkpoints = 1
+    config.eval_batch_size = 1000
+    config.log_every_n_steps = 1000
     return config
 
 
-def icml2024_config(epochs: int) -> ml_collections.ConfigDict:
-    """A small ViT with AdamW and a warmup of 30 % of the run; GR as the released ViT
-    GR-warmup recipe sets it (α = 1). A checkpoint every epoch keeps Adam's ν readable."""
-    config = digits_config()
-    config.model.model_name = "ViT_TI16"
-    config.model.model_params = ml_collections.ConfigDict(SMALL_VIT)
+def icml2022_config(scale: Scale) -> ml_collections.ConfigDict:
+    config = base_config(scale, scale.epochs_2022)
+    config.model.model_name = scale.model_2022
+    return config
+
+
+def icml2024_config(scale: Scale, width: int) -> ml_collections.ConfigDict:
+    """AdamW (weight decay 0.05, lr 1e-3) after a linear warmup; GR α = 1, r = 0.1."""
+    config = base_config(scale, scale.epochs_2024)
+    config.model.model_name, params = scale.vit(width)
+    config.model.model_params = ml_collections.ConfigDict(params)
     config.opt.opt_type = "Adam"
     config.opt.opt_params.weight_decay = 0.05
     config.l2_regularization = 0.0
-    config.base_lr = 2e-3
-    config.batch_size = 64
-    config.total_epochs = epochs
-    config.warmup_epochs = round(WARMUP_FRACTION * epochs)
-    config.gnp.r = 0.05
+    config.base_lr = 1e-3
+    config.warmup_epochs = scale.warmup_2024
     config.gnp.alpha = 1.0
-    config.evaluate_every_n_epochs = 1
-    config.save_ckpt_every_n_epochs = 1
-    config.keep_checkpoints = epochs + 1
+    config.gnp.r = 0.1
     return config
 
 
-def configure(base: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int) -> Any:
-    """``base`` with dotted-key overrides and the seed for data order, noise and init."""
+def make_run(
+    part: str, stage: str, group: str, variant: Variant, r: float, seed: int, base: Any
+) -> RunSpec:
     config = base.copy_and_resolve_references()
-    for dotted, value in {**overrides, "seeds": seed, "init_seeds": seed}.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    overrides = {**variant.overrides, "gnp.r": r, "seeds": seed, "init_seeds": seed}
+    overrides["use_test_set"] = stage != "tune"  # tuning runs never see the test set
+    for dotted, value in overrides.items():
+        set_key(config, dotted, value)
+    penalized = config.gnp.alpha > 0 and r > 0
+    cost = config.total_epochs * (2.0 if penalized else 1.0)
+    return RunSpec(part, stage, group, variant, r, seed, config, cost)
 
 
-def read_metrics(working_dir: Path) -> list[dict[str, Any]]:
-    """Every epoch line of a run's ``metrics.jsonl`` (the last line per epoch wins)."""
-    by_epoch: dict[int, dict[str, Any]] = {}
-    with open(working_dir / "metrics.jsonl") as lines:
-        for line in lines:
-            row = json.loads(line)
-            by_epoch[row["epoch"]] = row
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+def icml2022_groups(scale: Scale) -> dict[str, Any]:
+    groups = {}
+    for noise in scale.label_noise:
+        config = icml2022_config(scale)
+        config.dataset.label_noise = noise
+        groups[f"noise{noise:g}"] = config
+    return groups
 
 
-def _adam_state(tree: Any) -> dict[str, Any] | None:
-    """The ``{count, mu, nu}`` node of a restored optax state (its place depends on the chain)."""
-    if isinstance(tree, dict):
-        if {"count", "mu", "nu"} <= tree.keys():
-            return tree
-        children = tree.values()
-    elif isinstance(tree, list | tuple):
-        children = tree
-    else:
-        return None
-    for child in children:
-        found = _adam_state(child)
-        if found is not None:
-            return found
-    return None
-
-
-def second_moment(working_dir: Path, beta2: float, last_epoch: int) -> list[dict[str, float]]:
-    """Mean √ν̂ over all parameters (ν̂ bias-corrected) at the end of each epoch ≤ last_epoch.
-
-    The effective Adam step is lr / (√ν̂ + ε): a larger √ν̂ in the warmup means smaller
-    steps. Cached in ``second_moment.json`` so that a re-run does not reread checkpoints.
-    """
-    cache = working_dir / "second_moment.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    epochs = {row["step"]: row["epoch"] for row in read_metrics(working_dir)}
-    rows = []
-    checkpoints = Checkpoints(str(working_dir / "checkpoints"), read_only=True)
-    for step in checkpoints.all_steps():
-        if epochs.get(step, math.inf) > last_epoch:
-            continue
-        adam = _adam_state(checkpoints.load(step)[0]["opt_state"])
-        if adam is None:
-            raise ValueError(f"no Adam state in the checkpoint at step {step} of {working_dir}")
-        correction = 1.0 - beta2 ** int(np.asarray(adam["count"]))
-        leaves = [np.sqrt(np.asarray(v) / correction).ravel() for v in jax.tree.leaves(adam["nu"])]
-        rows.append({"epoch": epochs[step], "mean_sqrt_nu": float(np.concatenate(leaves).mean())})
-    checkpoints.close()
-    cache.write_text(json.dumps(rows, indent=1) + "\n")
-    return rows
-
-
-def full_train_gradient_norm(working_dir: Path) -> float:
-    """‖∇L(θ)‖ of the final checkpoint over the whole (possibly noisy) training set.
-
-    The logged ``gradient_norm`` is a mean of mini-batch norms, mostly sampling noise once
-    training has converged; this is the training objective's own gradient (cross-entropy +
-    L2, BatchNorm in inference mode: ``gnp-analyze gradient-norm``). Cached like ν.
-    """
-    cache = working_dir / "full_gradient_norm.json"
-    if not cache.exists():
-        run = load_run(working_dir)
-        batches = split_batches(run.pipeline, "train", None)
-        result = analysis.full_gradient_norm(params_loss(run), run.params, batches)
-        cache.write_text(json.dumps({"norm": result.norm, "loss": result.loss}) + "\n")
-    return json.loads(cache.read_text())["norm"]
-
-
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for one seed) of a metric over seeds."""
-    array = np.asarray(values, dtype=np.float64)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
-    return {"mean": float(array.mean()), "std": std, "n": len(array)}
-
-
-def mean_curve(curves: Sequence[Sequence[dict[str, Any]]], keys: Sequence[str]) -> list[dict]:
-    """Per-epoch means over seeds of ``keys`` (epochs every seed has)."""
-    epochs = sorted(set.intersection(*(set(row["epoch"] for row in rows) for rows in curves)))
-    by_seed = [{row["epoch"]: row for row in rows} for rows in curves]
+def tuning_runs(scale: Scale) -> list[RunSpec]:
     return [
-        {"epoch": epoch}
-        | {
-            key: float(np.mean([rows[epoch][key] for rows in by_seed]))
-            for key in keys
-            if all(key in rows[epoch] for rows in by_seed)
-        }
-        for epoch in epochs
+        make_run("icml2022", "tune", group, variant, r, seed, base)
+        for group, base in icml2022_groups(scale).items()
+        for variant in ICML2022_VARIANTS
+        if variant.tuned and len(scale.r_grid) > 1
+        for r in scale.r_grid
+        for seed in scale.tune_seeds
     ]
 
 
-def measurements(config: Any, working_dir: Path, rows: Sequence[dict]) -> dict[str, Any]:
-    """What each part looks at beyond metrics.jsonl's last line (``MEASURED``).
+def final_runs(scale: Scale, part: str, chosen_r: Callable[[str, str], float]) -> list[RunSpec]:
+    """The final runs of ``part``; ``chosen_r(group, variant key)`` is the tuned r."""
+    if part == "icml2022":
+        return [
+            make_run("icml2022", "final", group, variant, chosen_r(group, variant.key), seed, base)
+            for group, base in icml2022_groups(scale).items()
+            for variant in ICML2022_VARIANTS
+            for seed in scale.seeds_2022
+        ]
+    return [
+        make_run("icml2024", "final", f"width{width}", variant, 0.1, seed, base)
+        for width in scale.widths
+        for base in [icml2024_config(scale, width)]
+        for variant in ICML2024_VARIANTS
+        for seed in scale.seeds_2024
+    ]
 
-    Adam runs (ICML 2024): √ν̂ over the warmup and as many epochs after it, and the test
-    error when the warmup ends. Others (ICML 2022): ‖∇L‖ of the final checkpoint.
-    """
-    if config.opt.opt_type != "Adam":
-        return {"full_gradient_norm": full_train_gradient_norm(working_dir)}
+
+# Measurements: Adam's state while training, the final checkpoint after.
+
+
+def adam_moments(config: Any) -> Callable[[TrainState], dict[str, jax.Array]]:
+    """Mean and coefficient of variation over all parameters of Adam's √ν̂ (ν bias-corrected)
+    and of the per-parameter step size lr/(√ν̂ + ε), read from the optax AdamW state."""
     beta2 = config.opt.opt_params.beta2 or 0.999
-    moments = second_moment(working_dir, beta2, max(2 * config.warmup_epochs, 1))
-    result = {"second_moment": moments, "first_epoch_mean_sqrt_nu": moments[0]["mean_sqrt_nu"]}
-    for row in rows:
-        if row["epoch"] == config.warmup_epochs:
-            result["warmup_test_error_rate"] = row["test_error_rate"]
+    epsilon = config.opt.opt_params.epsilon or 1e-8
+
+    def find_adam(tree: Any) -> Any:
+        nodes = jax.tree.leaves(tree, is_leaf=lambda node: hasattr(node, "nu"))
+        return next(node for node in nodes if hasattr(node, "nu"))
+
+    @jax.jit
+    def moments(state: TrainState, learning_rate: jax.Array) -> dict[str, jax.Array]:
+        adam = find_adam(state.opt_state)
+        nu = jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(adam.nu)])
+        sqrt_nu = jnp.sqrt(nu / (1.0 - beta2 ** adam.count.astype(jnp.float32)))
+        step_size = learning_rate / (sqrt_nu + epsilon)
+        stats = {}
+        for name, values in (("sqrt_nu", sqrt_nu), ("step_size", step_size)):
+            stats[f"mean_{name}"] = jnp.mean(values)
+            stats[f"cv_{name}"] = jnp.std(values) / jnp.mean(values)
+        return stats
+
+    return moments
+
+
+def train_with_adam_trace(spec: RunSpec, directory: Path) -> list[dict[str, float]] | None:
+    """Train the run; for an Adam run, the moments after each of its first ``ADAM_STEPS``."""
+    if spec.config.opt.opt_type != "Adam":
+        train_and_evaluate(spec.config, str(directory))
+        return None
+    steps_per_epoch = build_input_pipeline(spec.config).steps_per_epoch
+    schedule = learning_rate_schedule(spec.config, steps_per_epoch)
+    moments, trace = adam_moments(spec.config), []
+
+    def on_step(step: int, state: TrainState) -> None:
+        if step < ADAM_STEPS:
+            # Adam's update at ``step`` used the learning rate of that step.
+            stats = jax.device_get(moments(state, schedule(step)))
+            trace.append({"step": step + 1} | {k: float(v) for k, v in stats.items()})
+
+    train_and_evaluate(spec.config, str(directory), on_step=on_step)
+    return trace
+
+
+def train_errors(run: Any) -> dict[str, float]:
+    """Train error (eval mode) against the labels trained on, the flipped ones and the clean."""
+    source = run.pipeline.source
+    clean = source.train.split.labels if isinstance(source.train, RelabeledSplit) else None
+    variables = {"params": run.params}
+    if run.variables["batch_stats"]:
+        variables["batch_stats"] = run.variables["batch_stats"]
+    predict = jax.jit(
+        lambda images: jnp.argmax(run.model.apply(variables, images, train=False), -1)
+    )
+    predictions = []
+    for batch in split_batches(run.pipeline, "train", None):
+        predictions.append(np.asarray(predict(batch["image"]))[np.asarray(batch["mask"])])
+    predicted = np.concatenate(predictions)
+    trained_on = np.asarray(source.train.labels)
+    result = {"train_error_rate_eval": float((predicted != trained_on).mean())}
+    if clean is not None:
+        flipped = trained_on != clean
+        result["flipped_train_error_rate"] = float(
+            (predicted[flipped] != trained_on[flipped]).mean()
+        )
+        result["unflipped_train_error_rate"] = float(
+            (predicted[~flipped] != trained_on[~flipped]).mean()
+        )
     return result
 
 
-def run_variant(variant: Variant, base: Any, seeds: Sequence[int], out: Path) -> dict[str, Any]:
-    """Train (or skip, if finished) every seed of ``variant``; its numbers from metrics.jsonl."""
-    runs, curves = [], []
-    for seed in seeds:
-        working_dir = out / variant.part / variant.key / f"seed{seed}"
-        print(f"== {variant.part} {variant.label} ({variant.key}) seed {seed}: {working_dir}")
-        config = configure(base, variant.overrides, seed)
-        train_and_evaluate(config, str(working_dir))
-        rows = read_metrics(working_dir)
-        final = rows[-1]
-        run = {"seed": seed, "working_dir": str(working_dir), "epoch": final["epoch"]}
-        run |= {key: final[key] for key in REPORTED}
-        runs.append(run | measurements(config, working_dir, rows))
-        curves.append(rows)
-    keys = ("test_error_rate", "gradient_norm", "train_loss", "update_norm", "learning_rate")
-    summary = {
-        "key": variant.key,
-        "label": variant.label,
-        "overrides": variant.overrides,
-        "runs": runs,
-        "curve": mean_curve(curves, keys),
+def curvature(run: Any, scale: Scale) -> dict[str, Any]:
+    """‖∇L‖ over the whole training set, λ₁ and tr H over its first ``HESSIAN_BATCHES``
+    evaluation batches, of the training objective (labels as trained on; BatchNorm in
+    inference mode), as ``gnp-analyze`` measures them."""
+    loss, batches = params_loss(run), split_batches(run.pipeline, "train", None)
+    norm = analysis.full_gradient_norm(loss, run.params, batches)
+    operator = analysis.hessian_operator(loss, run.params, batches[:HESSIAN_BATCHES])
+    top = analysis.top_eigenvalues(
+        operator, 1, key=jax.random.key(1), num_iterations=scale.lanczos_iterations
+    )
+    trace = analysis.hessian_trace(
+        operator, key=jax.random.key(TRACE_KEY), num_probes=scale.trace_probes
+    )
+    return {
+        "full_gradient_norm": norm.norm,
+        "top_eigenvalue": float(top.eigenvalues[0]),
+        "trace": trace.mean,
+        "trace_standard_error": trace.standard_error,
+        "trace_samples": trace.samples.tolist(),
     }
-    summary |= {
-        key: mean_std([run[key] for run in runs])
-        for key in (*REPORTED, *MEASURED)
-        if key in runs[0]
-    }
-    if "second_moment" in runs[0]:
-        summary["second_moment"] = mean_curve(
-            [run["second_moment"] for run in runs], ["mean_sqrt_nu"]
-        )
-    return summary
 
 
-def add_paired_differences(variants: Sequence[dict[str, Any]], group: str | None) -> None:
-    """Each variant's test error minus that of the first variant of its group, seed by seed.
+def epoch_curve(directory: Path) -> list[dict[str, float]]:
+    """Per epoch: the clean mini-batch ‖g1‖ and the combined gradient's norm.
 
-    A seed fixes the initialization, the data order and the flipped labels, so runs of one
-    seed are paired; their difference is far less noisy than a difference of means, whose
-    seed spread (a few of 360 test images) exceeds the effects looked for. ``group`` is the
-    override that splits the variants into groups (None: one group).
+    ``clean_gradient_norm`` is ‖g1‖ and ``gradient_norm`` the combined (clipped) gradient's
+    norm, as the released trainer logs it. A trainer older than that split logs ‖g1‖ as
+    ``gradient_norm`` only: then ‖g1‖ is read from it and the combined norm is absent.
     """
-    baselines: dict[Any, dict[str, Any]] = {}
-    for variant in variants:
-        baseline = baselines.setdefault(variant["overrides"].get(group), variant)
-        reference = {run["seed"]: run["test_error_rate"] for run in baseline["runs"]}
-        differences = [
-            run["test_error_rate"] - reference[run["seed"]]
-            for run in variant["runs"]
-            if run["seed"] in reference
-        ]
-        variant["paired_delta_test_error_rate"] = mean_std(differences) | {
-            "baseline": baseline["label"]
-        }
-
-
-def _percent(stats: dict[str, float]) -> str:
-    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
-
-
-def _delta(stats: dict[str, float]) -> str:
-    return f"{100 * stats['mean']:+.2f} ± {100 * stats['std']:.2f}"
-
-
-def _plain(stats: dict[str, float]) -> str:
-    return f"{stats['mean']:.3g} ± {stats['std']:.2g}"
-
-
-def markdown_table(variants: Sequence[dict[str, Any]], *, noise_column: bool) -> str:
-    """Test error (%), its paired difference to the group's first row, what the part
-    measures, gradient norm and train loss at the end: mean ± std over seeds."""
-    columns: list[tuple[str, Any]] = [
-        ("variant", lambda v: v["label"]),
-        ("test error (%)", lambda v: _percent(v["test_error_rate"])),
-        ("Δ vs first row (pp, paired)", lambda v: _delta(v["paired_delta_test_error_rate"])),
-    ]
-    if noise_column:
-        label_noise = lambda v: f"{v['overrides']['dataset.label_noise']:.0%}"
-        columns.insert(0, ("label noise", label_noise))
-    optional = {
-        "warmup_test_error_rate": ("test error at warmup end (%)", _percent),
-        "first_epoch_mean_sqrt_nu": ("Adam mean √ν̂ after epoch 1", _plain),
-        "full_gradient_norm": ("final ‖∇L‖ (whole train set)", _plain),
-    }
-    for key, (title, render) in optional.items():
-        if key in variants[0]:
-            columns.append((title, lambda v, key=key, render=render: render(v[key])))
-    columns += [
-        ("last-epoch mean batch ‖∇L‖", lambda v: _plain(v["gradient_norm"])),
-        ("last-epoch train loss", lambda v: _plain(v["train_loss"])),
-        ("seeds", lambda v: str(v["test_error_rate"]["n"])),
-    ]
-    lines = [
-        "| " + " | ".join(title for title, _ in columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    for variant in variants:
-        lines.append("| " + " | ".join(cell(variant) for _, cell in columns) + " |")
-    return "\n".join(lines)
-
-
-def plot_icml2022(variants: Sequence[dict[str, Any]], out: Path) -> list[Path]:
-    """Gradient norm and test error per epoch (mean over seeds), one figure per noise level."""
-    paths = []
-    for noise in LABEL_NOISE:
-        curves = {
-            v["label"]: v["curve"]
-            for v in variants
-            if v["overrides"]["dataset.label_noise"] == noise
-        }
-        if curves:
-            path = out / f"icml2022_noise{round(100 * noise)}.png"
-            title = f"digits, SmallCNN, r = 0.05, {noise:.0%} flipped labels (mean over seeds)"
-            paths.append(plot_alpha_sweep(curves, path, title=title))
-    return paths
-
-
-def plot_icml2024(variants: Sequence[dict[str, Any]], warmup_epochs: int, out: Path) -> Path:
-    """Test error, Adam's mean √ν̂ and the update norm per epoch, the warmup shaded."""
-    figure = Figure(figsize=(16, 4.2), layout="constrained")
-    error_axes, nu_axes, update_axes = figure.subplots(1, 3)
-    for variant in variants:
-        curve = variant["curve"]
-        epochs = [row["epoch"] for row in curve]
-        error_axes.plot(
-            epochs, [100 * row["test_error_rate"] for row in curve], label=variant["label"]
+    rows = []
+    for row in read_metrics(str(directory / "metrics.jsonl")):
+        clean = row.get("clean_gradient_norm", row["gradient_norm"])
+        combined = row["gradient_norm"] if "clean_gradient_norm" in row else None
+        rows.append(
+            {
+                "epoch": row["epoch"],
+                "clean_gradient_norm": clean,
+                "combined_gradient_norm": combined,
+                "train_loss": row["train_loss"],
+                "train_error_rate": row["train_error_rate"],
+            }
         )
-        update_axes.plot(epochs, [row["update_norm"] for row in curve], label=variant["label"])
-        moments = variant["second_moment"]
-        nu_axes.plot(
-            [row["epoch"] for row in moments],
-            [row["mean_sqrt_nu"] for row in moments],
-            marker="o",
-            label=variant["label"],
-        )
-    for axes, ylabel in (
-        (error_axes, "test error (%)"),
-        (nu_axes, "Adam: mean √ν̂ over parameters"),
-        (update_axes, "update norm ‖Δθ‖ per step"),
-    ):
-        axes.axvspan(0, warmup_epochs, color="0.9", zorder=0)
-        axes.set_xlabel("epoch (shaded: warmup)")
-        axes.set_ylabel(ylabel)
-        axes.legend(fontsize=7)
-    update_axes.set_yscale("log")
-    figure.suptitle("digits, ViT (4 blocks, width 64), AdamW, GR α = 1, r = 0.05 (mean over seeds)")
-    path = out / "icml2024_adam_warmup.png"
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    numbers = {
-        v["label"]: {"curve": v["curve"], "second_moment": v["second_moment"]} for v in variants
-    }
-    path.with_suffix(".json").write_text(json.dumps(json_ready(numbers), indent=1) + "\n")
-    return path
+    return rows
 
 
-def run_part(part: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Every seed of every selected variant of one part, its table and its figures."""
-    epochs = args.epochs or DEFAULT_EPOCHS[part]
-    base = icml2022_config(epochs) if part == "icml2022" else icml2024_config(epochs)
-    variants = icml2022_variants() if part == "icml2022" else icml2024_variants()
-    if args.variants:
-        variants = [v for v in variants if v.key in args.variants or v.label in args.variants]
-    if part == "icml2022":
-        variants = [v for v in variants if v.overrides["dataset.label_noise"] in args.label_noise]
-    seeds = list(range(args.seeds))
-    results = [run_variant(variant, base, seeds, out) for variant in variants]
-    summary: dict[str, Any] = {
-        "epochs": epochs,
-        "warmup_epochs": base.warmup_epochs,
-        "config": {
-            "model": base.model.model_name,
-            "model_params": base.model.model_params.to_dict(),
-            "optimizer": base.opt.opt_type,
-            "base_lr": base.base_lr,
-            "batch_size": base.batch_size,
-            "r": base.gnp.r,
-            "alpha": base.gnp.alpha,
-        },
-        "variants": results,
+def execute(spec: RunSpec, out: Path, scale: Scale) -> dict[str, Any]:
+    """Train and measure one run, or read it back if it finished before."""
+    directory = spec.directory(out)
+    result_path = directory / RUN_FILE
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    # An interrupted run restarts: its Adam trace would otherwise be partial.
+    shutil.rmtree(directory, ignore_errors=True)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    adam = train_with_adam_trace(spec, directory)
+    final = read_metrics(str(directory / "metrics.jsonl"))[-1]
+    result: dict[str, Any] = {
+        "part": spec.part,
+        "stage": spec.stage,
+        "group": spec.group,
+        "variant": spec.variant.key,
+        "label": spec.variant.label,
+        "r": spec.r,
+        "seed": spec.seed,
+        "use_test_set": spec.config.use_test_set,
+        "error_rate": final["test_error_rate"],
+        "loss": final["test_loss"],
+        "train_error_rate": final["train_error_rate"],
+        "curve": epoch_curve(directory),
     }
-    add_paired_differences(results, "dataset.label_noise" if part == "icml2022" else None)
-    if part == "icml2022":
-        summary["table"] = markdown_table(results, noise_column=True)
-        summary["figures"] = [str(p) for p in plot_icml2022(results, out)]
-    else:
-        summary["table"] = markdown_table(results, noise_column=False)
-        summary["figures"] = [str(plot_icml2024(results, base.warmup_epochs, out))]
-    return summary
+    if spec.stage == "final":
+        run = load_run(directory)
+        result |= train_errors(run) | curvature(run, scale)
+    if adam is not None:
+        result["adam"] = adam
+    # Wall time depends on what else runs; CPU time (all threads) is what to plan with.
+    result["seconds"] = time.perf_counter() - started
+    result["cpu_seconds"] = time.process_time() - cpu_started
+    result_path.write_text(json.dumps(json_ready(result), indent=1) + "\n")
+    return result
+
+
+# Progress.
+
+
+class Progress:
+    """Runs done / total and an ETA: the seconds per unit of cost measured so far in each
+    part (a ViT epoch costs more than a CNN one) times that part's cost left; a part not
+    measured yet borrows the overall rate."""
+
+    def __init__(self, runs: Sequence[RunSpec], out: Path) -> None:
+        self.total = len(runs)
+        self.done = 0
+        self.remaining: dict[str, float] = {}
+        for spec in runs:
+            if (spec.directory(out) / RUN_FILE).exists():
+                self.done += 1
+            else:
+                self.remaining[spec.part] = self.remaining.get(spec.part, 0.0) + spec.cost
+        self.spent: dict[str, tuple[float, float]] = {}  # part → (seconds, cost)
+        self.last = time.perf_counter()
+
+    def line(self) -> str:
+        text = f"[{self.done}/{self.total} runs done]"
+        if self.spent:
+            seconds = sum(s for s, _ in self.spent.values())
+            overall = seconds / sum(c for _, c in self.spent.values())
+            rate = {part: s / c for part, (s, c) in self.spent.items()}
+            left = sum(cost * rate.get(part, overall) for part, cost in self.remaining.items())
+            text += f" ETA {format_duration(left)}"
+        return text
+
+    def finished(self, spec: RunSpec) -> None:
+        now = time.perf_counter()
+        seconds, cost = self.spent.get(spec.part, (0.0, 0.0))
+        self.spent[spec.part] = (seconds + now - self.last, cost + spec.cost)
+        self.remaining[spec.part] -= spec.cost
+        self.done += 1
+        self.last = now
+
+    def skipped(self) -> None:
+        """A run found finished after all (by another process): time since is not its cost."""
+        self.last = time.perf_counter()
+
+
+def format_duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def run_all(specs: Sequence[RunSpec], out: Path, scale: Scale, progress: Progress) -> None:
+    """Train and measure every run not finished yet, printing progress before each."""
+    for spec in specs:
+        directory = spec.directory(out)
+        fresh = not (directory / RUN_FILE).exists()
+        if fresh:
+            print(
+                f"{progress.line()} {spec.part} {spec.stage} {spec.group} "
+                f"{spec.variant.label} r={spec.r:g} seed {spec.seed}",
+                flush=True,
+            )
+        execute(spec, out, scale)
+        if fresh:
+            progress.finished(spec)
+        else:
+            progress.skipped()
+
+
+def choose_r(tuning: Sequence[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """Per (group, variant): the r of lowest mean validation error (ties: the smaller r)."""
+    errors: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for run in tuning:
+        by_r = errors.setdefault((run["group"], run["variant"]), {})
+        by_r.setdefault(run["r"], []).append(run["error_rate"])
+    return {
+        key: min(by_r, key=lambda r, by_r=by_r: (np.mean(by_r[r]), r))
+        for key, by_r in errors.items()
+    }
+
+
+def finished_runs(specs: Sequence[RunSpec], out: Path) -> list[dict[str, Any]]:
+    """The results of the runs in ``specs`` that have finished, in plan order."""
+    paths = [spec.directory(out) / RUN_FILE for spec in specs]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
+
+
+def default_r(scale: Scale) -> float:
+    """The r of a variant that is not tuned (SGD: irrelevant) or of a one-value grid."""
+    return scale.r_grid[0] if len(scale.r_grid) == 1 else 0.05
+
+
+def planned_r(tuning: Sequence[RunSpec], out: Path, scale: Scale) -> Callable[[str, str], float]:
+    """The final runs' r as far as known before running: chosen if every tuning run finished
+    (so that finished final runs are counted as such), else a placeholder."""
+    finished = finished_runs(tuning, out)
+    chosen = choose_r(finished) if len(finished) == len(tuning) else {}
+    return lambda group, key: chosen.get((group, key), default_r(scale))
+
+
+def select(specs: list[RunSpec], args: argparse.Namespace, sharded: bool = True) -> list:
+    """The runs ``--variants`` keeps (and this ``--shard`` takes), with ``--data_dir``."""
+    specs = [s for s in specs if not args.variants or s.variant.key in args.variants]
+    for spec in specs:
+        if args.data_dir:
+            spec.config.dataset.data_dir = args.data_dir
+    return specs[args.shard[0] :: args.shard[1]] if sharded else specs
+
+
+def wait_for(specs: Sequence[RunSpec], out: Path, poll_seconds: float = 10.0) -> None:
+    """Block until every run in ``specs`` has finished (in this or another ``--shard``)."""
+    waiting = [spec for spec in specs if not (spec.directory(out) / RUN_FILE).exists()]
+    if waiting:
+        print(f"waiting for {len(waiting)} tuning runs of the other shards", flush=True)
+    while any(not (spec.directory(out) / RUN_FILE).exists() for spec in waiting):
+        time.sleep(poll_seconds)
+
+
+# Command line.
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``K/N`` with 0 ≤ K < N."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--shard takes K/N with 0 <= K < N, got {text!r}")
+    return int(index), int(count)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m gnp.study", description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
-    parser.add_argument("--epochs", type=int, default=0, help="0: 20 per run in both parts")
-    parser.add_argument("--out", default="runs/study")
+    parser = argparse.ArgumentParser(
+        prog="python -m gnp.study",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[1:6]),
+    )
+    parser.add_argument(
+        "--mode",
+        choices=sorted(SCALES),
+        default="full",
+        help="full: the study (estimated 4 h of CPU: run two --shard processes on 2 cores); "
+        "pilot: every step on fewer runs (about 25 min of CPU); smoke: the digits set, a "
+        "2-minute check of the machinery",
+    )
+    parser.add_argument("--out", default="", help="output folder (default: runs/study_<mode>)")
     parser.add_argument("--only", choices=PARTS, help="run one part only")
+    parser.add_argument("--data_dir", default="", help="dataset.data_dir (MNIST-1D's cache)")
+    keys = [v.key for v in (*ICML2022_VARIANTS, *ICML2024_VARIANTS)]
     parser.add_argument(
         "--variants",
         type=lambda text: text.split(","),
         default=[],
-        help="comma-separated variant keys or labels (e.g. noise0_alpha0,SAM); all if empty",
+        help=f"comma-separated variant keys to run (default: all): {', '.join(keys)}",
     )
     parser.add_argument(
-        "--label_noise",
-        type=lambda text: [float(x) for x in text.split(",")],
-        default=list(LABEL_NOISE),
-        help="ICML 2022 label-noise levels to run, a subset of 0,0.2",
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        help="K/N: run every N-th run from the K-th (0-based), so that N processes share the "
+        "study (e.g. 0/2 and 1/2 on 2 cores); the finals wait for every shard's tuning runs",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants) - set(keys))
+    if unknown:
+        parser.error(f"unknown --variants {', '.join(unknown)}; choose from {', '.join(keys)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the study, write ``results.json`` and ``results.md`` under ``--out``, return them.
-
-    A part not run this time (``--only``) keeps its results from an earlier invocation, so
-    the parts can be run with different seeds into one ``--out``.
-    """
+    """Run (or resume) the study and write its report; returns ``results.json``'s content."""
     args = parse_args(argv)
-    out = Path(args.out)
+    scale = SCALES[args.mode]
+    out = Path(args.out or f"runs/study_{args.mode}").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # Seeds of one variant compile the same programs: keep them across runs (unless the
+    # caller has a compilation cache of its own).
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(out / ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    parts = [args.only] if args.only else list(PARTS)
+
+    tuning = select(tuning_runs(scale), args) if "icml2022" in parts else []
+    all_tuning = select(tuning_runs(scale), args, sharded=False)
+    planned = list(tuning)
+    for part in parts:
+        planned += select(final_runs(scale, part, planned_r(all_tuning, out, scale)), args)
+    progress = Progress(planned, out)
+    print(f"{args.mode} study: {progress.total} runs in {out} ({progress.done} done before)")
     path = out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    for part in [args.only] if args.only else PARTS:
+    results["mode"] = args.mode
+    results["scale"] = dataclasses.asdict(scale)
+    for part in parts:
         started = time.perf_counter()
-        results[part] = {"seeds": list(range(args.seeds))} | run_part(part, args, out)
-        # Finished runs are skipped, so this is the time of what was left to do.
-        results[part]["wall_seconds"] = time.perf_counter() - started
-    path.write_text(json.dumps(json_ready(results), indent=1) + "\n")
-    tables = [f"## {part}\n\n{results[part]['table']}\n" for part in PARTS if part in results]
-    (out / "results.md").write_text("\n".join(tables))
-    print("\n".join(tables))
-    for part in PARTS:
-        if part in results:
-            print(f"{part}: {results[part]['wall_seconds']:.0f} s when last run")
-    return results
+        if part == "icml2022":
+            run_all(tuning, out, scale, progress)
+            wait_for(all_tuning, out)
+        # The report covers every finished run of the part, not only this invocation's.
+        tuned = finished_runs(tuning_runs(scale) if part == "icml2022" else [], out)
+        chosen = choose_r(tuned)
+        pick = lambda group, key, chosen=chosen: chosen.get((group, key), default_r(scale))
+        run_all(select(final_runs(scale, part, pick), args), out, scale, progress)
+        finals = finished_runs(final_runs(scale, part, pick), out)
+        results[part] = {
+            "tuning": [strip(run) for run in tuned],
+            "chosen_r": {f"{group}/{key}": r for (group, key), r in sorted(chosen.items())},
+            "runs": finals,
+            "wall_seconds_this_invocation": time.perf_counter() - started,
+        }
+    labels = {
+        "icml2022": {v.key: v.label for v in ICML2022_VARIANTS},
+        "icml2024": {v.key: v.label for v in ICML2024_VARIANTS},
+    }
+    report = write_report(results, out, declared=DECLARED, labels=labels)
+    path.write_text(json.dumps(json_ready(results | report), indent=1) + "\n")
+    print(report["markdown"])
+    return json.loads(path.read_text())
+
+
+def strip(run: dict[str, Any]) -> dict[str, Any]:
+    """A tuning run without its per-epoch curve: only its validation error matters."""
+    return {key: value for key, value in run.items() if key != "curve"}
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

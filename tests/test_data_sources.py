@@ -275,7 +275,7 @@ def test_unknown_names_list_the_valid_choices(tmp_path):
         build_input_pipeline(make_config(dataset_name="digits", image_size=32))
     with pytest.raises(ValueError, match="batch_size"):
         build_input_pipeline(make_config(dataset_name="digits", batch_size=5000))
-    assert dataset_names() == ["cifar10", "cifar100", "digits", "imagenet"]
+    assert dataset_names() == ["cifar10", "cifar100", "digits", "imagenet", "mnist1d"]
 
 
 def test_digits_split_is_the_documented_one():

@@ -1,106 +1,259 @@
-"""``python -m gnp.study`` on a tiny setting: its tables are the runs' own metrics."""
+"""``python -m gnp.study``: its numbers are the runs' own, it resumes, and it reports honestly.
+
+The end-to-end cases use ``--mode=smoke`` (digits, two epochs) and a few variants; the
+statistics themselves are tested by hand in ``test_study_stats.py``.
+"""
+
+from __future__ import annotations
 
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from gnp import analyze, study
+from gnp import study, study_report
+from gnp.analyze import load_run
+from gnp.optim import learning_rate_schedule
 from gnp.train.checkpoint import Checkpoints
+from gnp.train.metrics import read_metrics
 
-
-def last_line(working_dir):
-    with open(f"{working_dir}/metrics.jsonl") as f:
-        return json.loads(f.readlines()[-1])
-
-
-def tiny_argv(out, variants):
-    """One seed, one epoch, clean labels: two SmallCNN runs of a few seconds each."""
-    common = ["--seeds=1", "--epochs=1", "--only=icml2022", "--label_noise=0"]
-    return [*common, f"--out={out}", f"--variants={variants}"]
+LABELS = {
+    "icml2022": {v.key: v.label for v in study.ICML2022_VARIANTS},
+    "icml2024": {v.key: v.label for v in study.ICML2024_VARIANTS},
+}
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
+def smoke_2022(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return out, study.main(tiny_argv(out, "SGD,SAM"))
+    argv = ["--mode=smoke", "--only=icml2022", "--variants=sgd,sam", f"--out={out}"]
+    return out, study.main(argv)
 
 
-def test_results_json_structure(tiny_study):
-    out, results = tiny_study
+def test_numbers_come_from_the_runs(smoke_2022):
+    out, results = smoke_2022
     assert json.loads((out / "results.json").read_text()) == results
-    assert "icml2024" not in results
-    part = results["icml2022"]
-    assert part["seeds"] == [0] and part["wall_seconds"] > 0
-    assert part["epochs"] == 1
-    assert [v["label"] for v in part["variants"]] == ["SGD", "SAM"]
-    assert [v["overrides"]["gnp.alpha"] for v in part["variants"]] == [0.0, 1.0]
-    for variant in part["variants"]:
-        assert set(variant["test_error_rate"]) == {"mean", "std", "n"}
-        assert [run["seed"] for run in variant["runs"]] == [0]
-    assert (out / "icml2022_noise0.png").exists() and (out / "results.md").exists()
-    assert "| 0% | SAM |" in (out / "results.md").read_text()
+    figures = {"icml2022_errors.png", "icml2022_gradient_norms.png"}
+    assert {path.rsplit("/", 1)[-1] for path in results["figures"]} == figures
+    assert all((out / name).stat().st_size > 0 for name in figures)
+    runs = results["icml2022"]["runs"]
+    assert [(run["variant"], run["group"], run["seed"]) for run in runs] == [
+        ("sgd", "noise0.3", 0),
+        ("sam", "noise0.3", 0),
+    ]
+    for run in runs:
+        directory = out / "icml2022" / "final" / "noise0.3" / run["variant"] / "r0.05" / "seed0"
+        final = read_metrics(str(directory / "metrics.jsonl"))[-1]
+        assert run["error_rate"] == final["test_error_rate"] and final["epoch"] == 2
+        assert run["use_test_set"] is True
+        config = json.loads((directory / "config.json").read_text())
+        assert config["dataset"]["label_noise"] == 0.3
+        assert config["gnp"]["alpha"] == {"sgd": 0.0, "sam": 1.0}[run["variant"]]
+        # ‖g1‖ per epoch: ``clean_gradient_norm`` where the trainer logs it, else gradient_norm.
+        clean = final.get("clean_gradient_norm", final["gradient_norm"])
+        assert run["curve"][-1]["clean_gradient_norm"] == clean
 
 
-def test_numbers_come_from_the_runs_metrics(tiny_study):
-    _, results = tiny_study
-    for variant in results["icml2022"]["variants"]:
-        (run,) = variant["runs"]
-        final = last_line(run["working_dir"])
-        assert final["epoch"] == 1
-        for key in ("test_error_rate", "gradient_norm", "train_loss"):
-            assert run[key] == final[key]
-            assert variant[key]["mean"] == final[key] and variant[key]["std"] == 0.0
-    sgd, sam = results["icml2022"]["variants"]
-    assert last_line(sgd["runs"][0]["working_dir"])["alpha"] == 0.0
-    assert last_line(sam["runs"][0]["working_dir"])["alpha"] == 1.0
-    delta = sam["paired_delta_test_error_rate"]
-    assert delta["baseline"] == "SGD" and sgd["paired_delta_test_error_rate"]["mean"] == 0.0
-    assert delta["mean"] == sam["runs"][0]["test_error_rate"] - sgd["runs"][0]["test_error_rate"]
+def test_train_errors_on_flipped_labels_by_hand(smoke_2022):
+    out, results = smoke_2022
+    run = results["icml2022"]["runs"][0]
+    loaded = load_run(out / "icml2022" / "final" / "noise0.3" / "sgd" / "r0.05" / "seed0")
+    images = loaded.pipeline.normalize(np.stack(loaded.pipeline.source.train.split.images))
+    logits = loaded.model.apply(loaded.variables, images, train=False)
+    predicted = np.argmax(np.asarray(logits), -1)
+    noisy = loaded.pipeline.source.train.labels
+    flipped = noisy != loaded.pipeline.source.train.split.labels
+    assert flipped.sum() == round(0.3 * 1437)
+    expected = (predicted[flipped] != noisy[flipped]).mean()
+    assert run["flipped_train_error_rate"] == pytest.approx(expected)
+    assert run["train_error_rate_eval"] == pytest.approx((predicted != noisy).mean())
 
 
-def test_full_gradient_norm_is_what_gnp_analyze_measures(tiny_study, tmp_path):
-    _, results = tiny_study
-    sam = results["icml2022"]["variants"][1]
-    (run,) = sam["runs"]
-    analyze.main(
-        ["gradient-norm", f"--working_dir={run['working_dir']}", f"--output_dir={tmp_path}"]
-    )
-    measured = json.loads((tmp_path / "gradient_norm.json").read_text())
-    assert measured["split"] == "train" and measured["num_examples"] == 1437
-    np.testing.assert_allclose(run["full_gradient_norm"], measured["gradient_norm"], rtol=1e-6)
-    assert sam["full_gradient_norm"]["mean"] == run["full_gradient_norm"]
+def test_shared_trace_probes_pair_the_runs(smoke_2022):
+    _, results = smoke_2022
+    sgd, sam = results["icml2022"]["runs"]
+    assert len(sgd["trace_samples"]) == study.SCALES["smoke"].trace_probes
+    assert sgd["trace"] == pytest.approx(np.mean(sgd["trace_samples"]))
+    assert sam["trace_samples"] != sgd["trace_samples"]
+    assert results["contrasts"] == []  # no declared pair ran (GNP did not): none is made up
 
 
-def test_finished_runs_are_skipped(tiny_study):
-    out, results = tiny_study
-    metrics = out / "icml2022" / "noise0_alpha0" / "seed0" / "metrics.jsonl"
+def test_finished_runs_are_skipped_and_the_report_rebuilt(smoke_2022):
+    out, results = smoke_2022
+    metrics = out / "icml2022" / "final" / "noise0.3" / "sgd" / "r0.05" / "seed0" / "metrics.jsonl"
     written = metrics.stat().st_mtime_ns
-    again = study.main(tiny_argv(out, "SGD"))
+    again = study.main(["--mode=smoke", "--only=icml2022", "--variants=sgd", f"--out={out}"])
     assert metrics.stat().st_mtime_ns == written
-    assert again["icml2022"]["variants"][0]["runs"] == results["icml2022"]["variants"][0]["runs"]
+    assert again["icml2022"]["runs"][0] == results["icml2022"]["runs"][0]
 
 
-def test_second_moment_is_adams_bias_corrected_nu(tmp_path, monkeypatch):
-    """Mean √ν̂ read per epoch equals the one computed by hand from the final checkpoint."""
-    monkeypatch.chdir(tmp_path)  # a relative --out, which orbax alone would refuse
-    results = study.main(
-        ["--seeds=1", "--epochs=2", "--out=study", "--only=icml2024", "--variants=adam"]
-    )
-    (variant,) = results["icml2024"]["variants"]
-    (run,) = variant["runs"]
-    assert [row["epoch"] for row in run["second_moment"]] == [1, 2]
-    assert results["icml2024"]["warmup_epochs"] == 1
-    with open(f"{run['working_dir']}/metrics.jsonl") as f:
-        first_epoch = json.loads(f.readline())
-    assert run["warmup_test_error_rate"] == first_epoch["test_error_rate"]
-    assert run["first_epoch_mean_sqrt_nu"] == run["second_moment"][0]["mean_sqrt_nu"]
-    assert "| Adam mean √ν̂ after epoch 1 |" in results["icml2024"]["table"]
-    state, _ = Checkpoints(f"{run['working_dir']}/checkpoints").load_latest()
+def test_one_seed_tables_show_no_zero_spread(smoke_2022):
+    out, _ = smoke_2022
+    text = (out / "results.md").read_text()
+    assert "| noise0.3 | SAM | 0.05 | 1 |" in text
+    assert "± 0.00" not in text and "mean ± 95 % CI" in text
+
+
+def test_help_describes_the_study_not_an_issue(capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--help"])
+    text = capsys.readouterr().out
+    assert "issue" not in text.lower() and "MNIST-1D" in text and "--mode" in text
+
+
+def test_unknown_variant_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--variants=sgd,nope"])
+    assert "unknown --variants nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_adam_moments_are_the_optax_state_by_hand(tmp_path):
+    """The last recorded step's √ν̂ and lr/(√ν̂+ε) statistics, recomputed in float64 from the
+    final checkpoint (the smoke run has fewer than 300 steps, so its last step is recorded)."""
+    argv = ["--mode=smoke", "--only=icml2024", "--variants=adam", f"--out={tmp_path}"]
+    (run,) = study.main(argv)["icml2024"]["runs"]
+    directory = tmp_path / "icml2024" / "final" / "width16" / "adam" / "r0.1" / "seed0"
+    rows = read_metrics(str(directory / "metrics.jsonl"))
+    assert [entry["step"] for entry in run["adam"]] == list(range(1, rows[-1]["step"] + 1))
+    state, _ = Checkpoints(str(directory / "checkpoints")).load_latest()
     adam = state["opt_state"][0]
-    correction = 1 - 0.999 ** int(adam["count"])
-    nu = np.concatenate([np.ravel(v) for v in jax.tree.leaves(adam["nu"])])
-    np.testing.assert_allclose(
-        run["second_moment"][-1]["mean_sqrt_nu"], np.sqrt(nu / correction).mean(), rtol=1e-6
+    count = int(adam["count"])
+    nu = np.concatenate([np.ravel(v) for v in jax.tree.leaves(adam["nu"])]).astype(np.float64)
+    sqrt_nu = np.sqrt(nu / (1 - 0.999**count))
+    config = ml_collections.ConfigDict(json.loads((directory / "config.json").read_text()))
+    learning_rate = float(learning_rate_schedule(config, 1437 // 128)(count - 1))
+    step_size = learning_rate / (sqrt_nu + 1e-8)
+    last = run["adam"][-1]
+    np.testing.assert_allclose(last["mean_sqrt_nu"], sqrt_nu.mean(), rtol=1e-4)
+    np.testing.assert_allclose(last["cv_sqrt_nu"], sqrt_nu.std() / sqrt_nu.mean(), rtol=1e-4)
+    np.testing.assert_allclose(last["mean_step_size"], step_size.mean(), rtol=1e-4)
+    np.testing.assert_allclose(last["cv_step_size"], step_size.std() / step_size.mean(), rtol=1e-4)
+
+
+def synthetic_runs(part, group, errors):
+    """Final runs with given test errors per variant (one per seed) and fixed curvature."""
+    return [
+        {
+            "part": part,
+            "group": group,
+            "variant": variant,
+            "seed": seed,
+            "r": 0.1,
+            "error_rate": error,
+            "trace": 10.0 + seed,
+            "trace_samples": [10.0 + seed, 10.0 + seed + (variant == "sgd")],
+            "top_eigenvalue": 1.0,
+            "full_gradient_norm": 0.1,
+        }
+        for variant, values in errors.items()
+        for seed, error in enumerate(values)
+    ]
+
+
+def test_contrasts_pair_by_seed_and_are_holm_corrected():
+    errors = {
+        "sgd": [0.20, 0.22, 0.21, 0.25],
+        "sam": [0.19, 0.20, 0.20, 0.21],
+        "gnp_paper": [0.18, 0.21, 0.19, 0.20],
+        "gnp_released": [0.19, 0.20, 0.21, 0.22],
+    }
+    results = {"icml2022": {"runs": synthetic_runs("icml2022", "noise0", errors)}}
+    rows = study_report.contrasts(results, study.DECLARED, LABELS)
+    assert [(row["a"], row["b"]) for row in rows] == [
+        ("gnp_paper", "sam"),
+        ("gnp_paper", "sgd"),
+        ("gnp_released", "sam"),
+        ("gnp_released", "sgd"),
+    ]
+    paper_sgd = rows[1]["test_error_difference"]
+    np.testing.assert_allclose(paper_sgd["differences"], [-0.02, -0.01, -0.02, -0.05], atol=1e-12)
+    assert (paper_sgd["positive"], paper_sgd["negative"]) == (0, 4)
+    assert paper_sgd["sign_test_p"] == pytest.approx(2 / 16)
+    # Sign tests: gnp_paper−sam 1 worse / 3 better → 2·5/16; gnp_released−sam 2 / 0 with two
+    # ties → 2·1/4; gnp_released−sgd 0 / 3 with one tie → 2/8. Holm: sorted 0.125·4 = 0.5,
+    # 0.25·3 = 0.75, 0.5·2 = 1, 0.625·1 → kept monotone at 1.
+    p = [row["test_error_difference"]["sign_test_p"] for row in rows]
+    assert p == pytest.approx([0.625, 0.125, 0.5, 0.25])
+    assert [row["holm_p"] for row in rows] == pytest.approx([1.0, 0.5, 1.0, 0.75])
+    # Shared probes: per seed, the probe-wise trace differences are (0, −1): SE = 0.5.
+    assert rows[1]["trace_difference_paired_standard_error"] == pytest.approx([0.5] * 4)
+
+
+def test_estimate_says_nothing_about_spread_for_one_seed():
+    assert study_report.estimate([0.1234], 100) == "12.34"
+    # Two values 0.1 and 0.3: mean 0.2, sd √0.02, t(0.975, 1) = 12.7062.
+    assert study_report.estimate([0.1, 0.3]) == f"0.20 ± {12.706204736174707 * 0.1:.2f}"
+
+
+def test_gate_reads_the_noisiest_groups_sgd_runs():
+    runs = [
+        {"variant": "sgd", "group": g, "seed": s, "flipped_train_error_rate": v}
+        for g, s, v in (("noise0.3", 0, 0.0), ("noise0.3", 1, 0.05), ("noise0.1", 0, 0.5))
+    ]
+    result = study_report.gate({"runs": runs})
+    assert result["group"] == "noise0.3" and result["flipped_train_error_rate"] == [0.0, 0.05]
+    assert not result["passed"]
+
+
+def test_r_is_chosen_by_mean_validation_error_ties_to_the_smaller():
+    tuning = [
+        {"group": "noise0", "variant": "sam", "r": r, "error_rate": e}
+        for r, e in ((0.05, 0.20), (0.1, 0.10), (0.05, 0.10), (0.1, 0.20))
+    ] + [{"group": "noise0.3", "variant": "sam", "r": r, "error_rate": 0.3} for r in (0.1, 0.05)]
+    assert study.choose_r(tuning) == {("noise0", "sam"): 0.05, ("noise0.3", "sam"): 0.05}
+    tuning[2]["error_rate"] = 0.2
+    assert study.choose_r(tuning)[("noise0", "sam")] == 0.1
+
+
+def test_plan_sizes_and_progress_line(tmp_path):
+    scale = study.SCALES["full"]
+    tuning = study.tuning_runs(scale)
+    assert len(tuning) == 2 * 4 * 4 * 2  # noise levels × tuned variants × r grid × seeds
+    assert {spec.config.use_test_set for spec in tuning} == {False}
+    finals = study.final_runs(scale, "icml2022", lambda group, key: 0.1)
+    assert len(finals) == 2 * 5 * 10 and {s.config.use_test_set for s in finals} == {True}
+    vits = study.final_runs(scale, "icml2024", lambda group, key: 0.1)
+    assert len(vits) == 2 * 7 * 4
+    assert {s.config.model.model_name for s in vits} == {"ViT1D_32", "ViT1D_64"}
+    no_warmup = [s for s in vits if s.variant.key == "gr_no_lr_warmup"]
+    assert {s.config.warmup_epochs for s in no_warmup} == {0}
+    sgd, sam, adam, gr = finals[0], finals[10], vits[0], vits[4]
+    assert (sgd.variant.key, sam.variant.key, adam.variant.key, gr.variant.key) == (
+        "sgd",
+        "sam",
+        "adam",
+        "gr",
     )
+    progress = study.Progress([sgd, sam, adam, gr], tmp_path)
+    assert progress.line() == "[0/4 runs done]"
+    progress.last -= 600  # SGD "took" 10 min for 60 units: 10 s per unit
+    progress.finished(sgd)
+    # Left: SAM 120 units, Adam 40 and GR 80 (ViT not measured: the overall 10 s) → 40 min.
+    assert progress.line() == "[1/4 runs done] ETA 40 min"
+    progress.last -= 800  # Adam "took" 800 s for 40 units: 20 s per unit in its part
+    progress.finished(adam)
+    assert progress.line() == "[2/4 runs done] ETA 47 min"  # 120 · 10 + 80 · 20 = 2,800 s
+    assert study.format_duration(2.5 * 3600) == "2 h 30 min"
+
+
+def test_shards_split_the_plan_and_variants_filter_it():
+    scale = study.SCALES["full"]
+    plan = study.tuning_runs(scale)
+    shards = [
+        study.select(plan, study.parse_args([f"--shard={k}/3", "--variants=sam,gnp_paper"]))
+        for k in range(3)
+    ]
+    everything = [spec.directory(study.Path("x")) for shard in shards for spec in shard]
+    assert len(everything) == len(set(everything)) == 2 * 2 * 4 * 2  # noise · variants · r · seeds
+    assert {spec.variant.key for shard in shards for spec in shard} == {"sam", "gnp_paper"}
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_bad_shard_is_a_one_line_error(capsys, text):
+    with pytest.raises(SystemExit):
+        study.parse_args([f"--shard={text}"])
+    assert "--shard takes K/N with 0 <= K < N" in capsys.readouterr().err

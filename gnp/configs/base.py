@@ -86,10 +86,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dataset.num_workers = -1  # -1: from the CPU count
     config.dataset.strict = False  # fail on a corrupt image instead of skipping it
     config.dataset.label_noise = 0.0  # fraction of training labels flipped to another class
+    config.dataset.mnist1d_train_size = 4000  # MNIST-1D split sizes and generator seed
+    config.dataset.mnist1d_validation_size = 2000
+    config.dataset.mnist1d_test_size = 20000
+    config.dataset.mnist1d_seed = 42
     # Where the released config has them: top level, not under dataset. '': <data_dir>/imagenet/.
     config.imagenet_train_dir = ""
     config.imagenet_val_dir = ""
-    # False: evaluate on the last tenth of the training set (CIFAR: 45,000 / 5,000, as released).
+    # False: evaluate on a validation split, never the test set: the source's own (MNIST-1D), else
+    # the last tenth of the training set (CIFAR: 45,000 / 5,000, as released).
     config.use_test_set = True
 
     # Model.

@@ -1,10 +1,11 @@
 """The loader the trainer uses: deterministic, reshuffled each epoch, checkpointable.
 
 Batch formats (host-local numpy arrays; the trainer shards them over devices):
-  train: ``{"image": float32 [B, H, W, C], "label": float32 [B, num_classes]}``
+  train: ``{"image": float32 [B, *image_shape], "label": float32 [B, num_classes]}``
          soft labels, so batch-level mixing (mixup, ...) reaches the loss;
-  eval:  ``{"image": float32 [B, H, W, C], "label": int32 [B], "mask": bool [B]}``
+  eval:  ``{"image": float32 [B, *image_shape], "label": int32 [B], "mask": bool [B]}``
          where the last batch is padded and ``mask`` marks the real samples.
+``image_shape`` is (H, W, C) for images, (length, C) for 1-D signals (MNIST-1D).
 
 Every random draw is seeded from ``(seeds, what, global step, row of the global
 batch)``, never from a running generator: a batch depends only on its step, so
@@ -26,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from gnp.choices import check_choice
-from gnp.data import cifar, digits, imagefolder, label_noise, mixing, validation
+from gnp.data import cifar, digits, imagefolder, label_noise, mixing, mnist1d, validation
 from gnp.data.source import Source, SourceOptions
 
 _SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
@@ -34,6 +35,7 @@ _SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
     "cifar100": cifar.load_cifar100,
     "digits": digits.load,
     "imagenet": imagefolder.load,
+    "mnist1d": mnist1d.load,
 }
 
 # Keep the seeds of different kinds of draw apart; each kind always uses the same number of
@@ -59,7 +61,7 @@ class DatasetInfo:
 
     name: str
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     num_train: int
     num_test: int
 
@@ -123,7 +125,9 @@ class InputPipeline:
         self.process_count = process_count
         self.mean = np.asarray(source.mean, dtype=np.float32)
         self.std = np.asarray(source.std, dtype=np.float32)
-        self._scale = 1.0 / (255.0 * self.std)
+        integer = np.issubdtype(source.input_dtype, np.integer)
+        full_scale = float(np.iinfo(source.input_dtype).max) if integer else 1.0
+        self._scale = 1.0 / (full_scale * self.std)
         self._offset = self.mean / self.std
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -144,8 +148,8 @@ class InputPipeline:
         return -(-self.info.num_test // self.eval_batch_size)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 pixels to ``(x / 255 - mean) / std`` in two passes without temporaries
-        (ImageNet batches are large enough for that to matter)."""
+        """uint8 pixels to ``(x / 255 - mean) / std`` (float signals: ``(x - mean) / std``) in
+        two passes without temporaries (ImageNet batches are large enough for that to matter)."""
         out = np.multiply(images, self._scale, dtype=np.float32)
         out -= self._offset
         return out
@@ -208,7 +212,7 @@ class InputPipeline:
         positions = batch_index * self.eval_batch_size + self.process_index * local
         positions = positions + np.arange(local)
         mask = positions < len(split)
-        images = np.zeros((local, *self.info.image_shape), dtype=np.uint8)
+        images = np.zeros((local, *self.info.image_shape), dtype=self.source.input_dtype)
         for i in np.flatnonzero(mask):
             image = split.load(int(positions[i]), self.source.augment.eval)
             if image is None:  # unreadable: leave it out of the metrics

@@ -34,7 +34,8 @@ class Augment(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
-    """A split held in memory: images uint8 [N, H, W, C], labels int32 [N]."""
+    """A split held in memory: images [N, *image_shape] (uint8 pixels or float signals),
+    labels int32 [N]."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -51,7 +52,12 @@ class Source:
     """A data set ready for the loader.
 
     ``mean``/``std`` are per-channel statistics of the training images in
-    [0, 1]; ``image_shape`` is what the augmentations output.
+    [0, 1] (of the raw values, for float inputs); ``image_shape`` is what the
+    augmentations output: (H, W, C) images or (length, C) signals.
+    ``input_dtype`` is what the augmentations output: uint8 pixels are divided by
+    255 before normalizing, float signals are normalized as they are.
+    ``validation`` is a held-out split for tuning, where the source has one
+    (``use_test_set = False`` evaluates on it instead of ``test``).
     ``worth_workers`` says whether preparing a batch costs enough (decoding,
     AutoAugment) that worker processes repay their start-up, which decides
     what ``dataset.num_workers = -1`` means.
@@ -61,14 +67,17 @@ class Source:
     train: Split
     test: Split
     num_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: Augment
     worth_workers: bool
+    validation: Split | None = None
+    input_dtype: type = np.uint8
 
 
 DEFAULT_DATA_DIR = "~/gnp_data"
+MNIST1D_DEFAULTS = {"train_size": 4000, "validation_size": 2000, "test_size": 20000, "seed": 42}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +90,7 @@ class SourceOptions:
     image_size: int  # 0: the source's own size (ImageNet: 224)
     image_level_augmentations: str
     strict: bool
+    mnist1d_sizes: tuple[int, int, int, int]  # train, validation, test sizes; generator seed
     randaug_num_layers: int = 2  # ImageNet's `autoaugment` is RandAugment(N, M)
     randaug_magnitude: int = 9
 
@@ -101,6 +111,10 @@ class SourceOptions:
                 dataset_config.get("image_level_augmentations", "basic")
             ),
             strict=bool(dataset_config.get("strict", False)),
+            mnist1d_sizes=tuple(
+                int(dataset_config.get(f"mnist1d_{key}", default))
+                for key, default in MNIST1D_DEFAULTS.items()
+            ),
             randaug_num_layers=int(dataset_config.get("randaug_num_layers", 2)),
             randaug_magnitude=int(dataset_config.get("randaug_magnitude", 9)),
         )

@@ -1,6 +1,8 @@
-"""``use_test_set = False``: evaluate on a part of the training set held out from training.
+"""``use_test_set = False``: evaluate on a validation split, never on the test set.
 
-The released code (``ds_pipeline/datasets/dataset_source.py``) trains CIFAR on
+A source with a validation split of its own (MNIST-1D) is evaluated on it. Otherwise a
+part of the training set is held out from training, as released: the released code
+(``ds_pipeline/datasets/dataset_source.py``) trains CIFAR on
 ``train[:45000]`` and evaluates on ``train[45000:]``: the last tenth of the
 training set. Here the same: the last ``len(train) // 10`` training images, in
 the order the source stores them (CIFAR: the archive's order, so the held-out
@@ -52,8 +54,11 @@ def check_dataset(name: str) -> None:
 
 
 def with_validation_split(source: Source) -> Source:
-    """``source`` trained on the first nine tenths of its training set, evaluated on the rest."""
+    """``source`` evaluated on its own validation split where it has one (MNIST-1D), else
+    trained on the first nine tenths of its training set and evaluated on the rest."""
     check_dataset(source.name)
+    if source.validation is not None:
+        return dataclasses.replace(source, test=source.validation)
     count = len(source.train)
     held_out = count // HELD_OUT_FRACTION
     if held_out == 0:

@@ -115,6 +115,8 @@ class MlpBlock(nn.Module):
 
 
 def patchify(x: jnp.ndarray, features: int, patch_size: int, dtype: Any) -> jnp.ndarray:
-    """Non-overlapping patches embedded by a strided convolution, as tokens [B, N, features]."""
-    x = nn.Conv(features, (patch_size, patch_size), strides=patch_size, dtype=dtype)(x)
+    """Non-overlapping patches of images [B, H, W, C] or signals [B, L, C] embedded by a
+    strided convolution, as tokens [B, N, features]."""
+    kernel = (patch_size,) * (x.ndim - 2)
+    x = nn.Conv(features, kernel, strides=patch_size, dtype=dtype)(x)
     return x.reshape((x.shape[0], -1, features))

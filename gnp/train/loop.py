@@ -12,7 +12,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -103,12 +103,18 @@ def _first_non_finite(step_metrics: list[dict[str, Any]]) -> tuple[int, str, flo
 
 
 def train_and_evaluate(
-    config: Any, working_dir: str, *, allow_config_change: Collection[str] = ()
+    config: Any,
+    working_dir: str,
+    *,
+    allow_config_change: Collection[str] = (),
+    on_step: Callable[[int, TrainState], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the run in ``working_dir``; returns the last epoch's metrics.
 
     ``allow_config_change`` names the changed keys a resume may accept (see
     ``run_config.EXTENSIBLE``); any other change to the run's config is refused.
+    ``on_step(step, state)`` is called after each optimizer step with the new state, to
+    observe what the metrics do not hold (the study reads Adam's second moment from it).
     """
     config = validate_config(config)
     check_working_dir(working_dir)
@@ -121,7 +127,7 @@ def train_and_evaluate(
     prepare_outputs(working_dir)
     is_chief = jax.process_index() == 0
     with RunLock(working_dir) if is_chief else contextlib.nullcontext():
-        return _train(config, working_dir, mesh, pipeline, allow_config_change)
+        return _train(config, working_dir, mesh, pipeline, allow_config_change, on_step)
 
 
 def _train(
@@ -130,6 +136,7 @@ def _train(
     mesh: Any,
     pipeline: InputPipeline,
     allow_config_change: Collection[str],
+    on_step: Callable[[int, TrainState], None] | None,
 ) -> dict[str, Any]:
     """The run itself, while this process holds the working directory's lock."""
     is_chief = jax.process_index() == 0
@@ -265,6 +272,8 @@ def _train(
                 batch = shard_batch(next(train_iterator), mesh)
                 train_step = train_steps[penalized, full]
                 state, metrics = train_step(state, batch["image"], batch["label"])
+                if on_step is not None:
+                    on_step(step, state)
                 step_metrics.append(metrics)
                 if (i + 1) % config.log_every_n_steps == 0:
                     latest = jax.device_get(metrics)

@@ -1,0 +1,332 @@
+"""The study's report: per-variant tables, the declared contrasts, correlations, figures.
+
+Everything here is a function of the per-run results ``gnp.study`` collects, so the
+report can be rebuilt from ``results.json`` without training. "±" in every table is the
+half-width of a 95 % Student-t interval over seeds, never a standard deviation; a cell
+with one seed shows the value alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from gnp.analysis import statistics
+from gnp.analysis.plots import json_ready
+
+GATE_THRESHOLD = 0.02  # SGD's train error on the flipped labels must fall below this
+CURVATURE = ("top_eigenvalue", "trace", "full_gradient_norm")
+ADAM_STATS = ("mean_sqrt_nu", "cv_sqrt_nu", "mean_step_size", "cv_step_size")
+
+
+Labels = dict[str, dict[str, str]]  # part → variant key → label, in table order
+
+
+def estimate(values: Sequence[float], factor: float = 1.0, digits: int = 2) -> str:
+    """``mean ± 95 % CI half-width`` (``mean`` alone for one value)."""
+    array = factor * np.asarray(values, np.float64)
+    if len(array) == 1:
+        return f"{array[0]:.{digits}f}"
+    low, high = statistics.t_interval(array)
+    return f"{array.mean():.{digits}f} ± {(high - low) / 2:.{digits}f}"
+
+
+def _groups(runs: Sequence[dict]) -> list[str]:
+    return sorted(
+        {run["group"] for run in runs},
+        key=lambda g: float(g.removeprefix("noise").removeprefix("width")),
+    )
+
+
+def by_seed(runs: Sequence[dict], group: str, variant: str) -> dict[int, dict]:
+    return {run["seed"]: run for run in runs if (run["group"], run["variant"]) == (group, variant)}
+
+
+def variant_table(results: dict[str, Any], labels: dict[str, str]) -> str:
+    runs, part = results["runs"], results["runs"][0]["part"]
+    columns = ["group", "variant", "r", "seeds", "test error (%), mean ± 95 % CI"]
+    if part == "icml2022":
+        columns.append("train error on flipped labels (%)")
+    columns += ["λ₁ (top Hessian eigenvalue)", "Hutchinson trace", "whole-set ‖∇L‖"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for group in _groups(runs):
+        for key, label in labels.items():
+            seeds = by_seed(runs, group, key)
+            if not seeds:
+                continue
+            chosen = sorted(seeds.values(), key=lambda run: run["seed"])
+            r = (
+                "—"
+                if chosen[0]["r"] == 0 or key.startswith(("sgd", "adam"))
+                else f"{chosen[0]['r']:g}"
+            )
+            cells = [group, label, r, str(len(chosen))]
+            cells.append(estimate([run["error_rate"] for run in chosen], 100))
+            if part == "icml2022":
+                flipped = [run.get("flipped_train_error_rate") for run in chosen]
+                cells.append("—" if None in flipped else estimate(flipped, 100))
+            cells += [estimate([run[k] for run in chosen], 1, 3) for k in CURVATURE]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def contrasts(
+    results: dict[str, Any], declared: Sequence[Any], labels: Labels
+) -> list[dict[str, Any]]:
+    """Every declared contrast (``.part``, ``.a``, ``.b``) in every group of a part that ran,
+    Holm-corrected together."""
+    rows = []
+    for contrast in declared:
+        if contrast.part not in results:
+            continue
+        runs = results[contrast.part]["runs"]
+        for group in _groups(runs):
+            a, b = by_seed(runs, group, contrast.a), by_seed(runs, group, contrast.b)
+            seeds = sorted(a.keys() & b.keys())
+            if not seeds:
+                continue
+            error = statistics.paired_difference(
+                [a[s]["error_rate"] for s in seeds], [b[s]["error_rate"] for s in seeds]
+            )
+            trace_se = [
+                statistics.paired_standard_error(a[s]["trace_samples"], b[s]["trace_samples"])
+                for s in seeds
+            ]
+            rows.append(
+                {
+                    "part": contrast.part,
+                    "group": group,
+                    "a": contrast.a,
+                    "b": contrast.b,
+                    "name": f"{labels[contrast.part][contrast.a]} − "
+                    f"{labels[contrast.part][contrast.b]}",
+                    "seeds": seeds,
+                    "test_error_difference": error.__dict__,
+                    "trace_difference": [a[s]["trace"] - b[s]["trace"] for s in seeds],
+                    "trace_difference_paired_standard_error": trace_se,
+                }
+            )
+    adjusted = statistics.holm([row["test_error_difference"]["sign_test_p"] for row in rows])
+    for row, p in zip(rows, adjusted, strict=True):
+        row["holm_p"] = p
+    return rows
+
+
+def contrast_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| contrast (test error, a − b) | group | seeds | mean (pp) | 95 % CI (pp) "
+        "| a worse / better | sign test p | Holm p | trace a − b (mean ± paired SE of seed 1) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        error = row["test_error_difference"]
+        interval = (
+            "—"
+            if math.isnan(error["ci_low"])
+            else f"[{100 * error['ci_low']:+.2f}, {100 * error['ci_high']:+.2f}]"
+        )
+        trace = f"{np.mean(row['trace_difference']):+.3g}"
+        if not math.isnan(row["trace_difference_paired_standard_error"][0]):
+            trace += f" ± {row['trace_difference_paired_standard_error'][0]:.2g}"
+        lines.append(
+            f"| {row['name']} | {row['group']} | {len(row['seeds'])} "
+            f"| {100 * error['mean']:+.2f} | {interval} "
+            f"| {error['positive']} / {error['negative']} | {error['sign_test_p']:.3g} "
+            f"| {row['holm_p']:.3g} | {trace} |"
+        )
+    return "\n".join(lines)
+
+
+def correlations(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Spearman's ρ of each curvature measure with test error, over a group's final runs."""
+    runs = results["runs"]
+    table = {}
+    for group in _groups(runs):
+        members = [run for run in runs if run["group"] == group]
+        errors = [run["error_rate"] for run in members]
+        table[group] = {
+            key: statistics.spearman([run[key] for run in members], errors) for key in CURVATURE
+        }
+    return table
+
+
+def gate(results: dict[str, Any]) -> dict[str, Any] | None:
+    """SGD must memorize the flipped labels of the noisiest group (else: widen the model)."""
+    runs = [
+        run
+        for run in results["runs"]
+        if run["variant"] == "sgd" and "flipped_train_error_rate" in run
+    ]
+    if not runs:
+        return None
+    group = _groups(runs)[-1]
+    values = [run["flipped_train_error_rate"] for run in runs if run["group"] == group]
+    worst = max(values)
+    return {
+        "group": group,
+        "flipped_train_error_rate": values,
+        "passed": worst < GATE_THRESHOLD,
+        "threshold": GATE_THRESHOLD,
+    }
+
+
+# Figures.
+
+
+def _band(axes: Any, x: np.ndarray, curves: np.ndarray, label: str) -> None:
+    """Mean over seeds (rows) with its 95 % t band; the band needs two seeds."""
+    mean = curves.mean(axis=0)
+    (line,) = axes.plot(x, mean, label=label)
+    if len(curves) > 1:
+        low, high = np.transpose([statistics.t_interval(column) for column in curves.T])
+        axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def plot_contrasts(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Per-seed paired differences (points) and their mean with the 95 % CI (bar)."""
+    figure = Figure(figsize=(8, 0.45 * len(rows) + 1.2), layout="constrained")
+    axes = figure.subplots()
+    for index, row in enumerate(rows):
+        error = row["test_error_difference"]
+        differences = 100 * np.asarray(error["differences"])
+        axes.scatter(differences, np.full(len(differences), index), s=12, color="0.5", zorder=2)
+        if not math.isnan(error["ci_low"]):
+            axes.plot([100 * error["ci_low"], 100 * error["ci_high"]], [index, index], "k-", lw=2)
+        axes.plot(100 * error["mean"], index, "kD", ms=5, zorder=3)
+    axes.axvline(0, color="tab:red", lw=0.8)
+    axes.set_yticks(range(len(rows)), [f"{row['name']} ({row['group']})" for row in rows])
+    axes.invert_yaxis()
+    axes.set_xlabel("test error difference a − b (pp): seeds (grey), mean and 95 % CI (black)")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_test_errors(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+    """Test error per variant and group: each seed a point, the mean with its 95 % CI."""
+    runs = results["runs"]
+    groups = _groups(runs)
+    figure = Figure(figsize=(5 * len(groups), 0.4 * len(labels) + 1.5), layout="constrained")
+    for axes, group in zip(np.atleast_1d(figure.subplots(1, len(groups))), groups, strict=True):
+        for index, key in enumerate(labels):
+            errors = 100 * np.asarray(
+                [run["error_rate"] for run in by_seed(runs, group, key).values()]
+            )
+            if not len(errors):
+                continue
+            axes.scatter(errors, np.full(len(errors), index), s=12, color="0.5", zorder=2)
+            axes.plot(errors.mean(), index, "kD", ms=5, zorder=3)
+            if len(errors) > 1:
+                axes.plot(statistics.t_interval(errors), [index, index], "k-", lw=2)
+        axes.set_yticks(range(len(labels)), list(labels.values()))
+        axes.invert_yaxis()
+        axes.set_title(group)
+        axes.set_xlabel("test error (%): seeds (grey), mean and 95 % CI (black)")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_gradient_norms(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+    """Figure 3 of the 2022 paper, both ways: the clean ‖g1‖ and the combined gradient's norm
+    per epoch, per variant, mean over the final seeds with a 95 % band."""
+    runs = results["runs"]
+    groups = _groups(runs)
+    figure = Figure(figsize=(11, 3.6 * len(groups)), layout="constrained")
+    grid = np.atleast_2d(figure.subplots(len(groups), 2, squeeze=False))
+    for row_axes, group in zip(grid, groups, strict=True):
+        for key, label in labels.items():
+            members = list(by_seed(runs, group, key).values())
+            if not members:
+                continue
+            epochs = np.asarray([row["epoch"] for row in members[0]["curve"]])
+            for axes, metric in zip(row_axes, ("clean", "combined"), strict=True):
+                values = [[row[f"{metric}_gradient_norm"] for row in m["curve"]] for m in members]
+                if any(v is None for curve in values for v in curve):
+                    continue  # a trainer that does not log the combined norm yet
+                _band(axes, epochs, np.asarray(values, np.float64), label)
+        for axes, title in zip(row_axes, ("clean mini-batch ‖g1‖", "combined ‖g‖"), strict=True):
+            axes.set_title(f"{group}: {title}")
+            axes.set_xlabel("epoch")
+            axes.set_yscale("log")
+            if axes.lines:
+                axes.legend(fontsize=7)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_adam(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+    """Adam's √ν̂ and step size lr/(√ν̂ + ε) over the first steps: mean and CV over parameters,
+    mean over seeds with a 95 % band, one row per width."""
+    runs = results["runs"]
+    groups = _groups(runs)
+    figure = Figure(figsize=(18, 3.6 * len(groups)), layout="constrained")
+    grid = np.atleast_2d(figure.subplots(len(groups), len(ADAM_STATS), squeeze=False))
+    for row_axes, group in zip(grid, groups, strict=True):
+        for key, label in labels.items():
+            members = [m for m in by_seed(runs, group, key).values() if m.get("adam")]
+            if not members:
+                continue
+            length = min(len(m["adam"]) for m in members)
+            steps = np.arange(1, length + 1)
+            for axes, stat in zip(row_axes, ADAM_STATS, strict=True):
+                # JSON holds an undefined value (the CV while lr = 0 at step 1) as null.
+                values = np.asarray(
+                    [[row[stat] for row in m["adam"][:length]] for m in members], np.float64
+                )
+                _band(axes, steps, values, label)
+        for axes, stat in zip(row_axes, ADAM_STATS, strict=True):
+            axes.set_title(f"{group}: {stat.replace('_', ' ')}")
+            axes.set_xlabel("step")
+            axes.set_yscale("log")
+        row_axes[0].legend(fontsize=7)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def write_report(
+    results: dict[str, Any], out: Path, *, declared: Sequence[Any], labels: Labels
+) -> dict[str, Any]:
+    """Tables (markdown), contrasts, correlations, the gate and figures of the parts run."""
+    rows = contrasts(results, declared, labels)
+    sections, figures, report = [], [], {"contrasts": rows}
+    report["correlations"] = {}
+    for part in ("icml2022", "icml2024"):
+        if part not in results:
+            continue
+        sections.append(f"## {part}\n\n{variant_table(results[part], labels[part])}\n")
+        report["correlations"][part] = correlations(results[part])
+        figures.append(plot_test_errors(results[part], labels[part], out / f"{part}_errors.png"))
+        if part == "icml2022":
+            report["gate"] = gate(results[part])
+            figures.append(
+                plot_gradient_norms(
+                    results[part], labels[part], out / "icml2022_gradient_norms.png"
+                )
+            )
+        else:
+            figures.append(
+                plot_adam(results[part], labels[part], out / "icml2024_adam_moments.png")
+            )
+    if rows:
+        sections.append(
+            "## Declared contrasts (paired by seed; Holm over all rows)\n\n"
+            + contrast_table(rows)
+            + "\n"
+        )
+        figures.append(plot_contrasts(rows, out / "contrasts.png"))
+    if report.get("gate"):
+        result = report["gate"]
+        values = ", ".join(f"{100 * v:.2f}" for v in result["flipped_train_error_rate"])
+        verdict = "passed" if result["passed"] else "FAILED: widen the model or train longer"
+        sections.append(
+            f"Gate ({result['group']}): SGD's train error on the flipped labels, per seed "
+            f"(%): {values}; must stay under {100 * GATE_THRESHOLD:g} %: {verdict}.\n"
+        )
+    report["markdown"] = "\n".join(sections)
+    report["figures"] = [str(path) for path in figures]
+    (out / "results.md").write_text(report["markdown"])
+    return json_ready(report)
