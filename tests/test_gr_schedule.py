@@ -63,6 +63,8 @@ def test_step_dependent_probability_as_the_released_schedule_function():
 
 def test_bad_probability_schedules_are_clear_errors():
     with pytest.raises(ValueError, match="schedule_function must be a function"):
+        hybrid_probability(0.5, {"p": 0.5})
+    with pytest.raises(ValueError, match="schedule_function 'linear' cannot be imported"):
         hybrid_probability("linear", {"p": 0.5})
     with pytest.raises(ValueError, match="at step 0"):
         hybrid_probability(constant_probability, {"p": -0.1})
@@ -88,3 +90,19 @@ def test_invalid_strategy_and_p():
         GRSchedule(r=0.1, alpha=0.8, strategy="linear")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         GRSchedule(r=0.1, alpha=0.8, hybrid_p=1.5)
+
+
+def test_schedule_function_is_stored_by_import_path_and_resumes_with_it():
+    # config.json holds the function's import path: its repr would hold a memory address that
+    # differs in the resuming process, and every resume would look like a changed config.
+    from gnp.configs.default import get_config
+    from gnp.train import run_config
+
+    config = get_config().to_dict()
+    saved = run_config.plain(config)
+    assert saved["schedule_function"] == "gnp.train.gr_schedule.constant_probability"
+    assert run_config.differences(saved, config) == {}
+    probability = hybrid_probability(saved["schedule_function"], {"p": 0.3})
+    assert probability(0) == probability(7) == 0.3
+    with pytest.raises(ValueError, match=r"'gnp\.nowhere\.f' cannot be imported"):
+        hybrid_probability("gnp.nowhere.f", {"p": 0.3})

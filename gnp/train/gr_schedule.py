@@ -8,12 +8,15 @@ Over the first ``warmup_steps`` (the learning-rate warmup):
 Hybrid training makes each step a GNP step with probability ``p(step)``, else a
 plain one. As in the released code, the config's ``schedule_function`` is called
 with the keys of ``hybrid_config`` and returns ``step ↦ p``; the released (and
-default) one is ``constant_probability``: p at every step.
+default) one is ``constant_probability``: p at every step. ``config.json`` stores
+the function by its import path (``gnp.train.gr_schedule.constant_probability``),
+which is also accepted in its place, so a run reads back and resumes with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +36,30 @@ def constant_probability(p: float) -> Probability:
     return lambda step: p
 
 
+def function_path(function: Callable[..., Any]) -> str:
+    """A function's import path, the form in which ``config.json`` stores it (its repr holds a
+    memory address, which differs in every process)."""
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+def _imported(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(
+            f"schedule_function {path!r} cannot be imported; give a function or its import "
+            "path, e.g. 'gnp.train.gr_schedule.constant_probability'"
+        ) from None
+
+
 def hybrid_probability(
-    schedule_function: Callable[..., Probability], hybrid_config: Any
+    schedule_function: Callable[..., Probability] | str, hybrid_config: Any
 ) -> Probability:
-    """``schedule_function(**hybrid_config)``, checked: a callable giving p in [0, 1] at step 0."""
+    """``schedule_function(**hybrid_config)``, checked: a callable giving p in [0, 1] at step 0.
+    ``schedule_function`` may also be the function's import path (as ``config.json`` has it)."""
+    if isinstance(schedule_function, str):
+        schedule_function = _imported(schedule_function)
     if not callable(schedule_function):
         raise ValueError(
             f"schedule_function must be a function of the hybrid_config keys returning "

@@ -17,6 +17,8 @@ import os
 from collections.abc import Collection
 from typing import Any
 
+from gnp.train.gr_schedule import function_path
+
 BOOKKEEPING = frozenset(
     {
         "evaluate_every_n_epochs",
@@ -27,8 +29,8 @@ BOOKKEEPING = frozenset(
         "eval_batch_size",
         "dataset.num_workers",
         "dataset.data_dir",
-        "dataset.imagenet_train_dir",
-        "dataset.imagenet_val_dir",
+        "imagenet_train_dir",
+        "imagenet_val_dir",
     }
 )
 # Extending total_epochs continues on the learning-rate schedule of the longer run (see
@@ -40,9 +42,14 @@ class ConfigChanged(ValueError):
     """The resolved config differs from the one the run in ``working_dir`` was trained with."""
 
 
+def _json_default(value: Any) -> str:
+    """Functions (``schedule_function``) by import path: the same in every process."""
+    return function_path(value) if callable(value) else str(value)
+
+
 def plain(config_dict: dict[str, Any]) -> dict[str, Any]:
     """The config as it reads back from JSON (tuples become lists), so that both compare."""
-    return json.loads(json.dumps(config_dict, default=str))
+    return json.loads(json.dumps(config_dict, default=_json_default))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
