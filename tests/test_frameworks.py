@@ -1,5 +1,8 @@
 """gnp.value_and_grad serves Flax NNX (split/merge) and equinox (partition/combine) models."""
 
+import pathlib
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -66,6 +69,31 @@ def test_flax_nnx_through_split_and_merge():
     nnx.update(model, params)
     # the module itself now holds the trained parameters
     assert float(jnp.mean((model(x) - y) ** 2)) == pytest.approx(float(loss_fn(params, x, y)))
+
+
+def test_library_md_nnx_example_with_batchnorm_runs_as_written():
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "library.md").read_text()
+    section = text[text.index("## Flax NNX") : text.index("## equinox")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict = {}
+    exec(compile(block, "docs/library.md", "exec"), namespace)
+    x, y, model = namespace["x"], namespace["y"], namespace["model"]
+    model.eval()
+    trained = float(jnp.mean((model(x) - y) ** 2))  # running statistics, after nnx.update
+    fresh = namespace["Net"](nnx.Rngs(0))
+    fresh.eval()
+    assert trained < 0.5 * float(jnp.mean((fresh(x) - y) ** 2))
+
+    # One step from the start: the running mean moves by (1 − momentum) times the clean
+    # pass's batch mean of the BatchNorm input (not the perturbed pass's), by hand in float64.
+    fresh.train()
+    _, params, rest = nnx.split(fresh, nnx.Param, ...)
+    hidden = nnx.to_pure_dict(params)["hidden"]
+    batch_mean = (np.asarray(x, np.float64) @ hidden["kernel"] + hidden["bias"]).mean(axis=0)
+    _, rest, _, _ = namespace["train_step"](params, rest, namespace["opt_state"], x, y)
+    running_mean = nnx.to_pure_dict(rest)["norm"]["mean"]
+    momentum = fresh.norm.momentum
+    np.testing.assert_allclose(running_mean, (1 - momentum) * batch_mean, rtol=1e-4, atol=1e-6)
 
 
 def test_equinox_through_partition_and_combine():
