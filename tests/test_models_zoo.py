@@ -160,10 +160,24 @@ def test_cifar_cait_xxs24_count():
     assert count_params("CaiT_XXS24", size=32, num_classes=10) == cifar
 
 
+# The release's general classes, registered under its names: they need a size.
+GENERAL = {
+    "PyramidNetBase": ("PyramidNet_164_48", dict(depth=164, alpha=48)),
+    "ViTBase": ("ViT_TI16", dict(hidden_size=192, depth=12, num_heads=3, mlp_dim=768)),
+}
+
+
+@pytest.mark.parametrize("general", GENERAL)
+def test_released_general_classes_build_the_named_sizes(general):
+    named, sizes = GENERAL[general]
+    released = {(n, s, c): count for n, s, c, count in RELEASED}[(named, 32, 10)]
+    assert count_params(general, size=32, num_classes=10, **sizes) == released
+
+
 @pytest.mark.parametrize("name", models.names())
 def test_every_registered_name_initializes(name):
     size = 224 if name.endswith("_224") else 32
-    module = models.get_model(name, num_classes=10)
+    module = models.get_model(name, num_classes=10, **GENERAL.get(name, (None, {}))[1])
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     logits, variables = jax.eval_shape(
         lambda: module.init_with_output(jax.random.key(0), images, train=False)
@@ -180,7 +194,7 @@ def test_registered_families():
         "WideResNet_16_4", "WideResNet_28_10", "WideResNet_40_10", "WideResNet_2_96_ShakeShake",
         "PyramidNet_164_48", "PyramidNet_164_270", "PyramidNet_200_240", "PyramidNet_272_200",
         "PyramidNet_164_48_ShakeDrop", "PyramidNet_272_200_ShakeDrop",
-        "ViT_TI16", "ViT_S16", "ViT_B16", "ViT_L16",
+        "ViT_TI16", "ViT_S16", "ViT_B16", "ViT_L16", "PyramidNetBase", "ViTBase",
         "Swin_Tiny", "Swin_Small", "Swin_Base",
         "Swin_Tiny_Patch4", "Swin_Small_Patch4", "Swin_Base_Patch4",
         "Swin_Tiny_224", "Swin_Small_224", "Swin_Base_224",
@@ -197,7 +211,7 @@ def test_shake_models_declare_true_gradient():
         "PyramidNet_272_200_ShakeDrop",
     }
     for name in models.names():
-        module = models.get_model(name, num_classes=10)
+        module = models.get_model(name, num_classes=10, **GENERAL.get(name, (None, {}))[1])
         assert getattr(module, "supports_true_gradient", False) == (name in shake), name
 
 
@@ -211,3 +225,28 @@ def test_swin_with_an_image_size_its_windows_do_not_divide_is_a_clear_error():
     images = jax.ShapeDtypeStruct((1, 96, 96, 3), jnp.float32)  # 24x24 map, 7x7 windows
     with pytest.raises(ValueError, match="does not divide into 7x7 windows"):
         jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "size", "stem_kernel"),
+    [
+        (10, 224, (3, 3, 3, 16)),  # CIFAR's class count: the CIFAR stem, at any size
+        (100, 32, (3, 3, 3, 16)),
+        (1000, 32, (7, 7, 3, 64)),  # ImageNet's: the ImageNet stem, at any size
+        (7, 32, (3, 3, 3, 16)),  # any other count: by size (the release builds no stem)
+        (7, 96, (7, 7, 3, 64)),
+    ],
+)
+def test_resnet_stem_is_chosen_by_class_count_as_released(num_classes, size, stem_kernel):
+    module = models.get_model("ResNet18", num_classes=num_classes)
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    params = jax.eval_shape(lambda: module.init(jax.random.key(0), images, train=False))
+    assert params["params"]["Conv_0"]["kernel"].shape == stem_kernel
+
+
+@pytest.mark.parametrize(("num_classes", "size", "patch"), [(10, 224, 4), (1000, 32, 16)])
+def test_vit_patches_are_chosen_by_class_count_as_released(num_classes, size, patch):
+    module = models.get_model("ViT_TI16", num_classes=num_classes)
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    params = jax.eval_shape(lambda: module.init(jax.random.key(0), images, train=False))
+    assert params["params"]["Conv_0"]["kernel"].shape == (patch, patch, 3, 192)

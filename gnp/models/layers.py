@@ -49,6 +49,20 @@ def is_small_image(images: jnp.ndarray) -> bool:
     return images.shape[1] <= SMALL_IMAGE_MAX_SIZE
 
 
+def uses_cifar_variant(num_classes: int, images: jnp.ndarray) -> bool:
+    """CIFAR variant (ResNet's small stem, ViT's 4×4 patches) or ImageNet's, as released.
+
+    The release decides by the number of classes: 10 or 100 means CIFAR, 1000 ImageNet. For any
+    other count it builds a ResNet with no stem at all and refuses a ViT; here the input size
+    decides those (CIFAR's up to 64 px).
+    """
+    if num_classes in (10, 100):
+        return True
+    if num_classes == 1000:
+        return False
+    return is_small_image(images)
+
+
 def _mix_with_shaken_gradient(
     forward: jnp.ndarray, backward: jnp.ndarray, true_gradient: bool
 ) -> jnp.ndarray:

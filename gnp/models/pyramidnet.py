@@ -110,3 +110,6 @@ PyramidNet_164_48_ShakeDrop = register("PyramidNet_164_48_ShakeDrop")(
 PyramidNet_272_200_ShakeDrop = register("PyramidNet_272_200_ShakeDrop")(
     functools.partial(PyramidNetShakeDrop, depth=272, alpha=200)
 )
+# The release also registers its general class; here its fields are ``depth`` and ``alpha``
+# (released ``pyramid_depth`` and ``pyramid_alpha``).
+register("PyramidNetBase")(PyramidNet)

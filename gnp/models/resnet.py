@@ -5,10 +5,9 @@ biases on the basic block's convolutions (not the bottleneck's), the classifier 
 U[±1/√classes], and the CIFAR stem's 16 channels feeding the first 64-wide stage through a
 projection shortcut.
 
-``stem="auto"`` picks the CIFAR stem (3×3 stride 1, 16 channels, no max pooling) for inputs up
-to 64 px and the ImageNet stem (7×7 stride 2 + 3×3 max pooling) above. The release picks by the
-number of classes (10 or 100: CIFAR, 1000: ImageNet); both agree on the data sets it supports,
-and by size a 200-class 64 px set still gets a stem (the release builds none for it).
+``stem="auto"`` picks, as the release does, the CIFAR stem (3×3 stride 1, ``cifar_stem_width``
+channels, no max pooling) for 10 or 100 classes and the ImageNet stem (7×7 stride 2 + 3×3 max
+pooling) for 1000; other class counts go by input size (see ``layers.uses_cifar_variant``).
 """
 
 from __future__ import annotations
@@ -20,13 +19,10 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import classifier_init, conv_init, is_small_image
+from gnp.models.layers import classifier_init, conv_init, uses_cifar_variant
 from gnp.models.registry import register
 
 ModuleDef = Callable[..., nn.Module]
-
-# The released CIFAR stem is 16 channels wide whatever the stages' width.
-CIFAR_STEM_FEATURES = 16
 
 
 class BasicBlock(nn.Module):
@@ -75,6 +71,8 @@ class ResNet(nn.Module):
     block_cls: ModuleDef
     width: int = 64
     stem: Literal["auto", "imagenet", "cifar"] = "auto"
+    # The released CIFAR stem is 16 channels wide whatever the stages' width.
+    cifar_stem_width: int = 16
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -85,11 +83,13 @@ class ResNet(nn.Module):
         )
         if self.stem not in ("auto", "imagenet", "cifar"):
             raise ValueError(f"stem must be 'auto', 'imagenet' or 'cifar', not {self.stem!r}")
-        cifar_stem = self.stem == "cifar" or (self.stem == "auto" and is_small_image(x))
+        cifar_stem = self.stem == "cifar" or (
+            self.stem == "auto" and uses_cifar_variant(self.num_classes, x)
+        )
         x = x.astype(self.dtype)
         # No ReLU after either stem's BatchNorm: the released network is built so.
         if cifar_stem:
-            x = norm()(conv(CIFAR_STEM_FEATURES, (3, 3))(x))
+            x = norm()(conv(self.cifar_stem_width, (3, 3))(x))
         else:
             x = norm()(conv(self.width, (7, 7), 2)(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")

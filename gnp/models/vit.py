@@ -4,9 +4,9 @@ As released (after google-research/vision_transformer): dropout 0.1 and attentio
 Xavier-uniform kernels in attention and MLP, MLP biases N(0, 10⁻⁶), tanh-approximate GELU and a
 zero-initialized head. Stochastic depth (``drop_path_rate``) is ours and off by default.
 
-``patch_size=None`` picks 4×4 patches on inputs up to 64px, as the released code uses ViTs on
-CIFAR (16×16 patches would leave a 32px image four tokens), and 16×16 otherwise. The release
-picks by the number of classes (10 or 100: 4×4, 1000: 16×16), the same on its data sets.
+``patch_size=None`` picks, as the release does, 4×4 patches for 10 or 100 classes (16×16
+patches would leave a 32 px CIFAR image four tokens) and 16×16 for 1000; other class counts go
+by input size (see ``layers.uses_cifar_variant``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import DropPath, MlpBlock, is_small_image, patchify
+from gnp.models.layers import DropPath, MlpBlock, patchify, uses_cifar_variant
 from gnp.models.registry import register
 
 
@@ -72,7 +72,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
-        patch_size = self.patch_size or (4 if is_small_image(x) else 16)
+        patch_size = self.patch_size or (4 if uses_cifar_variant(self.num_classes, x) else 16)
         x = patchify(x.astype(self.dtype), self.hidden_size, patch_size, self.dtype)
         cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size))
         x = jnp.concatenate(
@@ -108,3 +108,6 @@ ViT_B16 = register("ViT_B16")(
 ViT_L16 = register("ViT_L16")(
     functools.partial(ViT, hidden_size=1024, depth=24, num_heads=16, mlp_dim=4096)
 )
+# The release also registers its general class (its sizes in ``transformer``/``patches``
+# ConfigDicts there; plain fields here: hidden_size, depth, num_heads, mlp_dim, patch_size).
+register("ViTBase")(ViT)

@@ -67,8 +67,9 @@ class WideResNetBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-widen_factor.
 
-    ``additional_skip_connections`` adds AutoAugment's shortcuts around each group and around
-    all three (the released ``use_additional_skip_connections_in_wrn``, off there as here).
+    ``use_additional_skip_connections`` adds AutoAugment's shortcuts around each group and
+    around all three (the released config key ``use_additional_skip_connections_in_wrn``, off
+    there as here).
     ``dropout_rate`` (between a block's convolutions, as in the WRN paper) is ours; the release
     has none.
     """
@@ -76,7 +77,7 @@ class WideResNet(nn.Module):
     num_classes: int
     depth: int
     widen_factor: int
-    additional_skip_connections: bool = False
+    use_additional_skip_connections: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
 
@@ -95,9 +96,9 @@ class WideResNet(nn.Module):
                     dropout_rate=self.dropout_rate,
                     dtype=self.dtype,
                 )(x, train)
-            if self.additional_skip_connections:
+            if self.use_additional_skip_connections:
                 x = _add_shortcut(x, group_input)
-        if self.additional_skip_connections:
+        if self.use_additional_skip_connections:
             x = _add_shortcut(x, inputs)
         x = nn.relu(_norm(train, self.dtype)(x))
         x = jnp.mean(x, axis=(1, 2))
