@@ -138,7 +138,7 @@ class MlpBlock(nn.Module):
     """The transformers' feed-forward block: Dense-GELU-dropout-Dense-dropout.
 
     The defaults (exact GELU, flax's initializers) serve Swin and CaiT; ViT passes the released
-    ViT's own (tanh-approximate GELU, Xavier-uniform kernels, N(0, 1e-6) biases).
+    ViT's own (tanh-approximate GELU, Xavier-uniform kernels, N(0, σ = 1e-6) biases).
     """
 
     hidden_size: int

@@ -1,8 +1,8 @@
 """Vision Transformer (Dosovitskiy et al. 2021): class token, learned position embedding.
 
 As released (after google-research/vision_transformer): dropout 0.1 and attention dropout 0.1,
-Xavier-uniform kernels in attention and MLP, MLP biases N(0, 10⁻⁶), tanh-approximate GELU and a
-zero-initialized head. Stochastic depth (``drop_path_rate``) is ours and off by default.
+Xavier-uniform kernels in attention and MLP, MLP biases N(0, σ = 10⁻⁶), tanh-approximate GELU
+and a zero-initialized head. Stochastic depth (``drop_path_rate``) is ours and off by default.
 
 ``patch_size=None`` picks, as the release does, 4×4 patches for 10 or 100 classes (16×16
 patches would leave a 32 px CIFAR image four tokens) and 16×16 for 1000; other class counts go
