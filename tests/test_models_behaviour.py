@@ -411,11 +411,10 @@ def test_vit_released_initialization():
         assert np.abs(dense["kernel"]).max() > 0.8 * bound
 
 
-def test_vit_mlp_uses_tanh_approximate_gelu():
-    module = models.get_model(
-        "ViT_TI16", num_classes=5, hidden_size=16, depth=1, num_heads=2, mlp_dim=32
-    )
-    x = jnp.zeros((1, 8, 8, 3))
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+@pytest.mark.parametrize("family", ["vit", "swin", "cait"])
+def test_transformer_mlps_use_tanh_approximate_gelu(family):
+    module = small_model(family)
+    x = images()
+    variables = jax.eval_shape(lambda: init(module, x))
     jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, x, train=False))(variables))
     assert "tanh" in jaxpr and "erf" not in jaxpr

@@ -137,24 +137,26 @@ class DropPath(nn.Module):
 class MlpBlock(nn.Module):
     """The transformers' feed-forward block: Dense-GELU-dropout-Dense-dropout.
 
-    The defaults (exact GELU, flax's initializers) serve Swin and CaiT; ViT passes the released
-    ViT's own (tanh-approximate GELU, Xavier-uniform kernels, N(0, σ = 1e-6) biases).
+    Tanh-approximate GELU and Xavier-uniform kernels, as every released transformer's MLP (the
+    ViT's own, and jax_models' ``TransformerMLP`` behind the released Swin and CaiT); the ViT
+    starts its biases N(0, σ = 1e-6), the others at zero.
     """
 
     hidden_size: int
     dropout_rate: float
     dtype: Any
-    approximate_gelu: bool = False
-    kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         dense = functools.partial(
-            nn.Dense, kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype
+            nn.Dense,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=self.bias_init,
+            dtype=self.dtype,
         )
         features = x.shape[-1]
-        x = nn.gelu(dense(self.hidden_size)(x), approximate=self.approximate_gelu)
+        x = nn.gelu(dense(self.hidden_size)(x), approximate=True)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = dense(features)(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -49,8 +49,6 @@ class EncoderBlock(nn.Module):
             self.mlp_dim,
             self.dropout_rate,
             self.dtype,
-            approximate_gelu=True,
-            kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
         )(nn.LayerNorm(dtype=self.dtype)(x), train)
         return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
