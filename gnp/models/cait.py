@@ -139,9 +139,8 @@ class CaiT(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
         patch_size = self.patch_size or (4 if is_small_image(x) else 16)
         x = patchify(x.astype(self.dtype), self.embed_dim, patch_size, self.dtype)
-        position = self.param(
-            "position_embedding", nn.initializers.truncated_normal(0.02), (1, *x.shape[1:])
-        )
+        # Class token and position embedding start at zero, as in jax_models' CaiT (released).
+        position = self.param("position_embedding", nn.initializers.zeros, (1, *x.shape[1:]))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + position.astype(x.dtype))
         block = functools.partial(
             CaiTBlock,
@@ -154,7 +153,7 @@ class CaiT(nn.Module):
         )
         for _ in range(self.depth):
             x = block(drop_path_rate=self.drop_path_rate, class_attention=False)(x, train)
-        cls = self.param("cls", nn.initializers.truncated_normal(0.02), (1, 1, self.embed_dim))
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, self.embed_dim))
         cls = jnp.broadcast_to(cls, (x.shape[0], 1, self.embed_dim)).astype(x.dtype)
         for _ in range(self.class_depth):
             cls = block(drop_path_rate=0.0, class_attention=True)(x, train, cls)

@@ -3,6 +3,8 @@
 Widths grow additively by α/(number of blocks) per block, rounded, as in the paper's code; the
 shortcut is average pooling plus zero-padded channels, so it has no parameters. With ShakeDrop
 the survival probability falls linearly from 1 to ``final_survival`` (0.5) at the last block.
+As released: the classifier starts U[±1/√classes], and only the ShakeDrop variant puts a
+BatchNorm after the stem convolution (the two released files differ there).
 """
 
 from __future__ import annotations
@@ -13,14 +15,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import conv_init, shake_drop
+from gnp.models.layers import classifier_init, conv_init, padded_shortcut, shake_drop
 from gnp.models.registry import register
-
-
-def _shortcut(x: jnp.ndarray, features: int, strides: int) -> jnp.ndarray:
-    if strides > 1:
-        x = nn.avg_pool(x, (strides, strides), strides=(strides, strides))
-    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
 
 
 class PyramidBottleneck(nn.Module):
@@ -46,7 +42,7 @@ class PyramidBottleneck(nn.Module):
             y = shake_drop(
                 y, survival=self.survival, key=key, train=train, true_gradient=true_gradient
             )
-        return _shortcut(x, 4 * self.features, self.strides) + y
+        return padded_shortcut(x, 4 * self.features, self.strides) + y
 
 
 class PyramidNet(nn.Module):
@@ -57,6 +53,7 @@ class PyramidNet(nn.Module):
     alpha: int
     # None: no ShakeDrop; else the survival probability p_L of the last block.
     final_survival: float | None = None
+    stem_batch_norm: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -68,7 +65,8 @@ class PyramidNet(nn.Module):
         x = nn.Conv(16, (3, 3), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(
             x.astype(self.dtype)
         )
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        if self.stem_batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
         width = 16.0
         for index in range(num_blocks):
             width += self.alpha / num_blocks
@@ -82,13 +80,15 @@ class PyramidNet(nn.Module):
             )
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        head = nn.Dense(self.num_classes, kernel_init=classifier_init, dtype=self.dtype)
+        return head(x).astype(jnp.float32)
 
 
 class PyramidNetShakeDrop(PyramidNet):
     """PyramidNet with ShakeDrop on every residual branch."""
 
     final_survival: float | None = 0.5
+    stem_batch_norm: bool = True
     supports_true_gradient: ClassVar[bool] = True
 
 
@@ -110,3 +110,6 @@ PyramidNet_164_48_ShakeDrop = register("PyramidNet_164_48_ShakeDrop")(
 PyramidNet_272_200_ShakeDrop = register("PyramidNet_272_200_ShakeDrop")(
     functools.partial(PyramidNetShakeDrop, depth=272, alpha=200)
 )
+# The release also registers its general class; here its fields are ``depth`` and ``alpha``
+# (released ``pyramid_depth`` and ``pyramid_alpha``).
+register("PyramidNetBase")(PyramidNet)

@@ -1,8 +1,13 @@
-"""ResNet (He et al. 2016), after flax's examples/imagenet.
+"""ResNet (He et al. 2016) as the released code builds it, after flax's examples/imagenet.
 
-``stem="auto"`` picks the CIFAR stem (one 3×3 stride-1 convolution, no max pooling) for inputs
-up to 64px, where the ImageNet stem (7×7 stride 2 + max pooling) would discard most of the
-image, and the ImageNet stem otherwise.
+Released details kept: BatchNorm without a ReLU after the stem, BatchNorm scales starting at 1,
+biases on the basic block's convolutions (not the bottleneck's), the classifier initialized
+U[±1/√classes], and the CIFAR stem's 16 channels feeding the first 64-wide stage through a
+projection shortcut.
+
+``stem="auto"`` picks, as the release does, the CIFAR stem (3×3 stride 1, ``cifar_stem_width``
+channels, no max pooling) for 10 or 100 classes and the ImageNet stem (7×7 stride 2 + 3×3 max
+pooling) for 1000; other class counts go by input size (see ``layers.uses_cifar_variant``).
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import conv_init, is_small_image
+from gnp.models.layers import classifier_init, conv_init, uses_cifar_variant
 from gnp.models.registry import register
 
 ModuleDef = Callable[..., nn.Module]
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 convolutions (ResNet-18/34)."""
+    """Two 3×3 convolutions (ResNet-18/34); its convolutions carry biases, as released."""
 
     features: int
     strides: int
@@ -30,12 +35,12 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        conv = functools.partial(self.conv, use_bias=True)
         residual = x
-        y = nn.relu(self.norm()(self.conv(self.features, (3, 3), self.strides)(x)))
-        # Zero-initialized last scale: each block starts as the identity (Goyal et al. 2017).
-        y = self.norm(scale_init=nn.initializers.zeros)(self.conv(self.features, (3, 3))(y))
+        y = nn.relu(self.norm()(conv(self.features, (3, 3), self.strides)(x)))
+        y = self.norm()(conv(self.features, (3, 3))(y))
         if residual.shape != y.shape:
-            residual = self.norm()(self.conv(self.features, (1, 1), self.strides)(residual))
+            residual = self.norm()(conv(self.features, (1, 1), self.strides)(residual))
         return nn.relu(residual + y)
 
 
@@ -52,20 +57,22 @@ class Bottleneck(nn.Module):
         residual = x
         y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
         y = nn.relu(self.norm()(self.conv(self.features, (3, 3), self.strides)(y)))
-        y = self.norm(scale_init=nn.initializers.zeros)(self.conv(4 * self.features, (1, 1))(y))
+        y = self.norm()(self.conv(4 * self.features, (1, 1))(y))
         if residual.shape != y.shape:
             residual = self.norm()(self.conv(4 * self.features, (1, 1), self.strides)(residual))
         return nn.relu(residual + y)
 
 
 class ResNet(nn.Module):
-    """Four stages of residual blocks, widths ``width·(1, 2, 4, 8)``."""
+    """A stem, then four stages of residual blocks, widths ``width·(1, 2, 4, 8)``."""
 
     num_classes: int
     stage_sizes: Sequence[int]
     block_cls: ModuleDef
     width: int = 64
     stem: Literal["auto", "imagenet", "cifar"] = "auto"
+    # The released CIFAR stem is 16 channels wide whatever the stages' width.
+    cifar_stem_width: int = 16
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -76,19 +83,23 @@ class ResNet(nn.Module):
         )
         if self.stem not in ("auto", "imagenet", "cifar"):
             raise ValueError(f"stem must be 'auto', 'imagenet' or 'cifar', not {self.stem!r}")
-        cifar_stem = self.stem == "cifar" or (self.stem == "auto" and is_small_image(x))
+        cifar_stem = self.stem == "cifar" or (
+            self.stem == "auto" and uses_cifar_variant(self.num_classes, x)
+        )
         x = x.astype(self.dtype)
+        # No ReLU after either stem's BatchNorm: the released network is built so.
         if cifar_stem:
-            x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
+            x = norm()(conv(self.cifar_stem_width, (3, 3))(x))
         else:
-            x = nn.relu(norm()(conv(self.width, (7, 7), 2, padding=((3, 3), (3, 3)))(x)))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = norm()(conv(self.width, (7, 7), 2)(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = self.block_cls(self.width * 2**stage, strides, conv=conv, norm=norm)(x)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        head = nn.Dense(self.num_classes, kernel_init=classifier_init, dtype=self.dtype)
+        return head(x).astype(jnp.float32)
 
 
 ResNet18 = register("ResNet18")(

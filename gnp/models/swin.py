@@ -22,6 +22,8 @@ from gnp.models.registry import register
 
 # Added to attention logits between tokens that a cyclic shift made neighbours.
 _MASKED = -100.0
+# jax_models' Swin, behind the released one, normalizes with ε = 1e-5 (flax's default 1e-6).
+LAYER_NORM_EPSILON = 1e-5
 
 
 def window_partition(x: jnp.ndarray, window: int) -> jnp.ndarray:
@@ -106,7 +108,7 @@ class SwinBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         _, h, w, features = x.shape
-        y = nn.LayerNorm(dtype=self.dtype)(x)
+        y = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)(x)
         mask = None
         if self.shift:
             y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
@@ -123,7 +125,7 @@ class SwinBlock(nn.Module):
             y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
         x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
         y = MlpBlock(int(self.mlp_ratio * features), self.dropout_rate, self.dtype)(
-            nn.LayerNorm(dtype=self.dtype)(x), train
+            nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)(x), train
         )
         return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
@@ -138,7 +140,7 @@ class PatchMerging(nn.Module):
         x = jnp.concatenate(
             [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1
         )
-        x = nn.LayerNorm(dtype=self.dtype)(x)
+        x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)(x)
         return nn.Dense(x.shape[-1] // 2, use_bias=False, dtype=self.dtype)(x)
 
 
@@ -162,7 +164,7 @@ class Swin(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
         patch = (self.patch_size, self.patch_size)
         x = nn.Conv(self.embed_dim, patch, strides=patch, dtype=self.dtype)(x.astype(self.dtype))
-        x = nn.LayerNorm(dtype=self.dtype)(x)
+        x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         drop_path_rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
         block_index = 0
@@ -190,7 +192,7 @@ class Swin(nn.Module):
                     self.dtype,
                 )(x, train)
                 block_index += 1
-        x = jnp.mean(nn.LayerNorm(dtype=self.dtype)(x), axis=(1, 2))
+        x = jnp.mean(nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)(x), axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 

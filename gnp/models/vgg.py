@@ -2,7 +2,8 @@
 
 The classifier is the paper's 4096-4096 with dropout on the flattened features at any input
 size, as the released code does: at 224px that is the 138M-parameter VGG-16; on 32px CIFAR the
-features flatten to 512 and the network is much smaller.
+features flatten to 512 and the network is much smaller. Its three Dense layers start
+U[±1/√outputs], as released.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import conv_init
+from gnp.models.layers import classifier_init, conv_init
 from gnp.models.registry import register
 
 
@@ -43,10 +44,11 @@ class VGG(nn.Module):
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
+        dense = functools.partial(nn.Dense, kernel_init=classifier_init, dtype=self.dtype)
         for _ in range(2):
-            x = nn.relu(nn.Dense(self.hidden_size, dtype=self.dtype)(x))
+            x = nn.relu(dense(self.hidden_size)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return dense(self.num_classes)(x).astype(jnp.float32)
 
 
 VGG16 = register("VGG16")(functools.partial(VGG, stage_sizes=(2, 2, 3, 3, 3)))

@@ -1,8 +1,9 @@
 """Wide ResNets (Zagoruyko & Komodakis 2016) and Shake-Shake (Gastaldi 2017) for CIFAR.
 
 Both follow google-research/sam (and the released code): WRN-d-k has (d−4)/6 pre-activation
-blocks per group at widths 16k, 32k, 64k; Shake-Shake 26 2×96d has (26−2)/6 = 4 two-branch
-blocks per group at widths 96, 192, 384.
+blocks per group at widths 16k, 32k, 64k, with parameter-free shortcuts (average pooling and
+zero channels); Shake-Shake 26 2×96d has (26−2)/6 = 4 two-branch blocks per group at widths 96,
+192, 384. Classifiers start U[±1/√classes], as released.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import conv_init, shake_shake
+from gnp.models.layers import classifier_init, conv_init, padded_shortcut, shake_shake
 from gnp.models.registry import register
 
 
@@ -27,8 +28,19 @@ def _norm(train: bool, dtype: Any) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)
 
 
+def _head(num_classes: int, dtype: Any) -> nn.Dense:
+    return nn.Dense(num_classes, kernel_init=classifier_init, dtype=dtype)
+
+
+def _add_shortcut(y: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    """``y + x``, with x pooled and zero-padded to y's shape where the width changes."""
+    if x.shape[-1] == y.shape[-1]:
+        return y + x
+    return y + padded_shortcut(x, y.shape[-1], x.shape[-2] // y.shape[-2])
+
+
 class WideResNetBlock(nn.Module):
-    """Pre-activation block: BN-ReLU-conv3×3-BN-ReLU-(dropout)-conv3×3, 1×1 conv shortcut."""
+    """Pre-activation block: BN-ReLU-conv3×3-BN-ReLU-(dropout)-conv3×3, parameter-free shortcut."""
 
     features: int
     strides: int
@@ -49,25 +61,33 @@ class WideResNetBlock(nn.Module):
         y = nn.relu(_norm(train, self.dtype)(y))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = _conv(self.features, 3, 1, self.dtype)(y)
-        if residual.shape[-1] != self.features:
-            residual = _conv(self.features, 1, self.strides, self.dtype)(residual)
-        return residual + y
+        return _add_shortcut(y, residual)
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-widen_factor."""
+    """WRN-depth-widen_factor.
+
+    ``use_additional_skip_connections`` adds AutoAugment's shortcuts around each group and
+    around all three (the released config key ``use_additional_skip_connections_in_wrn``, off
+    there as here).
+    ``dropout_rate`` (between a block's convolutions, as in the WRN paper) is ours; the release
+    has none.
+    """
 
     num_classes: int
     depth: int
     widen_factor: int
+    use_additional_skip_connections: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
         blocks_per_group = (self.depth - 4) // 6
-        x = _conv(16, 3, 1, self.dtype)(x.astype(self.dtype))
+        inputs = x = x.astype(self.dtype)
+        x = _conv(16, 3, 1, self.dtype)(x)
         for group, base in enumerate((16, 32, 64)):
+            group_input = x
             for block in range(blocks_per_group):
                 x = WideResNetBlock(
                     base * self.widen_factor,
@@ -76,9 +96,13 @@ class WideResNet(nn.Module):
                     dropout_rate=self.dropout_rate,
                     dtype=self.dtype,
                 )(x, train)
+            if self.use_additional_skip_connections:
+                x = _add_shortcut(x, group_input)
+        if self.use_additional_skip_connections:
+            x = _add_shortcut(x, inputs)
         x = nn.relu(_norm(train, self.dtype)(x))
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return _head(self.num_classes, self.dtype)(x).astype(jnp.float32)
 
 
 class ShakeShakeShortcut(nn.Module):
@@ -143,7 +167,7 @@ class WideResNetShakeShake(nn.Module):
                     x, train, true_gradient
                 )
         x = jnp.mean(nn.relu(x), axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return _head(self.num_classes, self.dtype)(x).astype(jnp.float32)
 
 
 WideResNet_16_4 = register("WideResNet_16_4")(
