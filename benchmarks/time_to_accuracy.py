@@ -1,7 +1,8 @@
 """Test error against cost for plain, SAM, GNP and its cheaper variants, several seeds.
 
     PYTHONPATH=. .venv/bin/python benchmarks/time_to_accuracy.py [--dataset digits]
-        [--model SmallCNN] [--epochs 12] [--seeds 0,1,2] [--out runs/time_to_accuracy]
+        [--model SmallCNN] [--epochs 12] [--seeds 0,1,2] [--label_noise 0]
+        [--out runs/time_to_accuracy]
 
 Each variant trains with the trainer itself (``gnp.train.loop.train_and_evaluate``),
 evaluated every epoch, one run per seed:
@@ -54,6 +55,7 @@ def configure(args: argparse.Namespace, overrides: dict[str, Any], seed: int) ->
     config.evaluate_every_n_epochs = 1
     config.save_ckpt_every_n_epochs = args.epochs
     config.seeds = config.init_seeds = seed
+    config.dataset.label_noise = args.label_noise
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -162,6 +164,9 @@ def main() -> None:
     parser.add_argument("--model", default="SmallCNN")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--label_noise", type=float, default=0.0, help="fraction of training labels flipped"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default="runs/time_to_accuracy")
     args = parser.parse_args()
