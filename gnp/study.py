@@ -314,7 +314,7 @@ def adam_moments(config: Any) -> Callable[[TrainState], dict[str, jax.Array]]:
     """Mean and coefficient of variation over all parameters of Adam's √ν̂ (ν bias-corrected)
     and of the per-parameter step size lr/(√ν̂ + ε), read from the optax AdamW state."""
     beta2 = config.opt.opt_params.beta2 or 0.999
-    epsilon = config.opt.opt_params.epsilon or 1e-8
+    epsilon = config.opt.opt_params.eps or 1e-8
 
     def find_adam(tree: Any) -> Any:
         nodes = jax.tree.leaves(tree, is_leaf=lambda node: hasattr(node, "nu"))

@@ -146,8 +146,11 @@ def main(argv: list[str]) -> None:
 
 def _quiet_errors(record: Any) -> bool:
     """Drops orbax's error logs (a failed save logs one traceback per thread: the trainer
-    reports the failure itself, once) and the traceback of any other log record."""
-    if record.levelno == logging.converter.STANDARD_ERROR and "/orbax/" in record.pathname:
+    reports the failure itself, once), asyncio's "Task exception was never retrieved" for the
+    same failed writes (logged when the process exits), and the traceback of any other record."""
+    if record.levelno == logging.converter.STANDARD_ERROR and (
+        "/orbax/" in record.pathname or record.name == "asyncio"
+    ):
         return False
     record.exc_info = record.exc_text = None
     return True

@@ -13,6 +13,9 @@ import functools
 from gnp.models.registry import register
 from gnp.models.vit import ViT
 
-ViT1D = functools.partial(ViT, depth=4, patch_size=4)
+# No dropout by default (the image ViT's released default is 0.1): the study compares gradient
+# regularization with and without warmups, and dropout would be a second regularizer in every
+# arm. ``dropout_rate=`` / ``attention_dropout_rate=`` turn it on.
+ViT1D = functools.partial(ViT, depth=4, patch_size=4, dropout_rate=0.0, attention_dropout_rate=0.0)
 ViT1D_32 = register("ViT1D_32")(functools.partial(ViT1D, hidden_size=32, num_heads=4, mlp_dim=128))
 ViT1D_64 = register("ViT1D_64")(functools.partial(ViT1D, hidden_size=64, num_heads=8, mlp_dim=256))
