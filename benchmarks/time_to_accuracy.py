@@ -101,6 +101,10 @@ def summarize(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
     rows = []
     for name in results:
         error, half = interval([run["error"][-1] for run in results[name]])
+        # With noisy labels the test error falls, then rises as the noise is memorized: the
+        # lowest error over the epochs (per seed, read on the test set, so optimistic for every
+        # variant alike) says what each variant had before that.
+        best, best_half = interval([min(run["error"]) for run in results[name]])
         errors, passes = mean_curve(name, "error"), mean_curve(name, "passes")
         reached = np.nonzero(errors <= target)[0]
         rows.append(
@@ -108,6 +112,8 @@ def summarize(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
                 "variant": name,
                 "final_test_error": error,
                 "ci95": half,
+                "best_test_error": best,
+                "best_ci95": best_half,
                 "passes_x_plain": mean_curve(name, "passes")[-1] / plain_passes,
                 "seconds_x_plain": mean_curve(name, "seconds")[-1] / plain_seconds,
                 "passes_to_gnp_error_x_plain": (
@@ -120,15 +126,16 @@ def summarize(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| variant | final test error (95% CI) | passes × plain | seconds × plain "
-        "| passes to GNP's error × plain run |",
-        "|---|---|---|---|---|",
+        "| variant | final test error (95% CI) | lowest test error over epochs (95% CI) "
+        "| passes × plain | seconds × plain | passes to GNP's error × plain run |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         reach = row["passes_to_gnp_error_x_plain"]
         lines.append(
             f"| {row['variant']} | {100 * row['final_test_error']:.2f}% ± "
-            f"{100 * row['ci95']:.2f} | {row['passes_x_plain']:.2f} | "
+            f"{100 * row['ci95']:.2f} | {100 * row['best_test_error']:.2f}% ± "
+            f"{100 * row['best_ci95']:.2f} | {row['passes_x_plain']:.2f} | "
             f"{row['seconds_x_plain']:.2f} | {'not reached' if reach is None else f'{reach:.2f}'} |"
         )
     return "\n".join(lines)
