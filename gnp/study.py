@@ -45,7 +45,6 @@ import numpy as np
 
 from gnp import analysis
 from gnp.analysis.plots import json_ready
-from gnp.analyze import load_run, params_loss, split_batches
 from gnp.configs.default import get_config as default_config
 from gnp.data import build_input_pipeline
 from gnp.data.label_noise import RelabeledSplit
@@ -53,6 +52,7 @@ from gnp.optim import learning_rate_schedule
 from gnp.study_report import write_report
 from gnp.train.loop import train_and_evaluate
 from gnp.train.metrics import read_metrics
+from gnp.train.run import load_run, params_loss, split_batches
 from gnp.train.steps import TrainState
 
 PARTS = ("icml2022", "icml2024")
