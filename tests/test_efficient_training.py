@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from test_train import assert_trees_equal, read_jsonl, tiny_config
 
-from gnp.train import loop
+from gnp.train import build, loop
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
 from gnp.train.gr_schedule import GRSchedule
 from gnp.train.steps import (
     GNPOptions,
     LossConfig,
-    create_train_state,
     make_train_step,
     replicate,
     shard_batch,
@@ -32,16 +31,9 @@ def compiled_convolutions(
     forward, and backward for the weights and inputs)."""
     config = validate_config(tiny_config(**{"gnp.alpha": alpha}))
     pipeline = loop.build_input_pipeline(config)
-    model = loop.build_model(config, 10)
-    schedule = loop.learning_rate_schedule(config, 5)
-    state, optimizer = create_train_state(
-        model,
-        lambda p: loop.build_optimizer(config, schedule, p),
-        pipeline.info.image_shape,
-        init_seed=0,
-        seed=0,
-        reuse=options.reuse_period > 1,
-    )
+    model = build.build_model(config, 10)
+    config.gnp.reuse_period = options.reuse_period
+    state, optimizer, schedule = build.train_state(config, model, pipeline.info.image_shape, 5)
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
     step = make_train_step(
         model=model,

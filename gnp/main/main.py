@@ -94,8 +94,8 @@ def dry_run(config: Any) -> None:
 
     from gnp.data import build_input_pipeline
     from gnp.optim import describe_optimizer
+    from gnp.train.build import build_model
     from gnp.train.config import validate_config
-    from gnp.train.loop import build_model
 
     config = validate_config(config)
     pipeline = build_input_pipeline(config)

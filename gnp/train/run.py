@@ -29,9 +29,9 @@ from gnp.analysis.batchnorm import BatchStatsUpdate
 from gnp.analysis.data import LossFn
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.optim import l2_penalty
+from gnp.train.build import build_model
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
-from gnp.train.loop import build_model
 from gnp.train.steps import RNG_STREAMS
 
 PyTree = Any
