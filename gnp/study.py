@@ -53,7 +53,7 @@ from gnp.study_report import write_report
 from gnp.train.loop import train_and_evaluate
 from gnp.train.metrics import read_metrics
 from gnp.train.run import load_run, params_loss, split_batches
-from gnp.train.steps import TrainState
+from gnp.train.steps import TrainState, model_variables
 
 PARTS = ("icml2022", "icml2024")
 RUN_FILE = "study_run.json"
@@ -358,9 +358,7 @@ def train_errors(run: Any) -> dict[str, float]:
     """Train error (eval mode) against the labels trained on, the flipped ones and the clean."""
     source = run.pipeline.source
     clean = source.train.split.labels if isinstance(source.train, RelabeledSplit) else None
-    variables = {"params": run.params}
-    if run.variables["batch_stats"]:
-        variables["batch_stats"] = run.variables["batch_stats"]
+    variables = model_variables(run.params, run.variables["batch_stats"])
     predict = jax.jit(
         lambda images: jnp.argmax(run.model.apply(variables, images, train=False), -1)
     )

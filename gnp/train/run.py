@@ -23,16 +23,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from gnp.analysis.batchnorm import BatchStatsUpdate
 from gnp.analysis.data import LossFn
 from gnp.data import InputPipeline, build_input_pipeline
-from gnp.optim import l2_penalty
-from gnp.train.build import build_model
+from gnp.train.build import build_model, loss_config
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
-from gnp.train.steps import RNG_STREAMS
+from gnp.train.steps import RNG_STREAMS, model_variables, objective
 
 PyTree = Any
 Batch = dict[str, Any]  # "image", "label", "mask" (an eval batch), on the host or a device
@@ -149,24 +147,16 @@ def split_batches(pipeline: InputPipeline, split: str, max_batches: int | None) 
 
 def variables_loss(run: Run) -> Callable[[dict[str, PyTree], Batch], jax.Array]:
     """``loss(variables, batch)``: the objective of ``LOSS_DEFINITION`` as a masked batch mean."""
-    config = run.config
+    terms = loss_config(run.config)
 
     def loss(variables: dict[str, PyTree], batch: Batch) -> jax.Array:
-        inputs = {"params": variables["params"]}
-        if variables["batch_stats"]:
-            inputs["batch_stats"] = variables["batch_stats"]
-        logits = run.model.apply(inputs, batch["image"], train=False)
-        targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
-        if config.label_smoothing > 0:
-            targets = optax.smooth_labels(targets, config.label_smoothing)
-        mask = jnp.asarray(batch["mask"], jnp.float32)
-        cross_entropy = jnp.sum(optax.softmax_cross_entropy(logits, targets) * mask)
-        l2 = l2_penalty(
-            variables["params"],
-            config.l2_regularization,
-            skip_vectors=config.no_weight_decay_on_bn,
+        params = variables["params"]
+        logits = run.model.apply(
+            model_variables(params, variables["batch_stats"]), batch["image"], train=False
         )
-        return cross_entropy / jnp.maximum(jnp.sum(mask), 1.0) + l2
+        targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
+        weights = jnp.asarray(batch["mask"], jnp.float32)
+        return objective(logits, targets, params, terms, weights)
 
     return loss
 
