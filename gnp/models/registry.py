@@ -1,4 +1,5 @@
-"""Models register by name, as in the released code: adding one touches one file."""
+"""Models register by name, as in the released code: adding one touches one file
+(``gnp.models`` imports every module of its package)."""
 
 from __future__ import annotations
 
