@@ -43,7 +43,6 @@ from matplotlib.figure import Figure
 
 from gnp import analysis
 from gnp.analysis.plots import clean_gradient_norm_key, json_ready
-from gnp.train.checkpoint import NonFiniteError
 from gnp.train.config_file import normalize_argv, read_config
 from gnp.train.loop import train_and_evaluate
 from gnp.train.metrics import read_metrics
@@ -59,6 +58,7 @@ from gnp.train.run import (
     split_batches,
     variables_loss,
 )
+from gnp.train.stops import NonFiniteError
 
 FILTER_RULE = (
     "filter-normalized (Li et al. 2018): one filter per conv output channel and per Dense "

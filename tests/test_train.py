@@ -10,8 +10,9 @@ import pytest
 
 from gnp.configs import default
 from gnp.train import build, loop
-from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted
+from gnp.train.checkpoint import Checkpoints
 from gnp.train.loop import train_and_evaluate
+from gnp.train.stops import NonFiniteError, Preempted
 
 
 def tiny_config(**overrides):

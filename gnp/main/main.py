@@ -155,8 +155,9 @@ def _quiet_errors(record: Any) -> bool:
 
 def describe_failure(error: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that ended a run."""
-    from gnp.train.checkpoint import CheckpointError, NonFiniteError, Preempted
+    from gnp.train.checkpoint import CheckpointError
     from gnp.train.run_lock import RunLocked
+    from gnp.train.stops import NonFiniteError, Preempted
 
     if isinstance(error, Preempted):
         return error.exit_code, str(error)

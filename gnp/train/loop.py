@@ -2,12 +2,13 @@
 
 Sections: set-up (mesh, data, model, optimizer, state), resume, the epoch loop
 (train steps, metrics, evaluation, checkpoints), the end (final checkpoint, plot).
+What the run reports (resuming, config changes, a record per epoch) is printed to stdout,
+the chief process's console; it has no logger of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.optim import learning_rate_schedule
 from gnp.train import build, run_config
-from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted, PreemptionGuard
+from gnp.train.checkpoint import Checkpoints, PreemptionGuard
 from gnp.train.config import validate_config
 from gnp.train.metrics import MetricWriter, plot_curves
 from gnp.train.outputs import check_working_dir, prepare_outputs
@@ -34,8 +35,7 @@ from gnp.train.steps import (
     replicate,
     shard_batch,
 )
-
-log = logging.getLogger("gnp")
+from gnp.train.stops import NonFiniteError, Preempted
 
 
 def evaluate(eval_step: Any, state: TrainState, pipeline: InputPipeline, mesh: Any, top5: bool):
