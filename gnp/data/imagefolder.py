@@ -27,7 +27,7 @@ from PIL import Image
 
 from gnp.data.augment import ImageNetAugment
 from gnp.data.randaugment import RandAugment
-from gnp.data.source import Source, SourceOptions
+from gnp.data.source import Source, SourceOptions, register_source
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def scan(directory: Path, classes: list[str], strict: bool, num_threads: int = 3
     )
 
 
+@register_source("imagenet")
 def load(options: SourceOptions) -> Source:
     if options.image_level_augmentations == "aa-only":
         raise ValueError(

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gnp.data.source import ArraySplit, Source, SourceOptions
+from gnp.data.source import ArraySplit, Source, SourceOptions, register_source
 
 NUM_CLASSES = 10
 SIGNAL_LENGTH = 40
@@ -140,6 +140,7 @@ class Unaugmented:
         return image
 
 
+@register_source("mnist1d")
 def load(options: SourceOptions) -> Source:
     if options.image_level_augmentations != "none":
         raise ValueError(

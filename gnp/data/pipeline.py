@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
-from collections.abc import Callable
+import pkgutil
 from typing import Any
 
 import grain
@@ -27,16 +28,12 @@ import numpy as np
 from absl import flags
 
 from gnp.choices import check_choice
-from gnp.data import cifar, digits, imagefolder, label_noise, mixing, mnist1d, validation
-from gnp.data.source import Source, SourceOptions
+from gnp.data import label_noise, mixing, validation
+from gnp.data.source import Source, SourceOptions, load_source, source_names
 
-_SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
-    "cifar10": cifar.load_cifar10,
-    "cifar100": cifar.load_cifar100,
-    "digits": digits.load,
-    "imagenet": imagefolder.load,
-    "mnist1d": mnist1d.load,
-}
+# Every module of the package, so that each source module registers its data set names.
+for _module in pkgutil.iter_modules([os.path.dirname(__file__)]):
+    importlib.import_module(f"{__package__}.{_module.name}")
 
 # Keep the seeds of different kinds of draw apart; each kind always uses the same number of
 # indices, since numpy's SeedSequence treats trailing zeros as absent.
@@ -261,7 +258,7 @@ class InputPipeline:
 
 
 def dataset_names() -> list[str]:
-    return sorted(_SOURCES)
+    return source_names()
 
 
 def build_input_pipeline(
@@ -278,7 +275,7 @@ def build_input_pipeline(
     held_out = not config.get("use_test_set", True)
     if held_out:
         validation.check_dataset(name)
-    source = _SOURCES[name](SourceOptions.from_config(config))
+    source = load_source(name, SourceOptions.from_config(config))
     if held_out:
         source = validation.with_validation_split(source)
     source = label_noise.with_label_noise(source, noise, _rng(config.seeds, _LABEL_NOISE))

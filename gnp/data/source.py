@@ -1,7 +1,8 @@
 """What every data source hands the loader: two random-access splits, constants, augmentations.
 
-A source is one module with one ``load(options: SourceOptions) -> Source`` function,
-registered by name in ``gnp.data.pipeline``; the loader needs nothing else.
+A source is one module of ``gnp.data`` with a ``load(options: SourceOptions) -> Source``
+function that it registers under its ``dataset.dataset_name`` (``@register_source("name")``);
+``gnp.data.pipeline`` imports every module of the package, so no list names the sources.
 """
 
 from __future__ import annotations
@@ -126,3 +127,29 @@ class SourceOptions:
                 f"{name} images are {size}x{size}; set dataset.image_size to 0 or {size}, "
                 f"not {self.image_size}"
             )
+
+
+Loader = Callable[[SourceOptions], Source]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_source(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: ``@register_source("cifar10")`` makes a loader ``dataset.dataset_name``'s."""
+
+    def add(load: Loader) -> Loader:
+        if name in _LOADERS:
+            raise ValueError(f"data set {name!r} is registered twice")
+        _LOADERS[name] = load
+        return load
+
+    return add
+
+
+def source_names() -> list[str]:
+    """Every registered data set name, sorted."""
+    return sorted(_LOADERS)
+
+
+def load_source(name: str, options: SourceOptions) -> Source:
+    """The source registered as ``name`` (checked by the caller against ``source_names``)."""
+    return _LOADERS[name](options)
