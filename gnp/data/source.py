@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gnp.data.augment import check_level
+from gnp.registry import Registry
 
 
 class Split(Protocol):
@@ -130,26 +131,12 @@ class SourceOptions:
 
 
 Loader = Callable[[SourceOptions], Source]
-_LOADERS: dict[str, Loader] = {}
+_SOURCES: Registry[Loader] = Registry("data set")
 
-
-def register_source(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: ``@register_source("cifar10")`` makes a loader ``dataset.dataset_name``'s."""
-
-    def add(load: Loader) -> Loader:
-        if name in _LOADERS:
-            raise ValueError(f"data set {name!r} is registered twice")
-        _LOADERS[name] = load
-        return load
-
-    return add
-
-
-def source_names() -> list[str]:
-    """Every registered data set name, sorted."""
-    return sorted(_LOADERS)
+register_source = _SOURCES.register  # ``@register_source("cifar10")`` on a source's loader
+source_names = _SOURCES.names
 
 
 def load_source(name: str, options: SourceOptions) -> Source:
-    """The source registered as ``name`` (checked by the caller against ``source_names``)."""
-    return _LOADERS[name](options)
+    """The source registered as ``name``."""
+    return _SOURCES.get(name)(options)
