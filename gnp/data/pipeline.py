@@ -110,7 +110,7 @@ class InputPipeline:
         self.global_batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
-        self.batch_level_augmentations = mixing.check_level(batch_level_augmentations)
+        self.batch_level_augmentations = mixing.check_batch_level(batch_level_augmentations)
         self.mixup_alpha = mixup_alpha
         # Cutout's 16 px suits 32 px images; keep the same fraction at other sizes.
         self.cutout_size = cutout_size or max(1, round(16 * source.image_shape[0] / 32))
@@ -269,7 +269,7 @@ def build_input_pipeline(
     name = dataset_config.dataset_name
     check_choice(name, dataset_names(), "dataset.dataset_name")
     # Check every name before loading: scanning ImageNet takes a while.
-    batch_level = mixing.check_level(dataset_config.get("batch_level_augmentations", "none"))
+    batch_level = mixing.check_batch_level(dataset_config.get("batch_level_augmentations", "none"))
     noise = label_noise.check_fraction(dataset_config.get("label_noise", 0.0))
     cutout_mode = mixing.check_cutout_mode(dataset_config.get("cutout_mode", "batch"))
     held_out = not config.get("use_test_set", True)

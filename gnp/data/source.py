@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gnp.data.augment import check_level
+from gnp.data.augment import check_image_level
 from gnp.registry import Registry
 
 
@@ -109,7 +109,7 @@ class SourceOptions:
             imagenet_train_dir=Path(train_dir).expanduser(),
             imagenet_val_dir=Path(val_dir).expanduser(),
             image_size=int(dataset_config.get("image_size", 0)),
-            image_level_augmentations=check_level(
+            image_level_augmentations=check_image_level(
                 dataset_config.get("image_level_augmentations", "basic")
             ),
             strict=bool(dataset_config.get("strict", False)),
