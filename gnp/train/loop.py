@@ -25,6 +25,7 @@ from gnp.optim import learning_rate_schedule
 from gnp.train import build, run_config
 from gnp.train.checkpoint import Checkpoints, PreemptionGuard
 from gnp.train.config import validate_config
+from gnp.train.gr_schedule import GRSchedule
 from gnp.train.metrics import MetricWriter, plot_curves
 from gnp.train.outputs import check_working_dir, prepare_outputs
 from gnp.train.run_lock import RunLock
@@ -220,37 +221,9 @@ def _train(
             bar.close()
             fetched = jax.device_get(step_metrics)
             seconds = time.perf_counter() - started
-            bad = _first_non_finite(fetched)
-            if bad is not None:
-                index, key, value = bad
-                raise NonFiniteError(
-                    f"{key} became {value} at step {first_step + index} (epoch {epoch}); nothing "
-                    f"after it was saved. The last good checkpoint is "
-                    f"{checkpoints.describe_latest()}. Try a lower base_lr, gradient_clipping > 0, "
-                    "a smaller gnp.r, or check the input data for NaN."
-                )
-            last_step = first_step + steps_per_epoch - 1
-            r_used, alpha_used = gr.logged_values(last_step)
-            record = {
-                "epoch": epoch,
-                "step": int(first_step + steps_per_epoch),
-                # Over the steps that have it (a one-pass MSAM step has no clean gradient).
-                **{
-                    k: float(np.mean([m[k] for m in fetched if k in m]))
-                    for k in AVERAGED
-                    if any(k in m for m in fetched)
-                },
-                "learning_rate": float(fetched[-1]["learning_rate"]),
-                "r": r_used,
-                "alpha": alpha_used,
-                # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
-                "gnp_step_fraction": gnp_steps / len(fetched),
-                # As r and α: the value in force at the epoch's last step (the released log).
-                **(
-                    {"probability": gr.probability(last_step)} if config.use_hybrid_training else {}
-                ),
-                "images_per_second": len(fetched) * config.batch_size / seconds,
-            }
+            _raise_if_non_finite(fetched, first_step, epoch, checkpoints)
+            end_step = first_step + steps_per_epoch
+            record = _epoch_record(config, gr, epoch, end_step, fetched, gnp_steps, seconds)
             if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:
                 record |= evaluate(
                     eval_step, state, pipeline, mesh, config.compute_top_5_error_rate
@@ -272,6 +245,54 @@ def _train(
     if is_chief:
         plot_curves(writer.path, os.path.join(working_dir, "curves.png"))
     return record
+
+
+def _raise_if_non_finite(
+    fetched: list[dict[str, Any]], first_step: int, epoch: int, checkpoints: Checkpoints
+) -> None:
+    """Ends the run at an epoch's end if any of its steps went NaN or Inf (nothing saved)."""
+    bad = _first_non_finite(fetched)
+    if bad is not None:
+        index, key, value = bad
+        raise NonFiniteError(
+            f"{key} became {value} at step {first_step + index} (epoch {epoch}); nothing "
+            f"after it was saved. The last good checkpoint is "
+            f"{checkpoints.describe_latest()}. Try a lower base_lr, gradient_clipping > 0, "
+            "a smaller gnp.r, or check the input data for NaN."
+        )
+
+
+def _epoch_record(
+    config: Any,
+    gr: GRSchedule,
+    epoch: int,
+    end_step: int,
+    fetched: list[dict[str, Any]],
+    gnp_steps: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """One epoch's line of ``metrics.jsonl`` (before evaluation), from its steps' metrics;
+    ``end_step`` is the step count at the epoch's end."""
+    last_step = end_step - 1
+    r_used, alpha_used = gr.logged_values(last_step)
+    return {
+        "epoch": epoch,
+        "step": int(end_step),
+        # Over the steps that have it (a one-pass MSAM step has no clean gradient).
+        **{
+            k: float(np.mean([m[k] for m in fetched if k in m]))
+            for k in AVERAGED
+            if any(k in m for m in fetched)
+        },
+        "learning_rate": float(fetched[-1]["learning_rate"]),
+        "r": r_used,
+        "alpha": alpha_used,
+        # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
+        "gnp_step_fraction": gnp_steps / len(fetched),
+        # As r and α: the value in force at the epoch's last step (the released log).
+        **({"probability": gr.probability(last_step)} if config.use_hybrid_training else {}),
+        "images_per_second": len(fetched) * config.batch_size / seconds,
+    }
 
 
 def _report_changes(
