@@ -4,7 +4,7 @@
         [--batch 128] [--steps 10] [--dtype float32|bfloat16] [--torch]
 
 For each model (32×32×3 inputs, 10 classes, SGD-momentum, L2 in the loss):
-  framework  gnp.train.steps.make_train_step on a one-device mesh, as the trainer runs it;
+  framework  the trainer's step (gnp.train.build.train_steps) on a one-device mesh;
   minimal    a hand-written jax.jit step doing the same math, the floor of the framework;
   torch      (with --torch, WideResNet_16_4 only) the same step in PyTorch, the common
              two-backward SAM implementation, on the same cores.
@@ -27,16 +27,10 @@ import optax
 from timing import interleaved_medians, program_mib  # benchmarks/ is on the path
 
 from gnp import models
+from gnp.configs.base import get_base_config
 from gnp.optim import l2_penalty
-from gnp.train.gr_schedule import GRSchedule
-from gnp.train.steps import (
-    GNPOptions,
-    LossConfig,
-    create_train_state,
-    make_train_step,
-    replicate,
-    shard_batch,
-)
+from gnp.train import build
+from gnp.train.steps import create_train_state, replicate, shard_batch
 
 R, L2, LR = 0.05, 5e-4, 0.1
 VARIANTS = {"plain": 0.0, "SAM": 1.0, "GNP": 0.8}  # α
@@ -45,16 +39,17 @@ VARIANTS = {"plain": 0.0, "SAM": 1.0, "GNP": 0.8}  # α
 def framework_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: dict) -> tuple:
     """(run, compiled): the trainer's own step, inputs sharded as the trainer shards them."""
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-    step = make_train_step(
+    config = get_base_config()  # no warm-up, no clipping, no label smoothing: the plain math
+    config.l2_regularization, config.gnp.r, config.gnp.alpha = L2, R, alpha
+    steps = build.train_steps(
+        config,
         model=model,
         optimizer=optimizer,
         schedule=optax.constant_schedule(LR),
         mesh=mesh,
-        loss_config=LossConfig(l2_regularization=L2),
-        gr=GRSchedule(r=R, alpha=alpha),
-        gnp_options=GNPOptions(),
-        penalized=alpha > 0,
+        gr=build.gr_schedule(config, steps_per_epoch=1),
     )
+    step = steps[alpha > 0, True]  # (GNP step?, full step?); only this one is compiled
     state, batch = replicate(state, mesh), shard_batch(batch, mesh)
     compiled = step.lower(state, batch["image"], batch["label"]).compile()
 
@@ -137,12 +132,12 @@ def main() -> None:
     for name in args.models.split(","):
         model = models.get_model(name, num_classes=10, dtype=jnp.dtype(args.dtype))
         runs, memory = {}, {}
-        for kind, build in (("framework", framework_step), ("minimal", minimal_step)):
+        for kind, make_step in (("framework", framework_step), ("minimal", minimal_step)):
             for variant, alpha in VARIANTS.items():
                 state, _ = create_train_state(
                     model, lambda p: optimizer, (32, 32, 3), init_seed=0, seed=0
                 )
-                run, compiled = build(model, alpha, state, optimizer, batch)
+                run, compiled = make_step(model, alpha, state, optimizer, batch)
                 runs[(kind, variant)] = run
                 memory[(kind, variant)] = program_mib(compiled)
         seconds = interleaved_medians(runs, args.steps)

@@ -28,7 +28,6 @@ landscape is defined for; the per-step numbers in ``metrics.jsonl`` are not.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
@@ -36,33 +35,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
-from absl import flags, logging
+from absl import logging
 from matplotlib.figure import Figure
-from ml_collections import config_flags
 
 from gnp import analysis
 from gnp.analysis.plots import clean_gradient_norm_key, json_ready
-from gnp.data import InputPipeline, build_input_pipeline
-from gnp.optim import l2_penalty
-from gnp.train.checkpoint import Checkpoints, NonFiniteError
-from gnp.train.config import validate_config
-from gnp.train.config_file import check_override_keys, normalize_argv
-from gnp.train.loop import build_model, train_and_evaluate
+from gnp.train.config_file import normalize_argv, read_config
+from gnp.train.loop import train_and_evaluate
 from gnp.train.metrics import read_metrics
-from gnp.train.steps import RNG_STREAMS
-
-PyTree = Any
-Batch = dict[str, Any]  # "image", "label", "mask" (an eval batch), on the host or a device
-LOSS_DEFINITION = (
-    "mean cross-entropy (with the run's label smoothing) + the run's L2 term; "
-    "BatchNorm in inference mode (running statistics), no dropout, no augmentation"
+from gnp.train.run import (
+    LOSS_DEFINITION,
+    Batch,
+    PyTree,
+    Run,
+    RunError,
+    batch_stats_update,
+    load_run,
+    params_loss,
+    split_batches,
+    variables_loss,
 )
+from gnp.train.stops import NonFiniteError
+
 FILTER_RULE = (
     "filter-normalized (Li et al. 2018): one filter per conv output channel and per Dense "
     "output unit; attention q/k/v kernels one per projection and head; biases, norm "
@@ -77,142 +74,6 @@ BATCHNORM_MODES = {
 # Interpolation goes this far past each run: the loss just outside shows whether a run sits
 # at the bottom of its basin.
 INTERPOLATION_MARGIN = 0.5
-
-
-class RunError(ValueError):
-    """A working directory that is not a usable run; the message says what is missing."""
-
-
-# Reading a run.
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """A training run read back from its working directory: config, model and latest state."""
-
-    working_dir: Path
-    config: ml_collections.ConfigDict
-    pipeline: InputPipeline
-    model: nn.Module
-    variables: dict[str, PyTree]  # {"params", "batch_stats"} as host arrays
-    step: int
-    epoch: int
-
-    @property
-    def params(self) -> PyTree:
-        return self.variables["params"]
-
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "working_dir": str(self.working_dir),
-            "checkpoint_step": self.step,
-            "epoch": self.epoch,
-            "model": self.config.model.model_name,
-            "dataset": self.config.dataset.dataset_name,
-        }
-
-
-def _read_config(working_dir: Path) -> ml_collections.ConfigDict:
-    if not working_dir.is_dir():
-        raise RunError(f"run directory {working_dir} does not exist")
-    path = working_dir / "config.json"
-    if not path.is_file():
-        raise RunError(
-            f"{path} does not exist: {working_dir} is not a training run's --working_dir "
-            "(the trainer writes config.json when it starts)"
-        )
-    return validate_config(ml_collections.ConfigDict(json.loads(path.read_text())))
-
-
-def _read_latest_state(working_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    directory = working_dir / "checkpoints"
-    missing = RunError(
-        f"no checkpoint in {directory}: the run has not saved one yet "
-        "(it saves every save_ckpt_every_n_epochs epochs and at the end)"
-    )
-    if not directory.is_dir():
-        raise missing
-    checkpoints = Checkpoints(str(directory), read_only=True)
-    try:
-        if checkpoints.latest_step() is None:
-            raise missing
-        return checkpoints.load_latest()
-    finally:
-        checkpoints.close()
-
-
-def load_run(working_dir: str | Path) -> Run:
-    """The run in ``working_dir`` with its latest checkpoint's params and BatchNorm statistics.
-
-    Arrays come back to the host, so a run trained on several devices is read on one.
-    """
-    working_dir = Path(working_dir)
-    config = _read_config(working_dir)
-    state, progress = _read_latest_state(working_dir)
-    pipeline = build_input_pipeline(config)
-    variables = {
-        "params": jax.tree.map(np.asarray, state["params"]),
-        "batch_stats": jax.tree.map(np.asarray, state.get("batch_stats") or {}),
-    }
-    return Run(
-        working_dir=working_dir,
-        config=config,
-        pipeline=pipeline,
-        model=build_model(config, pipeline.info.num_classes),
-        variables=variables,
-        step=int(state["step"]),
-        epoch=int(progress.get("epoch", 0)),
-    )
-
-
-def split_batches(pipeline: InputPipeline, split: str, max_batches: int | None) -> list[Batch]:
-    """Eval-style batches (no augmentation, padded last batch with ``mask``) of one split.
-
-    The training split goes through a pipeline whose test split is the training
-    set, so both splits get the evaluation transform and padding. The batches
-    are held on the device: the Hessian and landscape tools pass over them many
-    times, and copying them from the host every time would dominate on a GPU.
-    """
-    if split == "train":
-        source = dataclasses.replace(pipeline.source, test=pipeline.source.train)
-        pipeline = InputPipeline(
-            source,
-            batch_size=pipeline.global_batch_size,
-            eval_batch_size=pipeline.eval_batch_size,
-            seed=pipeline.seed,
-        )
-    return jax.device_put(list(itertools.islice(pipeline.eval_batches(), max_batches)))
-
-
-def variables_loss(run: Run) -> Callable[[dict[str, PyTree], Batch], jax.Array]:
-    """``loss(variables, batch)``: the objective of ``LOSS_DEFINITION`` as a masked batch mean."""
-    config = run.config
-
-    def loss(variables: dict[str, PyTree], batch: Batch) -> jax.Array:
-        inputs = {"params": variables["params"]}
-        if variables["batch_stats"]:
-            inputs["batch_stats"] = variables["batch_stats"]
-        logits = run.model.apply(inputs, batch["image"], train=False)
-        targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
-        if config.label_smoothing > 0:
-            targets = optax.smooth_labels(targets, config.label_smoothing)
-        mask = jnp.asarray(batch["mask"], jnp.float32)
-        cross_entropy = jnp.sum(optax.softmax_cross_entropy(logits, targets) * mask)
-        l2 = l2_penalty(
-            variables["params"],
-            config.l2_regularization,
-            skip_vectors=config.no_weight_decay_on_bn,
-        )
-        return cross_entropy / jnp.maximum(jnp.sum(mask), 1.0) + l2
-
-    return loss
-
-
-def params_loss(run: Run) -> analysis.data.LossFn:
-    """``loss(params, batch)`` with the run's BatchNorm statistics held fixed."""
-    loss = variables_loss(run)
-    batch_stats = run.variables["batch_stats"]
-    return lambda params, batch: loss({"params": params, "batch_stats": batch_stats}, batch)
 
 
 # Outputs.
@@ -425,20 +286,6 @@ def _check_same_model(run: Run, other: Run) -> None:
         )
 
 
-def _batch_stats_update(run: Run, seed: int) -> analysis.batchnorm.BatchStatsUpdate:
-    """A train-mode pass as the trainer makes it (fixed draws for dropout and the like)."""
-    key = jax.random.key(seed)
-    rngs = {name: jax.random.fold_in(key, i) for i, name in enumerate(RNG_STREAMS)}
-
-    def update(variables: dict[str, PyTree], batch: Batch) -> PyTree:
-        _, updates = run.model.apply(
-            variables, batch["image"], train=True, rngs=rngs, mutable=["batch_stats"]
-        )
-        return updates["batch_stats"]
-
-    return update
-
-
 def _batchnorm_mode(run: Run, requested: str | None) -> str:
     if not run.variables["batch_stats"]:
         return "none"
@@ -459,7 +306,7 @@ def interpolate(args: argparse.Namespace) -> None:
         train_batches = jax.device_put(
             [run.pipeline.train_batch(step) for step in range(args.bn_batches)]
         )
-        update = _batch_stats_update(run, args.seed)
+        update = batch_stats_update(run, args.seed)
 
         def at_point(variables: dict[str, PyTree]) -> dict[str, PyTree]:
             stats = analysis.recompute_batch_stats(update, variables, train_batches)
@@ -494,19 +341,8 @@ def interpolate(args: argparse.Namespace) -> None:
     print(f"wrote {png} and {png.with_suffix('.json')}")
 
 
-def _sweep_config(argv: list[str]) -> ml_collections.ConfigDict:
-    """The config file with its ``--config.KEY=VALUE`` overrides, as ``gnp-train`` reads it."""
-    check_override_keys(argv)
-    flag_values = flags.FlagValues()
-    holder = config_flags.DEFINE_config_file(
-        "config", None, "config file", flag_values=flag_values, sys_argv=argv
-    )
-    flag_values(argv)
-    return holder.value
-
-
 def alpha_sweep(args: argparse.Namespace) -> None:
-    base = _sweep_config(["gnp-analyze", f"--config={args.config}", *args.config_overrides])
+    base = read_config(["gnp-analyze", f"--config={args.config}", *args.config_overrides])
     base.evaluate_every_n_epochs = 1  # A curve needs the test error at every epoch.
     rs = args.rs or [base.gnp.r]
     output = Path(args.working_dir)

@@ -45,7 +45,6 @@ import numpy as np
 
 from gnp import analysis
 from gnp.analysis.plots import json_ready
-from gnp.analyze import load_run, params_loss, split_batches
 from gnp.configs.default import get_config as default_config
 from gnp.data import build_input_pipeline
 from gnp.data.label_noise import RelabeledSplit
@@ -53,7 +52,8 @@ from gnp.optim import learning_rate_schedule
 from gnp.study_report import write_report
 from gnp.train.loop import train_and_evaluate
 from gnp.train.metrics import read_metrics
-from gnp.train.steps import TrainState
+from gnp.train.run import Run, load_run, params_loss, split_batches
+from gnp.train.steps import TrainState, model_variables
 
 PARTS = ("icml2022", "icml2024")
 RUN_FILE = "study_run.json"
@@ -354,13 +354,11 @@ def train_with_adam_trace(spec: RunSpec, directory: Path) -> list[dict[str, floa
     return trace
 
 
-def train_errors(run: Any) -> dict[str, float]:
+def train_errors(run: Run) -> dict[str, float]:
     """Train error (eval mode) against the labels trained on, the flipped ones and the clean."""
     source = run.pipeline.source
     clean = source.train.split.labels if isinstance(source.train, RelabeledSplit) else None
-    variables = {"params": run.params}
-    if run.variables["batch_stats"]:
-        variables["batch_stats"] = run.variables["batch_stats"]
+    variables = model_variables(run.params, run.variables["batch_stats"])
     predict = jax.jit(
         lambda images: jnp.argmax(run.model.apply(variables, images, train=False), -1)
     )
@@ -381,7 +379,7 @@ def train_errors(run: Any) -> dict[str, float]:
     return result
 
 
-def curvature(run: Any, scale: Scale) -> dict[str, Any]:
+def curvature(run: Run, scale: Scale) -> dict[str, Any]:
     """‖∇L‖ over the whole training set, λ₁ and tr H over its first ``HESSIAN_BATCHES``
     evaluation batches, of the training objective (labels as trained on; BatchNorm in
     inference mode), as ``gnp-analyze`` measures them."""

@@ -16,6 +16,7 @@ from gnp.data.digits import load_digits_split
 from gnp.train import run_config
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.loop import train_and_evaluate
+from gnp.train.run import load_run, params_loss, split_batches
 
 L2 = 5e-4  # the default config's l2_regularization, on every parameter
 DEFAULT_CONFIG = Path(analyze.__file__).parent / "configs" / "default.py"
@@ -101,9 +102,9 @@ def test_hessian_lanczos_agrees_with_power_iteration(run_dir):
     assert len(residuals) == 2 and all(r >= 0 for r in residuals)
     assert numbers["converged"]["eigenvalues"] == [r <= 1e-3 * eigenvalues[0] for r in residuals]
 
-    run = analyze.load_run(run_dir)
-    batches = analyze.split_batches(run.pipeline, "test", None)
-    operator = analysis.hessian_operator(analyze.params_loss(run), run.params, batches)
+    run = load_run(run_dir)
+    batches = split_batches(run.pipeline, "test", None)
+    operator = analysis.hessian_operator(params_loss(run), run.params, batches)
     power = analysis.power_iteration(operator, key=jax.random.key(7), num_iterations=200)
     assert eigenvalues[0] == pytest.approx(float(power.eigenvalues[0]), rel=0.03)
 
@@ -146,7 +147,7 @@ def hand_recomputed_batch_stats(working_dir, num_batches):
     """SmallCNN's statistics (momentum 0.9) from the trainer's first batches, one by one."""
     state, _ = Checkpoints(os.path.join(working_dir, "checkpoints")).load_latest()
     state = jax.tree.map(np.asarray, state)
-    pipeline = analyze.load_run(working_dir).pipeline
+    pipeline = load_run(working_dir).pipeline
     model = models.get_model("SmallCNN", num_classes=10)
     zeros = jax.tree.map(np.zeros_like, state["batch_stats"])
     estimates = []

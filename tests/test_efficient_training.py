@@ -11,63 +11,44 @@ import numpy as np
 import pytest
 from test_train import assert_trees_equal, read_jsonl, tiny_config
 
-from gnp.train import loop
+from gnp.train import build, loop
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
-from gnp.train.gr_schedule import GRSchedule
-from gnp.train.steps import (
-    GNPOptions,
-    LossConfig,
-    create_train_state,
-    make_train_step,
-    replicate,
-    shard_batch,
-)
+from gnp.train.steps import replicate, shard_batch
 
 
-def compiled_convolutions(
-    options: GNPOptions, *, alpha: float, penalized: bool = True, full: bool = True
-) -> int:
+def compiled_convolutions(*, penalized: bool = True, full: bool = True, **gnp: object) -> int:
     """Convolutions in the compiled train step on one device (the model's 2 conv layers:
-    forward, and backward for the weights and inputs)."""
-    config = validate_config(tiny_config(**{"gnp.alpha": alpha}))
+    forward, and backward for the weights and inputs), the step built as the trainer builds
+    it from the config with ``gnp.KEY=VALUE``."""
+    config = validate_config(tiny_config(**{f"gnp.{key}": value for key, value in gnp.items()}))
     pipeline = loop.build_input_pipeline(config)
-    model = loop.build_model(config, 10)
-    schedule = loop.learning_rate_schedule(config, 5)
-    state, optimizer = create_train_state(
-        model,
-        lambda p: loop.build_optimizer(config, schedule, p),
-        pipeline.info.image_shape,
-        init_seed=0,
-        seed=0,
-        reuse=options.reuse_period > 1,
-    )
+    model = build.build_model(config, 10)
+    state, optimizer, schedule = build.train_state(config, model, pipeline.info.image_shape, 5)
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-    step = make_train_step(
+    steps = build.train_steps(
+        config,
         model=model,
         optimizer=optimizer,
         schedule=schedule,
         mesh=mesh,
-        loss_config=LossConfig(),
-        gr=GRSchedule(r=0.05, alpha=alpha),
-        gnp_options=options,
-        penalized=penalized,
-        full=full,
+        gr=build.gr_schedule(config, 5),
     )
+    step = steps[penalized, full]
     batch = shard_batch(next(pipeline.train_iterator()), mesh)
     text = step.lower(replicate(state, mesh), batch["image"], batch["label"]).compile().as_text()
     return len(re.findall(r"= \S+ convolution\(", text))
 
 
 def test_gradient_passes_in_the_compiled_trainer_step():
-    plain = compiled_convolutions(GNPOptions(), alpha=0.8, penalized=False)
+    plain = compiled_convolutions(alpha=0.8, penalized=False)
     assert plain > 0
-    assert compiled_convolutions(GNPOptions(), alpha=0.8) == 2 * plain
+    assert compiled_convolutions(alpha=0.8) == 2 * plain
     # MSAM at α = 1: one pass, as a plain step.
-    assert compiled_convolutions(GNPOptions(direction="momentum"), alpha=1.0) == plain
+    assert compiled_convolutions(alpha=1.0, perturbation_direction="momentum") == plain
     # Reuse: the full step takes 2 passes, the reuse step 1.
-    assert compiled_convolutions(GNPOptions(reuse_period=5), alpha=0.8) == 2 * plain
-    assert compiled_convolutions(GNPOptions(reuse_period=5), alpha=0.8, full=False) == plain
+    assert compiled_convolutions(alpha=0.8, reuse_period=5) == 2 * plain
+    assert compiled_convolutions(alpha=0.8, reuse_period=5, full=False) == plain
 
 
 @pytest.mark.slow  # three 4-epoch runs, about a minute

@@ -303,7 +303,7 @@ TRAINING_KEYS = (
 @pytest.mark.parametrize("name", sorted(RELEASED_BLOCKS))
 def test_released_script_resolves_to_the_released_run_and_to_our_recipe(name, tmp_path):
     from gnp.optim import learning_rate_schedule, optimizer_kwargs
-    from gnp.train.loop import build_model
+    from gnp.train.build import build_model
 
     want = RELEASED[name]
     argv = released_argv(name, str(ROOT / "gnp" / "configs" / "train_config.py"), str(tmp_path))

@@ -20,8 +20,7 @@ from tensorboardX.proto import event_pb2
 from test_train import assert_trees_equal, read_jsonl, tiny_config
 
 from gnp.data import build_input_pipeline
-from gnp.optim import build_optimizer, learning_rate_schedule
-from gnp.train import loop
+from gnp.train import build
 from gnp.train.checkpoint import CheckpointError, Checkpoints, PreemptionGuard
 from gnp.train.config import validate_config
 from gnp.train.loop import train_and_evaluate
@@ -29,7 +28,6 @@ from gnp.train.metrics import read_metrics
 from gnp.train.outputs import NotWritable
 from gnp.train.run_config import ConfigChanged
 from gnp.train.run_lock import RunLock, RunLocked
-from gnp.train.steps import create_train_state
 
 STEPS_PER_EPOCH = 1437 // 256  # 5
 
@@ -199,14 +197,9 @@ def restore_template(finished_run):
     """A fresh train state and data iterator of the finished run's config, to restore into."""
     config = validate_config(tiny_config(total_epochs=2))
     pipeline = build_input_pipeline(config)
-    model = loop.build_model(config, pipeline.info.num_classes)
-    schedule = learning_rate_schedule(config, pipeline.steps_per_epoch)
-    state, _ = create_train_state(
-        model,
-        lambda params: build_optimizer(config, schedule, params),
-        pipeline.info.image_shape,
-        init_seed=config.init_seeds,
-        seed=config.seeds,
+    model = build.build_model(config, pipeline.info.num_classes)
+    state, _, _ = build.train_state(
+        config, model, pipeline.info.image_shape, pipeline.steps_per_epoch
     )
     return state, pipeline.train_iterator()
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from gnp import study, study_report
-from gnp.analyze import load_run
 from gnp.optim import learning_rate_schedule
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.metrics import read_metrics
+from gnp.train.run import load_run
 
 LABELS = {
     "icml2022": {v.key: v.label for v in study.ICML2022_VARIANTS},

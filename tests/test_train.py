@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from gnp.configs import default
-from gnp.train import loop
-from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted
+from gnp.train import build, loop
+from gnp.train.checkpoint import Checkpoints
 from gnp.train.loop import train_and_evaluate
+from gnp.train.stops import NonFiniteError, Preempted
 
 
 def tiny_config(**overrides):
@@ -84,7 +85,7 @@ def test_evaluation_counts_every_test_sample_once(tmp_path):
     state, _ = Checkpoints(str(tmp_path / "checkpoints")).load_latest()
     config = loop.validate_config(tiny_config())
     pipeline = loop.build_input_pipeline(config)
-    model = loop.build_model(config, 10)
+    model = build.build_model(config, 10)
     images = np.concatenate([b["image"][b["mask"]] for b in pipeline.eval_batches()])
     labels = np.concatenate([b["label"][b["mask"]] for b in pipeline.eval_batches()])
     logits = model.apply(

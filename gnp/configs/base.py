@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from gnp.data.source import source_config_defaults  # gnp.data registers every source
 from gnp.train.gr_schedule import constant_probability
 
 
@@ -81,15 +82,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dataset.mixup_alpha = 1.0
     config.dataset.cutout_size = 0  # 0: 16 px at 32 px, scaled with the image (--cutout_length)
     config.dataset.cutout_mode = "batch"  # batch: one window for the batch (released) | image
-    config.dataset.randaug_num_layers = 2  # ImageNet `autoaugment` is RandAugment(N, M)
-    config.dataset.randaug_magnitude = 9
     config.dataset.num_workers = -1  # -1: from the CPU count
     config.dataset.strict = False  # fail on a corrupt image instead of skipping it
     config.dataset.label_noise = 0.0  # fraction of training labels flipped to another class
-    config.dataset.mnist1d_train_size = 4000  # MNIST-1D split sizes and generator seed
-    config.dataset.mnist1d_validation_size = 2000
-    config.dataset.mnist1d_test_size = 20000
-    config.dataset.mnist1d_seed = 42
+    # The keys one data set alone reads, declared by its module: ImageNet's RandAugment
+    # (randaug_num_layers 2, randaug_magnitude 9), MNIST-1D's split sizes and generator seed
+    # (mnist1d_train_size 4000, mnist1d_validation_size 2000, mnist1d_test_size 20000,
+    # mnist1d_seed 42).
+    config.dataset.update(source_config_defaults())
     # Where the released config has them: top level, not under dataset. '': <data_dir>/imagenet/.
     config.imagenet_train_dir = ""
     config.imagenet_val_dir = ""

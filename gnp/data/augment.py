@@ -24,7 +24,7 @@ from gnp.data.randaugment import RandAugment
 IMAGE_AUGMENTATIONS = ("none", "basic", "autoaugment", "aa-only")
 
 
-def check_level(level: str) -> str:
+def check_image_level(level: str) -> str:
     return check_choice(level, IMAGE_AUGMENTATIONS, "dataset.image_level_augmentations")
 
 

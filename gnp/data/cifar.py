@@ -32,7 +32,7 @@ import numpy as np
 
 from gnp.data.augment import ArrayAugment
 from gnp.data.autoaugment import CIFAR_AUTOAUGMENT
-from gnp.data.source import ArraySplit, Source, SourceOptions
+from gnp.data.source import ArraySplit, Source, SourceOptions, register_source
 
 URL = "https://www.cs.toronto.edu/~kriz/"
 IMAGE_SHAPE = (32, 32, 3)
@@ -234,5 +234,5 @@ def load(files: CifarFiles, options: SourceOptions, download: Downloader | None 
     )
 
 
-load_cifar10 = functools.partial(load, CIFAR10)
-load_cifar100 = functools.partial(load, CIFAR100)
+load_cifar10 = register_source("cifar10")(functools.partial(load, CIFAR10))
+load_cifar100 = register_source("cifar100")(functools.partial(load, CIFAR100))

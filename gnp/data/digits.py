@@ -12,7 +12,7 @@ import numpy as np
 
 from gnp.data.augment import ArrayAugment
 from gnp.data.autoaugment import CIFAR_AUTOAUGMENT
-from gnp.data.source import ArraySplit, Source, SourceOptions
+from gnp.data.source import ArraySplit, Source, SourceOptions, register_source
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
@@ -33,6 +33,7 @@ def load_digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (x_train, y_train), "test": (x_test, y_test)}
 
 
+@register_source("digits")
 def load(options: SourceOptions) -> Source:
     options.native_size(IMAGE_SHAPE[0], "digits")
     split = load_digits_split()

@@ -27,13 +27,15 @@ from PIL import Image
 
 from gnp.data.augment import ImageNetAugment
 from gnp.data.randaugment import RandAugment
-from gnp.data.source import Source, SourceOptions
+from gnp.data.source import Source, SourceOptions, register_source
 
 logger = logging.getLogger(__name__)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 224
+# `autoaugment` on ImageNet is RandAugment(N, M), as the released TPU code; dataset.* keys.
+CONFIG_DEFAULTS = {"randaug_num_layers": 2, "randaug_magnitude": 9}
 _SHOWN = 5  # how many unreadable paths a message names
 # What Pillow raises for a file that is not an image, or a truncated or damaged one.
 _UNREADABLE = (OSError, SyntaxError, Image.DecompressionBombError)
@@ -135,6 +137,7 @@ def scan(directory: Path, classes: list[str], strict: bool, num_threads: int = 3
     )
 
 
+@register_source("imagenet", config_defaults=CONFIG_DEFAULTS)
 def load(options: SourceOptions) -> Source:
     if options.image_level_augmentations == "aa-only":
         raise ValueError(
@@ -144,7 +147,9 @@ def load(options: SourceOptions) -> Source:
         )
     size = options.image_size or DEFAULT_IMAGE_SIZE
     # Built before the folders are read, so that bad settings fail before a long scan.
-    randaugment = RandAugment(options.randaug_num_layers, options.randaug_magnitude)
+    randaugment = RandAugment(
+        options.own_keys["randaug_num_layers"], options.own_keys["randaug_magnitude"]
+    )
     augment = ImageNetAugment(options.image_level_augmentations, size, randaugment)
     train_dir, val_dir = options.imagenet_train_dir, options.imagenet_val_dir
     classes = class_names(train_dir, "imagenet_train_dir")

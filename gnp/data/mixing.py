@@ -20,7 +20,7 @@ BATCH_AUGMENTATIONS = ("none", "cutout", "mixup", "mixcut")
 CUTOUT_MODES = ("batch", "image")
 
 
-def check_level(name: str) -> str:
+def check_batch_level(name: str) -> str:
     return check_choice(name, BATCH_AUGMENTATIONS, "dataset.batch_level_augmentations")
 
 

@@ -31,11 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from gnp.data.source import ArraySplit, Source, SourceOptions
+from gnp.data.source import ArraySplit, Source, SourceOptions, register_source
 
 NUM_CLASSES = 10
 SIGNAL_LENGTH = 40
 SPLITS = ("train", "validation", "test")
+# The split sizes and the generator's seed, as dataset.* keys (Mnist1dSizes's order).
+CONFIG_DEFAULTS = {
+    "mnist1d_train_size": 4000,
+    "mnist1d_validation_size": 2000,
+    "mnist1d_test_size": 20000,
+    "mnist1d_seed": 42,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +147,7 @@ class Unaugmented:
         return image
 
 
+@register_source("mnist1d", config_defaults=CONFIG_DEFAULTS)
 def load(options: SourceOptions) -> Source:
     if options.image_level_augmentations != "none":
         raise ValueError(
@@ -151,7 +159,9 @@ def load(options: SourceOptions) -> Source:
             f"mnist1d signals are {SIGNAL_LENGTH} long; set dataset.image_size to 0, "
             f"not {options.image_size}"
         )
-    splits = load_splits(Mnist1dSizes(*options.mnist1d_sizes), options.data_dir)
+    splits = load_splits(
+        Mnist1dSizes(*(options.own_keys[key] for key in CONFIG_DEFAULTS)), options.data_dir
+    )
     train_signals = splits["train"][0].astype(np.float64)
     return Source(
         name="mnist1d",

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
-from collections.abc import Callable
+import pkgutil
 from typing import Any
 
 import grain
@@ -27,16 +28,12 @@ import numpy as np
 from absl import flags
 
 from gnp.choices import check_choice
-from gnp.data import cifar, digits, imagefolder, label_noise, mixing, mnist1d, validation
-from gnp.data.source import Source, SourceOptions
+from gnp.data import label_noise, mixing, validation
+from gnp.data.source import Source, SourceOptions, load_source, source_names
 
-_SOURCES: dict[str, Callable[[SourceOptions], Source]] = {
-    "cifar10": cifar.load_cifar10,
-    "cifar100": cifar.load_cifar100,
-    "digits": digits.load,
-    "imagenet": imagefolder.load,
-    "mnist1d": mnist1d.load,
-}
+# Every module of the package, so that each source module registers its data set names.
+for _module in pkgutil.iter_modules([os.path.dirname(__file__)]):
+    importlib.import_module(f"{__package__}.{_module.name}")
 
 # Keep the seeds of different kinds of draw apart; each kind always uses the same number of
 # indices, since numpy's SeedSequence treats trailing zeros as absent.
@@ -113,7 +110,7 @@ class InputPipeline:
         self.global_batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
-        self.batch_level_augmentations = mixing.check_level(batch_level_augmentations)
+        self.batch_level_augmentations = mixing.check_batch_level(batch_level_augmentations)
         self.mixup_alpha = mixup_alpha
         # Cutout's 16 px suits 32 px images; keep the same fraction at other sizes.
         self.cutout_size = cutout_size or max(1, round(16 * source.image_shape[0] / 32))
@@ -261,7 +258,7 @@ class InputPipeline:
 
 
 def dataset_names() -> list[str]:
-    return sorted(_SOURCES)
+    return source_names()
 
 
 def build_input_pipeline(
@@ -272,13 +269,13 @@ def build_input_pipeline(
     name = dataset_config.dataset_name
     check_choice(name, dataset_names(), "dataset.dataset_name")
     # Check every name before loading: scanning ImageNet takes a while.
-    batch_level = mixing.check_level(dataset_config.get("batch_level_augmentations", "none"))
+    batch_level = mixing.check_batch_level(dataset_config.get("batch_level_augmentations", "none"))
     noise = label_noise.check_fraction(dataset_config.get("label_noise", 0.0))
     cutout_mode = mixing.check_cutout_mode(dataset_config.get("cutout_mode", "batch"))
     held_out = not config.get("use_test_set", True)
     if held_out:
         validation.check_dataset(name)
-    source = _SOURCES[name](SourceOptions.from_config(config))
+    source = load_source(name, SourceOptions.from_config(config))
     if held_out:
         source = validation.with_validation_split(source)
     source = label_noise.with_label_noise(source, noise, _rng(config.seeds, _LABEL_NOISE))

@@ -1,19 +1,21 @@
 """What every data source hands the loader: two random-access splits, constants, augmentations.
 
-A source is one module with one ``load(options: SourceOptions) -> Source`` function,
-registered by name in ``gnp.data.pipeline``; the loader needs nothing else.
+A source is one module of ``gnp.data`` with a ``load(options: SourceOptions) -> Source``
+function that it registers under its ``dataset.dataset_name`` (``@register_source("name")``);
+``gnp.data.pipeline`` imports every module of the package, so no list names the sources.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from gnp.data.augment import check_level
+from gnp.data.augment import check_image_level
+from gnp.registry import Registry
 
 
 class Split(Protocol):
@@ -77,7 +79,6 @@ class Source:
 
 
 DEFAULT_DATA_DIR = "~/gnp_data"
-MNIST1D_DEFAULTS = {"train_size": 4000, "validation_size": 2000, "test_size": 20000, "seed": 42}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +91,8 @@ class SourceOptions:
     image_size: int  # 0: the source's own size (ImageNet: 224)
     image_level_augmentations: str
     strict: bool
-    mnist1d_sizes: tuple[int, int, int, int]  # train, validation, test sizes; generator seed
-    randaug_num_layers: int = 2  # ImageNet's `autoaugment` is RandAugment(N, M)
-    randaug_magnitude: int = 9
+    # The ``dataset.*`` keys that one source alone reads (its ``config_defaults``), resolved.
+    own_keys: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Any) -> SourceOptions:
@@ -107,16 +107,14 @@ class SourceOptions:
             imagenet_train_dir=Path(train_dir).expanduser(),
             imagenet_val_dir=Path(val_dir).expanduser(),
             image_size=int(dataset_config.get("image_size", 0)),
-            image_level_augmentations=check_level(
+            image_level_augmentations=check_image_level(
                 dataset_config.get("image_level_augmentations", "basic")
             ),
             strict=bool(dataset_config.get("strict", False)),
-            mnist1d_sizes=tuple(
-                int(dataset_config.get(f"mnist1d_{key}", default))
-                for key, default in MNIST1D_DEFAULTS.items()
-            ),
-            randaug_num_layers=int(dataset_config.get("randaug_num_layers", 2)),
-            randaug_magnitude=int(dataset_config.get("randaug_magnitude", 9)),
+            own_keys={
+                key: type(default)(dataset_config.get(key, default))
+                for key, default in source_config_defaults().items()
+            },
         )
 
     def native_size(self, size: int, name: str) -> None:
@@ -126,3 +124,36 @@ class SourceOptions:
                 f"{name} images are {size}x{size}; set dataset.image_size to 0 or {size}, "
                 f"not {self.image_size}"
             )
+
+
+Loader = Callable[[SourceOptions], Source]
+_SOURCES: Registry[Loader] = Registry("data set")
+_CONFIG_DEFAULTS: dict[str, Any] = {}
+
+
+def register_source(
+    name: str, config_defaults: Mapping[str, Any] | None = None
+) -> Callable[[Loader], Loader]:
+    """Decorator: ``@register_source("cifar10")`` makes a loader ``dataset.dataset_name``'s.
+
+    ``config_defaults``: the ``dataset.*`` keys only this source reads, with their defaults;
+    the base config takes them from here, and the loader finds them in ``options.own_keys``.
+    """
+    for key in config_defaults or {}:
+        if key in _CONFIG_DEFAULTS:
+            raise ValueError(f"config key dataset.{key} is declared by two data sets")
+    _CONFIG_DEFAULTS.update(config_defaults or {})
+    return _SOURCES.register(name)
+
+
+def source_config_defaults() -> dict[str, Any]:
+    """Every source's own ``dataset.*`` keys with their defaults."""
+    return dict(_CONFIG_DEFAULTS)
+
+
+source_names = _SOURCES.names
+
+
+def load_source(name: str, options: SourceOptions) -> Source:
+    """The source registered as ``name``."""
+    return _SOURCES.get(name)(options)

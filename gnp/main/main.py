@@ -94,8 +94,8 @@ def dry_run(config: Any) -> None:
 
     from gnp.data import build_input_pipeline
     from gnp.optim import describe_optimizer
+    from gnp.train.build import build_model
     from gnp.train.config import validate_config
-    from gnp.train.loop import build_model
 
     config = validate_config(config)
     pipeline = build_input_pipeline(config)
@@ -158,8 +158,9 @@ def _quiet_errors(record: Any) -> bool:
 
 def describe_failure(error: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that ended a run."""
-    from gnp.train.checkpoint import CheckpointError, NonFiniteError, Preempted
+    from gnp.train.checkpoint import CheckpointError
     from gnp.train.run_lock import RunLocked
+    from gnp.train.stops import NonFiniteError, Preempted
 
     if isinstance(error, Preempted):
         return error.exit_code, str(error)

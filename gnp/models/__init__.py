@@ -3,20 +3,17 @@
 from gnp import models
 models.names()
 module = models.get_model("WideResNet_28_10", num_classes=10)
+
+Adding a model family is adding one module here: every module of this package is
+imported below, so its ``@register`` decorators run without a list to keep up to date.
 """
 
-from gnp.models import (  # noqa: F401  (each registers its names)
-    cait,
-    cnn1d,
-    pyramidnet,
-    resnet,
-    small_cnn,
-    swin,
-    vgg,
-    vit,
-    vit1d,
-    wide_resnet,
-)
+import importlib
+import pkgutil
+
 from gnp.models.registry import get_model, names, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["get_model", "names", "register"]

@@ -1,4 +1,5 @@
-"""Models register by name, as in the released code: adding one touches one file."""
+"""Models register by name, as in the released code: adding one touches one file
+(``gnp.models`` imports every module of its package)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,13 @@ from typing import Any
 
 import flax.linen as nn
 
+from gnp.registry import Registry
+
 ModelFactory = Callable[..., nn.Module]
-_REGISTRY: dict[str, ModelFactory] = {}
+_MODELS: Registry[ModelFactory] = Registry("model")
 
-
-def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: ``@register("WideResNet_28_10")`` on a module class or a factory."""
-
-    def add(factory: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = factory
-        return factory
-
-    return add
-
-
-def names() -> list[str]:
-    """Every registered model name, sorted."""
-    return sorted(_REGISTRY)
+register = _MODELS.register  # ``@register("WideResNet_28_10")`` on a module class or a factory
+names = _MODELS.names
 
 
 def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -33,6 +22,4 @@ def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 
     ``kwargs`` go to the module (e.g. ``dtype=jnp.bfloat16`` for bf16 compute).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(names())}")
-    return _REGISTRY[name](num_classes=num_classes, **kwargs)
+    return _MODELS.get(name)(num_classes=num_classes, **kwargs)

@@ -25,10 +25,7 @@ import orbax.checkpoint as ocp
 
 from gnp.errors import one_line
 from gnp.train.steps import TrainState
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced NaN or Inf; the message names the step and the last good checkpoint."""
+from gnp.train.stops import NonFiniteError
 
 
 def state_digest(tree: Any) -> str:
@@ -43,17 +40,6 @@ def state_digest(tree: Any) -> str:
 def all_finite(tree: Any) -> bool:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
-
-
-class Preempted(RuntimeError):
-    """The run was asked to stop (SIGTERM or Ctrl-C) and saved a checkpoint at the current step.
-
-    ``exit_code`` follows the shell's convention for the signal (128 + its number).
-    """
-
-    def __init__(self, message: str, exit_code: int = 128 + signal.SIGTERM) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class CheckpointError(RuntimeError):

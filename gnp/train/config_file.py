@@ -14,6 +14,8 @@ import importlib.util
 import os
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from gnp.errors import one_line
 
@@ -114,3 +116,15 @@ def normalize_argv(argv: list[str]) -> list[str]:
             out.append(arg)
             i += 1
     return out
+
+
+def read_config(argv: list[str]) -> ml_collections.ConfigDict:
+    """The config file of ``argv`` with its ``--config.KEY=VALUE`` overrides, as ``gnp-train``
+    reads it, for a command line that trains without owning absl's global flags."""
+    check_override_keys(argv)
+    flag_values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "config file", flag_values=flag_values, sys_argv=argv
+    )
+    flag_values(argv)
+    return holder.value

@@ -2,12 +2,13 @@
 
 Sections: set-up (mesh, data, model, optimizer, state), resume, the epoch loop
 (train steps, metrics, evaluation, checkpoints), the end (final checkpoint, plot).
+What the run reports (resuming, config changes, a record per epoch) is printed to stdout,
+the chief process's console; it has no logger of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -16,49 +17,26 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from gnp import models
 from gnp.data import InputPipeline, build_input_pipeline
-from gnp.optim import build_optimizer, learning_rate_schedule
-from gnp.train import run_config
-from gnp.train.checkpoint import Checkpoints, NonFiniteError, Preempted, PreemptionGuard
+from gnp.optim import learning_rate_schedule
+from gnp.train import build, run_config
+from gnp.train.checkpoint import Checkpoints, PreemptionGuard
 from gnp.train.config import validate_config
-from gnp.train.gr_schedule import GRSchedule, hybrid_probability
+from gnp.train.gr_schedule import GRSchedule
 from gnp.train.metrics import MetricWriter, plot_curves
 from gnp.train.outputs import check_working_dir, prepare_outputs
 from gnp.train.run_lock import RunLock
 from gnp.train.steps import (
     AXIS,
-    GNPOptions,
-    LossConfig,
     TrainState,
-    create_train_state,
     make_eval_step,
-    make_train_step,
     replicate,
     shard_batch,
 )
-
-log = logging.getLogger("gnp")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def build_model(config: Any, num_classes: int) -> Any:
-    """The configured model; ``model.model_params`` override its fields (e.g. a smaller ViT),
-    and the released top-level ``use_additional_skip_connections_in_wrn`` sets the WideResNet
-    field of that name."""
-    fields = dict(config.model.get("model_params", {}))
-    if config.get("use_additional_skip_connections_in_wrn", False):
-        fields["use_additional_skip_connections"] = True
-    return models.get_model(
-        config.model.model_name,
-        num_classes=num_classes,
-        dtype=DTYPES[config.model.dtype],
-        **fields,
-    )
+from gnp.train.stops import NonFiniteError, Preempted
 
 
 def evaluate(eval_step: Any, state: TrainState, pipeline: InputPipeline, mesh: Any, top5: bool):
@@ -158,16 +136,8 @@ def _train(
             raise
 
     # Model, optimizer, state.
-    model = build_model(config, info.num_classes)
-    schedule = learning_rate_schedule(config, steps_per_epoch)
-    state, optimizer = create_train_state(
-        model,
-        lambda params: build_optimizer(config, schedule, params),
-        info.image_shape,
-        init_seed=config.init_seeds,
-        seed=config.seeds,
-        reuse=config.gnp.reuse_period > 1,
-    )
+    model = build.build_model(config, info.num_classes)
+    state, optimizer, schedule = build.train_state(config, model, info.image_shape, steps_per_epoch)
     state = replicate(state, mesh)
     train_iterator = pipeline.train_iterator()
 
@@ -190,51 +160,12 @@ def _train(
     if is_chief:
         run_config.record(working_dir, config.to_dict(), step=int(state.step), changes=changes)
 
-    # Steps: a GNP step and a plain step, each compiled once on first use.
-    gr = GRSchedule(
-        r=config.gnp.r,
-        alpha=config.gnp.alpha,
-        strategy=config.gr_warmup_strategy,
-        warmup_steps=int(config.warmup_epochs * steps_per_epoch),
-        hybrid_p=(
-            hybrid_probability(config.schedule_function, config.hybrid_config)
-            if config.use_hybrid_training
-            else None
-        ),
-        seed=config.seeds,
-    )
-    common = dict(
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        mesh=mesh,
-        loss_config=LossConfig(
-            label_smoothing=config.label_smoothing,
-            l2_regularization=config.l2_regularization,
-            no_weight_decay_on_bn=config.no_weight_decay_on_bn,
-        ),
-        gr=gr,
-        accumulation_steps=config.grad_accum_steps,
-        gradient_clipping=config.gradient_clipping,
-        gnp_options=GNPOptions(
-            method=config.gnp.method,
-            perturbation=config.gnp.perturbation,
-            eta=config.gnp.eta,
-            asam_leaves=config.gnp.asam_leaves,
-            normalize_reference=config.gnp.norm_perturbations,
-            sync_perturbations=config.gnp.sync_perturbations,
-            reuse_period=config.gnp.reuse_period,
-            orthogonal_scale=config.gnp.orthogonal_scale,
-            direction=config.gnp.perturbation_direction,
-        ),
-    )
-    # Keyed by (GNP step?, full step?): with gnp.reuse_period > 1 a GNP step is either a
-    # full one (every reuse_period-th) or a reuse one, each compiled once on first use.
+    # Steps: a plain step and a GNP step (full or reuse), each compiled once on first use.
+    gr = build.gr_schedule(config, steps_per_epoch)
     period = config.gnp.reuse_period
-    train_steps = {
-        (penalized, full): make_train_step(**common, penalized=penalized, full=full)
-        for penalized, full in ((False, True), (True, True), (True, False))
-    }
+    train_steps = build.train_steps(
+        config, model=model, optimizer=optimizer, schedule=schedule, mesh=mesh, gr=gr
+    )
     gnp_taken = int(jax.device_get(state.reuse["count"])) if period > 1 else 0
     eval_step = make_eval_step(model, mesh)
     writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
@@ -290,37 +221,9 @@ def _train(
             bar.close()
             fetched = jax.device_get(step_metrics)
             seconds = time.perf_counter() - started
-            bad = _first_non_finite(fetched)
-            if bad is not None:
-                index, key, value = bad
-                raise NonFiniteError(
-                    f"{key} became {value} at step {first_step + index} (epoch {epoch}); nothing "
-                    f"after it was saved. The last good checkpoint is "
-                    f"{checkpoints.describe_latest()}. Try a lower base_lr, gradient_clipping > 0, "
-                    "a smaller gnp.r, or check the input data for NaN."
-                )
-            last_step = first_step + steps_per_epoch - 1
-            r_used, alpha_used = gr.logged_values(last_step)
-            record = {
-                "epoch": epoch,
-                "step": int(first_step + steps_per_epoch),
-                # Over the steps that have it (a one-pass MSAM step has no clean gradient).
-                **{
-                    k: float(np.mean([m[k] for m in fetched if k in m]))
-                    for k in AVERAGED
-                    if any(k in m for m in fetched)
-                },
-                "learning_rate": float(fetched[-1]["learning_rate"]),
-                "r": r_used,
-                "alpha": alpha_used,
-                # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
-                "gnp_step_fraction": gnp_steps / len(fetched),
-                # As r and α: the value in force at the epoch's last step (the released log).
-                **(
-                    {"probability": gr.probability(last_step)} if config.use_hybrid_training else {}
-                ),
-                "images_per_second": len(fetched) * config.batch_size / seconds,
-            }
+            _raise_if_non_finite(fetched, first_step, epoch, checkpoints)
+            end_step = first_step + steps_per_epoch
+            record = _epoch_record(config, gr, epoch, end_step, fetched, gnp_steps, seconds)
             if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:
                 record |= evaluate(
                     eval_step, state, pipeline, mesh, config.compute_top_5_error_rate
@@ -342,6 +245,54 @@ def _train(
     if is_chief:
         plot_curves(writer.path, os.path.join(working_dir, "curves.png"))
     return record
+
+
+def _raise_if_non_finite(
+    fetched: list[dict[str, Any]], first_step: int, epoch: int, checkpoints: Checkpoints
+) -> None:
+    """Ends the run at an epoch's end if any of its steps went NaN or Inf (nothing saved)."""
+    bad = _first_non_finite(fetched)
+    if bad is not None:
+        index, key, value = bad
+        raise NonFiniteError(
+            f"{key} became {value} at step {first_step + index} (epoch {epoch}); nothing "
+            f"after it was saved. The last good checkpoint is "
+            f"{checkpoints.describe_latest()}. Try a lower base_lr, gradient_clipping > 0, "
+            "a smaller gnp.r, or check the input data for NaN."
+        )
+
+
+def _epoch_record(
+    config: Any,
+    gr: GRSchedule,
+    epoch: int,
+    end_step: int,
+    fetched: list[dict[str, Any]],
+    gnp_steps: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """One epoch's line of ``metrics.jsonl`` (before evaluation), from its steps' metrics;
+    ``end_step`` is the step count at the epoch's end."""
+    last_step = end_step - 1
+    r_used, alpha_used = gr.logged_values(last_step)
+    return {
+        "epoch": epoch,
+        "step": int(end_step),
+        # Over the steps that have it (a one-pass MSAM step has no clean gradient).
+        **{
+            k: float(np.mean([m[k] for m in fetched if k in m]))
+            for k in AVERAGED
+            if any(k in m for m in fetched)
+        },
+        "learning_rate": float(fetched[-1]["learning_rate"]),
+        "r": r_used,
+        "alpha": alpha_used,
+        # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
+        "gnp_step_fraction": gnp_steps / len(fetched),
+        # As r and α: the value in force at the epoch's last step (the released log).
+        **({"probability": gr.probability(last_step)} if config.use_hybrid_training else {}),
+        "images_per_second": len(fetched) * config.batch_size / seconds,
+    }
 
 
 def _report_changes(

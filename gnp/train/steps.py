@@ -87,6 +87,42 @@ def _supports_true_gradient(model: nn.Module) -> bool:
     return bool(getattr(model, "supports_true_gradient", False))
 
 
+def model_variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
+    """The variables ``model.apply`` takes: ``batch_stats`` only for a model that has BatchNorm
+    (an empty collection would be one the model does not declare)."""
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    return variables
+
+
+def objective(
+    logits: jax.Array,
+    targets: jax.Array,
+    params: PyTree,
+    loss_config: LossConfig,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """The training objective: the (label-smoothed) cross-entropy against one-hot ``targets``,
+    a batch mean (``weights``: a weighted one, e.g. a padded batch's mask), plus the L2 term.
+
+    The trainer's loss and the analysis of a finished run both call it, so that the function
+    whose gradient norm or Hessian is measured is the one that was trained.
+    """
+    if loss_config.label_smoothing > 0:
+        targets = optax.smooth_labels(targets, loss_config.label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, targets)
+    if weights is None:
+        mean = losses.mean()
+    else:
+        mean = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return mean + l2_penalty(
+        params,
+        loss_config.l2_regularization,
+        skip_vectors=loss_config.no_weight_decay_on_bn,
+    )
+
+
 def make_loss_fn(
     model: nn.Module, loss_config: LossConfig
 ) -> Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]:
@@ -98,28 +134,22 @@ def make_loss_fn(
     """
 
     def loss_fn(params, batch_stats, images, labels, rngs, true_gradient=False):
-        variables = {"params": params}
-        if batch_stats:
-            variables["batch_stats"] = batch_stats
         kwargs = {"true_gradient": true_gradient} if _supports_true_gradient(model) else {}
         logits, updates = model.apply(
-            variables, images, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs
+            model_variables(params, batch_stats),
+            images,
+            train=True,
+            rngs=rngs,
+            mutable=["batch_stats"],
+            **kwargs,
         )
         cross_entropy = optax.softmax_cross_entropy(logits, labels).mean()
-        trained_on = cross_entropy
-        if loss_config.label_smoothing > 0:
-            smoothed = optax.smooth_labels(labels, loss_config.label_smoothing)
-            trained_on = optax.softmax_cross_entropy(logits, smoothed).mean()
-        objective = trained_on + l2_penalty(
-            params,
-            loss_config.l2_regularization,
-            skip_vectors=loss_config.no_weight_decay_on_bn,
-        )
+        value = objective(logits, labels, params, loss_config)
         metrics = {
             "train_loss": cross_entropy,
             "train_error_rate": jnp.mean(jnp.argmax(logits, -1) != jnp.argmax(labels, -1)),
         }
-        return objective, (updates.get("batch_stats", batch_stats), metrics)
+        return value, (updates.get("batch_stats", batch_stats), metrics)
 
     return loss_fn
 
@@ -349,10 +379,7 @@ def make_eval_step(model: nn.Module, mesh: Mesh) -> Any:
     """
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array):
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-        logits = model.apply(variables, images, train=False)
+        logits = model.apply(model_variables(state.params, state.batch_stats), images, train=False)
         weights = mask.astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], -1)
