@@ -436,7 +436,7 @@ def _measured_run_flags() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gnp-analyze",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", "'"),  # the docstring's markup is not help
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )

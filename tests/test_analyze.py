@@ -230,3 +230,10 @@ def test_usage_errors_exit_with_status_2(capsys):
         analyze.main(["hessian", "--working_dir=x", "--tolerance=0"])
     assert exit_info.value.code == 2
     assert "--tolerance: expected a positive number, got 0" in capsys.readouterr().err
+
+
+def test_help_shows_no_docstring_markup(capsys):
+    with pytest.raises(SystemExit):
+        analyze.main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "gradient-norm" in out and "'gnp-analyze'" in out

@@ -244,3 +244,9 @@ def test_every_failure_is_one_line_with_an_exit_code(error, code, message):
 
     got_code, line = describe_failure(error)
     assert got_code == code and re.search(message, line) and "\n" not in line
+
+
+def test_help_points_to_the_config_keys():
+    result = gnp_main("--help")
+    assert result.returncode == 0, result.stderr
+    assert "--config.KEY=VALUE" in result.stdout and "gnp/configs/base.py" in result.stdout

@@ -47,8 +47,17 @@ def read_jsonl(working_dir):
         return [json.loads(line) for line in f]
 
 
-def test_run_writes_every_output(tmp_path):
+def test_run_writes_every_output(tmp_path, capsys):
     record = train_and_evaluate(tiny_config(), str(tmp_path))
+    # Off a terminal (as here) progress is plain lines: no bar's \r fragments; the compile is
+    # announced before the first step and each epoch's line ends with the whole run's ETA.
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err
+    lines = out.splitlines()
+    epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert len(epochs) == 3 and lines[epochs[-1]].endswith("eta 0:00:00")
+    assert all(" eta " in lines[i] for i in epochs)
+    assert any(line.startswith("compiling") for line in lines[: epochs[0]])
     lines = read_jsonl(tmp_path)
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     for m in lines:
@@ -230,3 +239,11 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_equals_the_uninterrupted(
     monkeypatch.setattr(loop, "shard_batch", real_shard)
     train_and_evaluate(config, str(tmp_path / "preempted"))
     assert_trees_equal(final_params(tmp_path / "preempted"), final_params(tmp_path / "straight"))
+
+
+def test_eta_uses_the_median_epoch_after_the_compiling_one():
+    from gnp.train.loop import _clock, _remaining_seconds
+
+    assert _remaining_seconds([30.0, 10.0, 12.0, 11.0], 5) == 55.0  # median of 10, 12, 11
+    assert _remaining_seconds([30.0], 2) == 60.0  # only the first epoch measured so far
+    assert _clock(3725.4) == "1:02:05" and _clock(0.0) == "0:00:00"

@@ -21,7 +21,13 @@ from ml_collections import config_flags
 from gnp.errors import one_line
 from gnp.train.config_file import check_override_keys, normalize_argv
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Path to a config file whose get_config() returns the config (gnp/configs/default.py, or a "
+    "recipe in gnp/configs/). Override any key with --config.KEY=VALUE: every key, its default "
+    "and meaning are in gnp/configs/base.py and docs/training.md; --dry_run prints the result.",
+)
 _WORKING_DIR = flags.DEFINE_string("working_dir", None, "The run's own output directory.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and model; no training.")
 _COORDINATOR = flags.DEFINE_string(
@@ -182,9 +188,30 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
     )
 
 
+def _drop_closed_loop_errors(unraisable: Any) -> None:
+    """``sys.unraisablehook`` without the "Event loop is closed" errors of a failed save: its
+    other writes (tensorstore threads) finish after orbax's event loop has closed, and each
+    reports one such error from C code through this hook. Every other one prints as usual."""
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
+
+
+def _print_help() -> None:
+    """This module's docstring and flags: absl's own --help lists the flags of the file run as
+    ``__main__``, which for ``python -m gnp.main`` is ``gnp/main/__main__.py`` and has none."""
+    print((__doc__ or "").replace("``", "'"))
+    print(flags.FLAGS.module_help(__name__))
+
+
 def run() -> None:
     argv = normalize_argv(sys.argv)
+    if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in argv[1:]):
+        _print_help()
+        return
     debug = "--debug" in argv or os.environ.get("GNP_DEBUG", "") not in ("", "0")
+    if not debug:
+        sys.unraisablehook = _drop_closed_loop_errors
     try:
         check_override_keys(argv)
         app.run(main, argv=argv)

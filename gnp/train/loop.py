@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -172,6 +173,10 @@ def _train(
 
     record: dict[str, Any] = {}
     resume_step = int(state.step)  # past an epoch's start when the run was preempted mid-epoch
+    epoch_seconds: list[float] = []
+    if is_chief:
+        # The first step compiles: on a large model that is minutes with nothing else to show.
+        print("compiling the training step (the first step takes longest) ...", flush=True)
     preemption = PreemptionGuard()
     preemption.install()
     try:
@@ -182,7 +187,9 @@ def _train(
             bar = tqdm(
                 range(max(resume_step - first_step, 0), steps_per_epoch),
                 desc=f"epoch {epoch}/{config.total_epochs}",
-                disable=not is_chief,
+                # Off a terminal (a log file, a batch job) a bar is a stream of \r fragments:
+                # the per-epoch lines below are the progress there.
+                disable=not is_chief or not sys.stderr.isatty(),
                 leave=False,
                 dynamic_ncols=True,
             )
@@ -229,7 +236,9 @@ def _train(
                     eval_step, state, pipeline, mesh, config.compute_top_5_error_rate
                 )
             writer.write(record)
-            print(_format_record(record))
+            epoch_seconds.append(time.perf_counter() - started)
+            eta = _remaining_seconds(epoch_seconds, config.total_epochs - epoch)
+            print(f"{_format_record(record)}  eta {_clock(eta)}", flush=True)
             finished = epoch == config.total_epochs
             if epoch % config.save_ckpt_every_n_epochs == 0 or finished:
                 checkpoints.save(
@@ -310,6 +319,19 @@ def _report_changes(
             f"from step {step} the learning rate follows the {config.total_epochs}-epoch "
             f"schedule: {old_lr:.4g} -> {new_lr:.4g} at this step"
         )
+
+
+def _remaining_seconds(epoch_seconds: list[float], epochs_left: int) -> float:
+    """The rest of the run at the median epoch's pace; the first epoch of a start compiles the
+    steps, so it counts only while it is the only one measured."""
+    measured = epoch_seconds[1:] or epoch_seconds
+    return float(np.median(measured)) * epochs_left
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _format_record(record: dict[str, Any]) -> str:
