@@ -57,8 +57,9 @@ class RelabeledSplit:
 
 
 def with_label_noise(source: Source, fraction: float, rng: np.random.Generator) -> Source:
-    """``source`` with ``fraction`` of its training labels flipped; the test split as it was."""
-    if check_fraction(fraction) == 0.0:
+    """``source`` with ``fraction`` of its training labels flipped; the test split as it was.
+    (``flip_labels`` checks the fraction.)"""
+    if fraction == 0.0:
         return source
     labels = flip_labels(source.train.labels, fraction, source.num_classes, rng)
     return dataclasses.replace(source, train=RelabeledSplit(source.train, labels))

@@ -110,11 +110,12 @@ class InputPipeline:
         self.global_batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
-        self.batch_level_augmentations = mixing.check_batch_level(batch_level_augmentations)
+        # Both names were checked by build_input_pipeline, before any data was read.
+        self.batch_level_augmentations = batch_level_augmentations
         self.mixup_alpha = mixup_alpha
         # Cutout's 16 px suits 32 px images; keep the same fraction at other sizes.
         self.cutout_size = cutout_size or max(1, round(16 * source.image_shape[0] / 32))
-        self.cutout_mode = mixing.check_cutout_mode(cutout_mode)
+        self.cutout_mode = cutout_mode
         if num_workers < 0:
             num_workers = min(_cpu_count(), _MAX_AUTO_WORKERS) if source.worth_workers else 0
         self.num_workers = num_workers

@@ -14,7 +14,7 @@ from gnp.choices import check_choice
 from gnp.configs.base import ignored_key_notices
 from gnp.data import dataset_names
 from gnp.gradient import ASAM_LEAVES, METHODS, PERTURBATIONS, check_coefficients
-from gnp.optim import SCHEDULES, optimizer_kwargs
+from gnp.optim import learning_rate_schedule, optimizer_kwargs
 from gnp.train.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
 from gnp.train.run_config import flatten
 from gnp.train.steps import DIRECTIONS
@@ -96,7 +96,7 @@ def validate_config(config: Any) -> Any:
     check_choice(config.model.model_name, models.names(), "model.model_name")
     check_choice(config.dataset.dataset_name, dataset_names(), "dataset.dataset_name")
     optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)
-    check_choice(config.lr_schedule_type, SCHEDULES, "lr_schedule_type")
+    learning_rate_schedule(config, steps_per_epoch=1)  # lr_schedule_type: checked where it is used
     check_choice(config.gr_warmup_strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
     check_choice(config.gnp.method, METHODS, "gnp.method")
     check_choice(config.gnp.perturbation, PERTURBATIONS, "gnp.perturbation")
