@@ -247,3 +247,11 @@ def test_eta_uses_the_median_epoch_after_the_compiling_one():
     assert _remaining_seconds([30.0, 10.0, 12.0, 11.0], 5) == 55.0  # median of 10, 12, 11
     assert _remaining_seconds([30.0], 2) == 60.0  # only the first epoch measured so far
     assert _clock(3725.4) == "1:02:05" and _clock(0.0) == "0:00:00"
+
+
+def test_curves_title_gives_r_and_alpha_and_the_range_of_a_warmup():
+    from gnp.train.metrics import _coefficients_title
+
+    warmup = [{"r": 0.0, "alpha": 0.8}, {"r": 0.025, "alpha": 0.8}, {"r": 0.05, "alpha": 0.8}]
+    assert _coefficients_title(warmup) == "r = 0.05 (from 0), α = 0.8"
+    assert _coefficients_title([{"epoch": 1}]) == "curves"

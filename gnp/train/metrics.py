@@ -17,10 +17,26 @@ from typing import Any
 
 log = logging.getLogger("gnp")
 
+# (title, y scale, factor, [(key, label), ...]): what curves.png draws. Loss on a log axis;
+# error in percent on a symlog axis (linear below 0.1 %, so an error of 0 still shows); the
+# norms say which gradient they are (see docs/training.md#metrics).
 PLOTTED = (
-    ("train_loss", "test_loss", "loss"),
-    ("train_error_rate", "test_error_rate", "error rate"),
-    ("clean_gradient_norm", "gradient_norm", "gradient norm"),
+    ("loss", "log", 1.0, [("train_loss", "train (mini-batch mean)"), ("test_loss", "test")]),
+    (
+        "error rate (%)",
+        "symlog",
+        100.0,
+        [("train_error_rate", "train (mini-batch mean)"), ("test_error_rate", "test")],
+    ),
+    (
+        "gradient norm (epoch mean)",
+        "log",
+        1.0,
+        [
+            ("clean_gradient_norm", "clean ‖g₁‖ of a mini-batch"),
+            ("gradient_norm", "to the optimizer (after clipping)"),
+        ],
+    ),
 )
 
 
@@ -87,24 +103,46 @@ class MetricWriter:
 
 
 def plot_curves(metrics_path: str, png_path: str) -> None:
-    """Loss, error rate and gradient norm per epoch, train and test."""
+    """Loss, error rate and gradient norms per epoch, train and test, with the r and α of the
+    run in the title (the values in force at the last epoch, and the range where they moved)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.5 * len(PLOTTED), 3.5))
-    for ax, (train_key, test_key, title) in zip(axes, PLOTTED, strict=True):
-        for key in (train_key, test_key):
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.5 * len(PLOTTED), 3.6))
+    for ax, (title, scale, factor, curves) in zip(axes, PLOTTED, strict=True):
+        for key, label in curves:
             points = [
-                (m["epoch"], m[key]) for m in records if key and key in m and math.isfinite(m[key])
+                (m["epoch"], factor * m[key])
+                for m in records
+                if key in m and m[key] is not None and math.isfinite(m[key])
             ]
             if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=key)
+                ax.plot(*zip(*points, strict=True), marker=".", label=label)
+        if scale == "symlog":
+            ax.set_yscale("symlog", linthresh=0.1)
+        else:
+            ax.set_yscale(scale)
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(_coefficients_title(records), fontsize=10)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def _coefficients_title(records: list[dict[str, Any]]) -> str:
+    """``r = 0.05, α = 0.8`` (plain training when α or r is 0), with the range of a warmup."""
+    parts = []
+    for key, symbol in (("r", "r"), ("alpha", "α")):
+        values = [m[key] for m in records if isinstance(m.get(key), int | float)]
+        if not values:
+            continue
+        low, last = min(values), values[-1]
+        parts.append(f"{symbol} = {last:g}" + (f" (from {low:g})" if low != last else ""))
+    return ", ".join(parts) or "curves"
