@@ -6,6 +6,7 @@ copied for each case, so that each case damages or resumes its own copy.
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -310,3 +311,13 @@ def test_first_ctrl_c_asks_to_save_and_stop_the_second_aborts():
     finally:
         guard.restore()
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_opening_checkpoints_read_only_logs_no_warning(tmp_path, caplog):
+    # The analysis and the study open every run read-only; orbax's "read only" notice after
+    # each would be noise. The writer's own manager is unchanged.
+    Checkpoints(str(tmp_path / "checkpoints")).close()
+    with caplog.at_level("WARNING"):
+        Checkpoints(str(tmp_path / "checkpoints"), read_only=True).close()
+    assert not [r for r in caplog.records if "read only" in r.getMessage()]
+    assert not logging.getLogger("absl").filters  # the filter is gone after the constructor

@@ -11,6 +11,7 @@ that still decodes is caught by the SHA-256 of the arrays saved in the meta.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import sys
@@ -93,6 +94,12 @@ class PreemptionGuard:
         return self.requested
 
 
+def _not_read_only_notice(record: logging.LogRecord) -> bool:
+    """orbax warns "Given directory is read only" whenever a manager is opened read-only, which
+    is what the analysis and the study ask for: a warning after every one of their runs."""
+    return not record.getMessage().startswith("Given directory is read only")
+
+
 class Checkpoints:
     """``working_dir/checkpoints/<step>/{state,data,meta}``; keeps the newest ``keep``."""
 
@@ -103,7 +110,12 @@ class Checkpoints:
             if read_only
             else ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        absl_logger = logging.getLogger("absl")  # orbax logs through absl's logger
+        absl_logger.addFilter(_not_read_only_notice)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_logger.removeFilter(_not_read_only_notice)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
