@@ -30,8 +30,8 @@ import os
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from gnp.analysis import statistics
 from gnp.configs import default
 from gnp.train.loop import train_and_evaluate
 
@@ -56,12 +56,7 @@ def configure(args: argparse.Namespace, overrides: dict[str, Any], seed: int) ->
     config.save_ckpt_every_n_epochs = args.epochs
     config.seeds = config.init_seeds = seed
     config.dataset.label_noise = args.label_noise
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 
@@ -81,12 +76,9 @@ def curve(working_dir: str, extra_passes: float, batch_size: int) -> dict[str, l
 
 
 def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t interval."""
-    values = np.asarray(values)
-    if len(values) < 2:
-        return float(values.mean()), float("nan")
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
+    """Mean and the half-width of its 95% t interval (NaN for one seed)."""
+    low, high = statistics.t_interval(values)
+    return float(np.mean(values)), (high - low) / 2
 
 
 def summarize(results: dict[str, list[dict]]) -> list[dict[str, Any]]:

@@ -212,14 +212,6 @@ class RunSpec:
 # Configs.
 
 
-def set_key(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    node[leaf] = value
-
-
 def base_config(scale: Scale, epochs: int) -> ml_collections.ConfigDict:
     """The default run (SGD-momentum 0.9, lr 0.1 cosine, L2 5e-4, batch 128) on the scale's
     data, evaluated and checkpointed only at the end (the study reads nothing in between)."""
@@ -262,8 +254,7 @@ def make_run(
     config = base.copy_and_resolve_references()
     overrides = {**variant.overrides, "gnp.r": r, "seeds": seed, "init_seeds": seed}
     overrides["use_test_set"] = stage != "tune"  # tuning runs never see the test set
-    for dotted, value in overrides.items():
-        set_key(config, dotted, value)
+    config.update_from_flattened_dict(overrides)
     penalized = config.gnp.alpha > 0 and r > 0
     cost = config.total_epochs * (2.0 if penalized else 1.0)
     return RunSpec(part, stage, group, variant, r, seed, config, cost)

@@ -10,11 +10,7 @@ from gnp.train.config import RANGES, validate_config
 
 def config_with(key, value):
     config = default.get_config()
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    node[leaf] = value
+    config.update_from_flattened_dict({key: value})
     return config
 
 

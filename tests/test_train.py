@@ -23,12 +23,7 @@ def tiny_config(**overrides):
     config.evaluate_every_n_epochs = 1
     config.save_ckpt_every_n_epochs = 1
     config.log_every_n_steps = 2
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 
