@@ -544,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str]) -> None:
-    """Runs one subcommand; a bad run directory or config exits with ``error: ...``."""
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The subcommand and its flags; ``--config.KEY=VALUE`` (alpha-sweep only) are kept as
+    ``config_overrides``. A usage error exits with status 2."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(normalize_argv(list(argv)))
     overrides = [arg for arg in unknown if arg.startswith("--config.")]
@@ -555,6 +556,12 @@ def main(argv: Sequence[str]) -> None:
             "(only alpha-sweep takes --config.KEY=VALUE)"
         )
     args.config_overrides = overrides
+    return args
+
+
+def main(argv: Sequence[str]) -> None:
+    """Runs one subcommand; a bad run directory or config exits with ``error: ...``."""
+    args = parse_args(argv)
     try:
         args.handler(args)
     except ValueError as e:  # RunError, and the trainer's config errors
