@@ -142,6 +142,26 @@ def contrast_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def gradient_norm_table(results: dict[str, Any], labels: dict[str, str]) -> str:
+    """Figure 3's two norms at the last epoch, per group and variant, mean over seeds: the
+    clean mini-batch ‖g1‖ and the combined gradient's norm (what the released trainer logs)."""
+    runs = results["runs"]
+    lines = [
+        "| group | variant | clean mini-batch ‖g1‖ | combined ‖g‖ (the released trainer's log) |",
+        "|---|---|---|---|",
+    ]
+    for group in _groups(runs):
+        for key, label in labels.items():
+            members = list(by_seed(runs, group, key).values())
+            if not members or members[0]["curve"][-1]["combined_gradient_norm"] is None:
+                continue
+            last = [member["curve"][-1] for member in members]
+            clean = np.mean([row["clean_gradient_norm"] for row in last])
+            combined = np.mean([row["combined_gradient_norm"] for row in last])
+            lines.append(f"| {group} | {label} | {clean:.3f} | {combined:.3f} |")
+    return "\n".join(lines)
+
+
 def correlations(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Spearman's ρ of each curvature measure with test error, over a group's final runs."""
     runs = results["runs"]
@@ -302,6 +322,11 @@ def write_report(
         figures.append(plot_test_errors(results[part], labels[part], out / f"{part}_errors.png"))
         if part == "icml2022":
             report["gate"] = gate(results[part])
+            sections.append(
+                "Figure 3's gradient norms at the last epoch (mean over seeds)\n\n"
+                + gradient_norm_table(results[part], labels[part])
+                + "\n"
+            )
             figures.append(
                 plot_gradient_norms(
                     results[part], labels[part], out / "icml2022_gradient_norms.png"

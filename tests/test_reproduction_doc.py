@@ -35,6 +35,12 @@ def test_variant_table_is_the_results(part):
     assert table in DOC, f"docs/reproduction.md's {part} table differs from results.json"
 
 
+def test_gradient_norm_table_is_the_results():
+    table = study_report.gradient_norm_table(RESULTS["icml2022"], LABELS["icml2022"])
+    assert table.count("\n") == 2 + 2 * 5 - 1  # header, rule, 5 variants × 2 noise levels
+    assert table in DOC
+
+
 def test_contrast_table_is_the_results():
     rows = study_report.contrasts(RESULTS, study.DECLARED, LABELS)
     assert len(rows) == 4 * 2 + 2 * 2  # four contrasts × 2 noise levels, two × 2 widths
@@ -56,7 +62,7 @@ def test_the_stored_report_is_what_the_results_give():
 def test_chosen_r_in_the_doc():
     """Every 'r = X chosen for VARIANT (GROUP)' sentence in the doc matches results.json."""
     chosen = RESULTS["icml2022"]["chosen_r"]
-    found = re.findall(r"`(noise[\d.]+/\w+)` r = ([\d.]+)", DOC)
+    found = re.findall(r"`(noise[\d.]+/[\w.]+)` r = ([\d.]+)", DOC)
     assert found, "the doc lists no chosen r"
     for key, r in found:
         assert chosen[key] == float(r), key

@@ -258,3 +258,14 @@ def test_bad_shard_is_a_one_line_error(capsys, text):
     with pytest.raises(SystemExit):
         study.parse_args([f"--shard={text}"])
     assert "--shard takes K/N with 0 <= K < N" in capsys.readouterr().err
+
+
+def test_gradient_norm_table_averages_the_last_epoch_over_seeds():
+    def run(seed, clean, combined):
+        curve = [{"clean_gradient_norm": 9.0, "combined_gradient_norm": 9.0}]
+        curve.append({"clean_gradient_norm": clean, "combined_gradient_norm": combined})
+        return {"group": "noise0", "variant": "gnp", "seed": seed, "curve": curve}
+
+    results = {"runs": [run(0, 0.1, 0.3), run(1, 0.2, 0.5)]}
+    table = study_report.gradient_norm_table(results, {"gnp": "GNP", "sam": "SAM"})
+    assert table.splitlines()[2:] == ["| noise0 | GNP | 0.150 | 0.400 |"]
