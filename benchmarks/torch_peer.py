@@ -12,7 +12,16 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def padded_shortcut(x: torch.Tensor, features: int, stride: int) -> torch.Tensor:
+    """The released WRN's parameter-free shortcut (gnp.models.layers.padded_shortcut): stride×
+    stride average pooling, then zero channels up to ``features`` (NCHW)."""
+    if stride > 1:
+        x = F.avg_pool2d(x, stride, stride)
+    return F.pad(x, (0, 0, 0, 0, 0, features - x.shape[1]))
 
 
 class Block(nn.Module):
@@ -21,7 +30,7 @@ class Block(nn.Module):
         self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.cout, self.stride = cout, stride
         self.activate_before_residual = activate_before_residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +39,7 @@ class Block(nn.Module):
         else:
             residual, y = x, torch.relu(self.bn1(x))
         y = self.conv2(torch.relu(self.bn2(self.conv1(y))))
-        return (residual if self.shortcut is None else self.shortcut(residual)) + y
+        return padded_shortcut(residual, self.cout, self.stride) + y
 
 
 def wide_resnet_16_4(num_classes: int = 10) -> nn.Module:

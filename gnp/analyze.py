@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from matplotlib.figure import Figure
 
 from gnp import analysis
 from gnp.analysis.plots import clean_gradient_norm_key, json_ready
@@ -106,17 +105,6 @@ def _measurement(run: Run, split: str, batches: list[Batch]) -> dict[str, Any]:
     }
 
 
-def _plot_histogram(norms: np.ndarray, full_norm: float, png: Path) -> None:
-    figure = Figure(figsize=(5, 3.5))
-    axes = figure.subplots()
-    axes.hist(norms, bins=max(5, min(50, norms.size // 2)), color="tab:blue", alpha=0.7)
-    axes.axvline(full_norm, color="k", linestyle="--", label=f"whole split ‖∇L‖ = {full_norm:.4g}")
-    axes.set_xlabel("per-batch gradient norm ‖∇L_b‖")
-    axes.set_ylabel("batches")
-    axes.legend()
-    figure.savefig(png, dpi=150, bbox_inches="tight")
-
-
 # Subcommands.
 
 
@@ -124,14 +112,17 @@ def gradient_norm(args: argparse.Namespace) -> None:
     run = load_run(args.working_dir)
     batches = split_batches(run.pipeline, args.split, args.max_batches)
     result = analysis.full_gradient_norm(params_loss(run), run.params, batches)
-    png = _output_dir(args) / "gradient_norm.png"
-    _plot_histogram(result.batch_norms, result.norm, png)
-    _write_json(
-        png.with_suffix(".json"),
+    png = analysis.plot_batch_gradient_norms(
+        result.batch_norms,
+        result.norm,
+        _output_dir(args) / "gradient_norm.png",
+        title=f"{run.working_dir.name}, {args.split} split",
+    )
+    _add_to_json(
+        png,
         {
             **_measurement(run, args.split, batches),
             **result.summary(),
-            "batch_gradient_norms": result.batch_norms,
             "batch_sizes": result.batch_weights,
         },
     )
@@ -201,7 +192,7 @@ def hessian(args: argparse.Namespace) -> None:
     if other is None:
         _print_hessian("", top, trace)
         if trace is not None:
-            title += f"; trace ≈ {trace.mean:.4g} ± {trace.standard_error:.2g}"
+            title += f"\ntrace ≈ {trace.mean:.4g} ± {trace.standard_error:.2g} (s.e.)"
     else:
         _, other_top, other_trace, _ = _hessian_of(other, args, keys)
         names = run.working_dir.name, other.working_dir.name
@@ -217,7 +208,9 @@ def hessian(args: argparse.Namespace) -> None:
                 "standard_error": difference.standard_error,
                 "unpaired_standard_error": difference.unpaired_standard_error,
             }
-            title += f"; Δ trace ≈ {difference.mean:.4g} ± {difference.standard_error:.2g}"
+            title += (
+                f"\nΔ trace ≈ {difference.mean:.4g} ± {difference.standard_error:.2g} (paired s.e.)"
+            )
             print(
                 f"trace difference {difference.mean:.6g} ± {difference.standard_error:.2g} "
                 f"(paired; {difference.unpaired_standard_error:.2g} with independent probes)"
@@ -254,7 +247,14 @@ def landscape(args: argparse.Namespace) -> None:
         values = analysis.loss_slice_1d(
             loss, run.params, directions[0], batches, coordinates=coordinates
         )
-        analysis.plot_loss_curve(coordinates, values, png, title="filter-normalized direction")
+        analysis.plot_loss_curve(
+            coordinates,
+            values,
+            png,
+            xlabel="t (along a filter-normalized random direction)",
+            title=run.working_dir.name,
+            marks={"θ": 0.0},
+        )
     else:
         values = analysis.loss_slice_2d(
             loss,
@@ -323,8 +323,9 @@ def interpolate(args: argparse.Namespace) -> None:
         coordinates,
         values,
         png,
-        xlabel=f"t (0: {run.working_dir.name}, 1: {other.working_dir.name})",
+        xlabel="t (θ = (1 − t)·θ₀ + t·θ₁)",
         title=BATCHNORM_MODES[mode].format(n=args.bn_batches),
+        marks={run.working_dir.name: 0.0, other.working_dir.name: 1.0},
     )
     results |= {
         **_measurement(run, args.split, batches),
@@ -544,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str]) -> None:
-    """Runs one subcommand; a bad run directory or config exits with ``error: ...``."""
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The subcommand and its flags; ``--config.KEY=VALUE`` (alpha-sweep only) are kept as
+    ``config_overrides``. A usage error exits with status 2."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(normalize_argv(list(argv)))
     overrides = [arg for arg in unknown if arg.startswith("--config.")]
@@ -555,6 +557,12 @@ def main(argv: Sequence[str]) -> None:
             "(only alpha-sweep takes --config.KEY=VALUE)"
         )
     args.config_overrides = overrides
+    return args
+
+
+def main(argv: Sequence[str]) -> None:
+    """Runs one subcommand; a bad run directory or config exits with ``error: ...``."""
+    args = parse_args(argv)
     try:
         args.handler(args)
     except ValueError as e:  # RunError, and the trainer's config errors

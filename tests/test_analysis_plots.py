@@ -25,13 +25,33 @@ def test_loss_curve_and_contour(tmp_path):
     assert numbers["losses"] == {k: v.tolist() for k, v in curves.items()}
 
     xs, ys = np.linspace(-1, 1, 4), np.linspace(0, 2, 3)
-    values = xs[:, None] ** 2 + ys[None, :]
+    values = xs[:, None] ** 2 + ys[None, :] + 0.25
     values[0, 0] = np.nan  # A diverged point is written as null, not as invalid JSON.
     numbers = read_outputs(analysis.plot_loss_contour(xs, ys, values, tmp_path / "plane.png"))
     assert numbers["coordinates_x"] == xs.tolist()
     assert numbers["coordinates_y"] == ys.tolist()
     assert numbers["values"][0][0] is None
     np.testing.assert_array_equal(np.array(numbers["values"], dtype=float)[1:], values[1:])
+    # A positive loss gets log-spaced levels from its finite minimum (1/9 + 0.25; the NaN left
+    # out) to its maximum (1 + 2 + 0.25): a constant ratio between neighbours.
+    levels = np.array(numbers["levels"])
+    low, high = 1 / 9 + 0.25, 3.25
+    assert levels.size == 30
+    np.testing.assert_allclose(levels[[0, -1]], [low, high])
+    np.testing.assert_allclose(levels[1:] / levels[:-1], (high / low) ** (1 / 29))
+
+
+def test_contour_levels_are_even_when_a_value_is_not_positive():
+    levels = analysis.plots.contour_levels(np.array([[-1.0, 0.0], [2.0, np.inf]]), 4)
+    np.testing.assert_allclose(levels, [-1.0, 0.0, 1.0, 2.0])
+
+
+def test_batch_gradient_norms_are_drawn_with_the_whole_split_norm(tmp_path):
+    for count in (6, 40):  # points, then a histogram
+        norms = np.linspace(0.4, 0.65, count)
+        png = analysis.plot_batch_gradient_norms(norms, 0.38, tmp_path / f"g{count}.png")
+        numbers = read_outputs(png)
+        assert numbers == {"batch_gradient_norms": norms.tolist(), "norm": 0.38}
 
 
 def test_eigenvalues(tmp_path):

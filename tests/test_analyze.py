@@ -237,3 +237,34 @@ def test_help_shows_no_docstring_markup(capsys):
         analyze.main(["--help"])
     out = capsys.readouterr().out
     assert "``" not in out and "gradient-norm" in out and "'gnp-analyze'" in out
+
+
+def test_the_documented_commands_run(run_dir, sweep_dir, tmp_path, monkeypatch):
+    """docs/analysis.md's gnp-analyze commands on runs/default, runs/sgd and runs/gnp, as
+    written, with the tiny runs above in those places. Appended, for the suite's time: one
+    batch each, and two eigenvalues and five probes for hessian (the lines as written take
+    40 s of CPU). alpha-sweep trains four 10-epoch runs: test_doc_commands.py checks its flags."""
+    from test_doc_commands import COMMANDS
+
+    places = {"default": run_dir, "sgd": sweep_dir / "alpha_0_r_0.05"}
+    places["gnp"] = sweep_dir / "alpha_1_r_0.05"
+    (tmp_path / "runs").mkdir()
+    for name, path in places.items():
+        (tmp_path / "runs" / name).symlink_to(path)
+    monkeypatch.chdir(tmp_path)
+    documented = [
+        command.argv
+        for command in COMMANDS
+        if command.doc == "docs/analysis.md"
+        and command.argv[0] == "gnp-analyze"
+        and command.argv[1] != "alpha-sweep"
+        and any(f"=runs/{name}" in arg for arg in command.argv for name in places)
+    ]
+    subcommands = [argv[1] for argv in documented]
+    assert subcommands == ["gradient-norm", "hessian", "hessian", "landscape", "interpolate"]
+    for argv in documented:
+        cheaper = ["--k=2", "--trace_probes=5"] if argv[1] == "hessian" else []
+        analyze.main([*argv[1:], "--max_batches=1", *cheaper])
+    written = {path.name for path in (tmp_path / "runs" / "default" / "analysis").iterdir()}
+    assert {"gradient_norm.json", "hessian.png", "landscape_2d.png"} <= written
+    assert (tmp_path / "runs" / "sgd" / "analysis" / "interpolation_alpha_1_r_0.05.png").exists()

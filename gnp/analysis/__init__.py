@@ -32,6 +32,7 @@ from gnp.analysis.landscape import (
 )
 from gnp.analysis.plots import (
     plot_alpha_sweep,
+    plot_batch_gradient_norms,
     plot_eigenvalues,
     plot_loss_contour,
     plot_loss_curve,
@@ -56,6 +57,7 @@ __all__ = [
     "loss_slice_2d",
     "mean_loss",
     "plot_alpha_sweep",
+    "plot_batch_gradient_norms",
     "plot_eigenvalues",
     "plot_loss_contour",
     "plot_loss_curve",

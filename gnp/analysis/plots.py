@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
@@ -52,17 +53,32 @@ def plot_loss_curve(
     *,
     xlabel: str = "t",
     title: str | None = None,
+    marks: Mapping[str, float] | None = None,
 ) -> Path:
     """A 1-D slice or interpolation: loss against t, one line per label when ``losses`` is a dict.
 
     Several runs along directions normalized to their own filters share one
-    axis, which is how Li et al. compare sharpness.
+    axis, which is how Li et al. compare sharpness. ``marks`` names points of
+    the t axis (the checkpoint at t = 0, the two runs of an interpolation),
+    drawn as dotted lines and labelled on the axis.
     """
     curves = dict(losses) if isinstance(losses, Mapping) else {"loss": losses}
     figure = Figure(figsize=(5, 3.5))
     axes = figure.subplots()
     for label, values in curves.items():
         axes.plot(np.asarray(coordinates), np.asarray(values), label=label)
+    for name, t in (marks or {}).items():
+        axes.axvline(t, color="gray", linestyle=":", linewidth=1)
+        axes.annotate(
+            name,
+            (t, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -10),
+            textcoords="offset points",
+            color="gray",
+            fontsize=8,
+        )
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
     axes.set_xlabel(xlabel)
     axes.set_ylabel("loss")
     if len(curves) > 1:
@@ -71,6 +87,17 @@ def plot_loss_curve(
         axes.set_title(title)
     numbers = {"coordinates": np.asarray(coordinates), "losses": curves}
     return _save(figure, path, numbers)
+
+
+def contour_levels(values: np.ndarray, count: int) -> np.ndarray:
+    """``count`` levels from the lowest to the highest finite value, log-spaced when every
+    value is positive (a loss basin's floor then gets as many lines as its walls, as in
+    Li et al.'s plots), else evenly spaced."""
+    finite = values[np.isfinite(values)]
+    low, high = float(finite.min()), float(finite.max())
+    if low > 0 and high > low:
+        return np.geomspace(low, high, count)
+    return np.linspace(low, high if high > low else low + 1.0, count)
 
 
 def plot_loss_contour(
@@ -82,23 +109,71 @@ def plot_loss_contour(
     levels: int = 30,
     title: str | None = None,
 ) -> Path:
-    """A 2-D slice as filled contours; ``values[i, j]`` is the loss at ``(x_i, y_j)``."""
+    """A 2-D slice as filled contours; ``values[i, j]`` is the loss at ``(x_i, y_j)``.
+
+    The levels (``contour_levels``, in the JSON) are log-spaced for a positive loss, with a
+    log colour scale to match; the checkpoint (0, 0) is marked.
+    """
     x, y, z = np.asarray(coordinates_x), np.asarray(coordinates_y), np.asarray(values)
     if z.shape != (x.size, y.size):
         raise ValueError(
             f"values has shape {z.shape}, expected (len(x), len(y)) = {(x.size, y.size)}"
         )
+    edges = contour_levels(z, levels)
+    logarithmic = bool(np.allclose(edges[1:] / edges[:-1], edges[1] / edges[0]) and edges[0] > 0)
+    norm = LogNorm(edges[0], edges[-1]) if logarithmic else None
     figure = Figure(figsize=(4.5, 4))
     axes = figure.subplots()
-    filled = axes.contourf(x, y, z.T, levels=levels, cmap="viridis")
-    axes.contour(x, y, z.T, levels=levels, colors="k", linewidths=0.3)
-    figure.colorbar(filled, ax=axes, label="loss")
+    filled = axes.contourf(x, y, z.T, levels=edges, cmap="viridis", norm=norm)
+    axes.contour(x, y, z.T, levels=edges, colors="k", linewidths=0.3)
+    bar = figure.colorbar(
+        filled, ax=axes, label="loss (log-spaced levels)" if logarithmic else "loss"
+    )
+    bar.set_ticks(
+        edges[:: max(1, levels // 6)], labels=[f"{v:.3g}" for v in edges[:: max(1, levels // 6)]]
+    )
+    bar.minorticks_off()
+    if x.min() <= 0 <= x.max() and y.min() <= 0 <= y.max():
+        axes.plot([0], [0], "w+", markersize=9, label="θ")
     axes.set_xlabel("direction 1")
     axes.set_ylabel("direction 2")
+    axes.set_aspect("equal" if np.ptp(x) == np.ptp(y) else "auto")
     if title:
         axes.set_title(title)
-    numbers = {"coordinates_x": x, "coordinates_y": y, "values": z}
+    numbers = {"coordinates_x": x, "coordinates_y": y, "values": z, "levels": edges}
     return _save(figure, path, numbers)
+
+
+def plot_batch_gradient_norms(
+    norms: ArrayLike, full_norm: float, path: str | Path, *, title: str | None = None
+) -> Path:
+    """The per-batch gradient norms ‖∇L_b‖ against the whole split's ‖∇L‖.
+
+    Up to 30 batches each is a point (a histogram of a handful of values says
+    nothing); more make a histogram with whole-number counts. The mean of the
+    per-batch norms is drawn too: it exceeds ‖∇L‖ by the batch-to-batch noise.
+    """
+    norms = np.asarray(norms, dtype=float)
+    figure = Figure(figsize=(5, 3.5))
+    axes = figure.subplots()
+    if norms.size <= 30:
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, norms.size)
+        axes.plot(norms, jitter, "o", color="tab:blue", alpha=0.7, label=f"{norms.size} batches")
+        axes.set_ylim(-1, 1)
+        axes.set_yticks([])
+    else:
+        axes.hist(norms, bins=min(50, norms.size // 3), color="tab:blue", alpha=0.7)
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel("batches")
+    axes.axvline(
+        norms.mean(), color="tab:blue", linestyle=":", label=f"mean per batch = {norms.mean():.4g}"
+    )
+    axes.axvline(full_norm, color="k", linestyle="--", label=f"whole split ‖∇L‖ = {full_norm:.4g}")
+    axes.set_xlabel("per-batch gradient norm ‖∇L_b‖")
+    axes.legend(fontsize=8)
+    if title:
+        axes.set_title(title)
+    return _save(figure, path, {"batch_gradient_norms": norms, "norm": full_norm})
 
 
 def plot_eigenvalues(

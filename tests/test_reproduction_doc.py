@@ -1,0 +1,62 @@
+"""docs/reproduction.md's result tables are the committed study results, not hand copies.
+
+The tables are rebuilt here from ``docs/study/results.json`` (the study's own output,
+committed) with the functions that wrote them, and must appear in the doc as they are; the
+doc's quoted numbers in prose are checked against the same file.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gnp import study, study_report
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = json.loads((ROOT / "docs" / "study" / "results.json").read_text())
+DOC = (ROOT / "docs" / "reproduction.md").read_text()
+LABELS = {
+    "icml2022": {v.key: v.label for v in study.ICML2022_VARIANTS},
+    "icml2024": {v.key: v.label for v in study.ICML2024_VARIANTS},
+}
+
+
+def test_the_results_are_the_full_study():
+    assert RESULTS["mode"] == "full"
+    assert RESULTS["scale"]["seeds_2022"] == list(range(10))
+    for part in study.PARTS:
+        assert RESULTS[part]["runs"], part
+
+
+@pytest.mark.parametrize("part", study.PARTS)
+def test_variant_table_is_the_results(part):
+    table = study_report.variant_table(RESULTS[part], LABELS[part])
+    assert table in DOC, f"docs/reproduction.md's {part} table differs from results.json"
+
+
+def test_contrast_table_is_the_results():
+    rows = study_report.contrasts(RESULTS, study.DECLARED, LABELS)
+    assert len(rows) == 4 * 2 + 2 * 2  # four contrasts × 2 noise levels, two × 2 widths
+    assert study_report.contrast_table(rows) in DOC
+
+
+def test_the_stored_report_is_what_the_results_give():
+    """results.json's own contrasts (written by the study) equal a recomputation."""
+    rows = study_report.contrasts(RESULTS, study.DECLARED, LABELS)
+    stored = {(r["part"], r["group"], r["a"], r["b"]): r for r in RESULTS["contrasts"]}
+    for row in rows:
+        twin = stored[(row["part"], row["group"], row["a"], row["b"])]
+        assert twin["holm_p"] == pytest.approx(row["holm_p"])
+        assert twin["test_error_difference"]["mean"] == pytest.approx(
+            row["test_error_difference"]["mean"]
+        )
+
+
+def test_chosen_r_in_the_doc():
+    """Every 'r = X chosen for VARIANT (GROUP)' sentence in the doc matches results.json."""
+    chosen = RESULTS["icml2022"]["chosen_r"]
+    found = re.findall(r"`(noise[\d.]+/\w+)` r = ([\d.]+)", DOC)
+    assert found, "the doc lists no chosen r"
+    for key, r in found:
+        assert chosen[key] == float(r), key
