@@ -1,4 +1,5 @@
-"""Data parallelism on 4 CPU devices (and 2 processes) against 1 device with the whole batch."""
+"""Data parallelism on 4 CPU devices (and 2 processes) against 1 device with the whole batch;
+synchronized BatchNorm (``model.sync_batch_norm``) among them."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -17,6 +19,7 @@ from test_train import tiny_config
 import gnp
 from gnp import models
 from gnp.data import build_input_pipeline
+from gnp.train import build
 from gnp.train.gr_schedule import GRSchedule
 from gnp.train.steps import (
     GNPOptions,
@@ -31,10 +34,13 @@ HERE = os.path.dirname(__file__)
 LR = 0.5
 
 
-def build_step(mesh, *, synced):
-    model = models.get_model("TinyMLP", num_classes=10)
+# A SmallCNN narrow enough to compile in a moment: two BatchNorm layers.
+BATCH_NORM_MODEL = {"name": "SmallCNN", "width": 8}
+
+
+def build_step(mesh, *, synced, model=None, sync_batch_norm=False):
     return make_train_step(
-        model=model,
+        model=model or models.get_model("TinyMLP", num_classes=10),
         optimizer=optax.sgd(LR),
         schedule=optax.constant_schedule(LR),
         mesh=mesh,
@@ -42,21 +48,28 @@ def build_step(mesh, *, synced):
         gr=GRSchedule(r=0.1, alpha=0.8),
         gnp_options=GNPOptions(sync_perturbations=synced),
         penalized=True,
+        sync_batch_norm=sync_batch_norm,
     )
 
 
-def one_step(mesh, state, batch, *, synced):
-    step = build_step(mesh, synced=synced)
+def one_step(mesh, state, batch, *, synced, **step_options):
+    step = build_step(mesh, synced=synced, **step_options)
     batch = shard_batch(batch, mesh)
     new_state, metrics = step(replicate(state, mesh), batch["image"], batch["label"])
-    return jax.device_get(new_state.params), jax.device_get(metrics)
+    return jax.device_get(new_state), jax.device_get(metrics)
 
 
-def setup():
-    model = models.get_model("TinyMLP", num_classes=10)
+def setup(name="TinyMLP", **fields):
+    model = models.get_model(name, num_classes=10, **fields)
     state, _ = create_train_state(model, lambda p: optax.sgd(LR), (8, 8, 1), init_seed=0, seed=0)
     batch = next(build_input_pipeline(tiny_config(batch_size=64)).train_iterator())
     return model, jax.device_get(state), batch
+
+
+def max_difference(a, b):
+    return max(
+        np.max(np.abs(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def meshes():
@@ -66,9 +79,9 @@ def meshes():
 def test_synced_step_on_four_devices_equals_one_device_with_the_whole_batch():
     _, state, batch = setup()
     four, one = meshes()
-    params4, metrics4 = one_step(four, state, batch, synced=True)
-    params1, metrics1 = one_step(one, state, batch, synced=True)
-    for a, b in zip(jax.tree.leaves(params4), jax.tree.leaves(params1), strict=True):
+    state4, metrics4 = one_step(four, state, batch, synced=True)
+    state1, metrics1 = one_step(one, state, batch, synced=True)
+    for a, b in zip(jax.tree.leaves(state4.params), jax.tree.leaves(state1.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
     assert metrics4["train_loss"] == pytest.approx(metrics1["train_loss"], rel=1e-5)
 
@@ -76,7 +89,7 @@ def test_synced_step_on_four_devices_equals_one_device_with_the_whole_batch():
 def test_per_device_step_is_the_mean_of_four_shard_gradients():
     model, state, batch = setup()
     four, _ = meshes()
-    params4, _ = one_step(four, state, batch, synced=False)
+    params4 = one_step(four, state, batch, synced=False)[0].params
 
     def loss(params, images, labels):
         logits = model.apply({"params": params}, images)
@@ -94,25 +107,57 @@ def test_per_device_step_is_the_mean_of_four_shard_gradients():
     for a, b in zip(jax.tree.leaves(params4), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
     # and differs from the synced step: m-sharpness is a different method
-    params_synced, _ = one_step(four, state, batch, synced=True)
-    assert (
-        max(
-            np.max(np.abs(a - b))
-            for a, b in zip(jax.tree.leaves(params4), jax.tree.leaves(params_synced), strict=True)
-        )
-        > 1e-6
-    )
+    params_synced = one_step(four, state, batch, synced=True)[0].params
+    assert max_difference(params4, params_synced) > 1e-6
 
 
-@pytest.mark.parametrize("synced,expected", [(False, 1), (True, 2)])
-def test_all_reduces_per_step(synced, expected):
+def test_synced_batch_norm_on_four_devices_equals_one_device_with_the_whole_batch():
+    model, state, batch = setup(**BATCH_NORM_MODEL)
+    four, one = meshes()
+    options = dict(synced=True, model=model, sync_batch_norm=True)
+    state4, metrics4 = one_step(four, state, batch, **options)
+    state1, metrics1 = one_step(one, state, batch, **options)
+    assert max_difference(state.batch_stats, state1.batch_stats) > 1e-3  # the statistics moved
+    for a, b in zip(jax.tree.leaves(state4), jax.tree.leaves(state1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # params, batch_stats, opt_state
+    assert metrics4["train_loss"] == pytest.approx(metrics1["train_loss"], rel=1e-5)
+    # Each device's own statistics (the released behaviour) give another step: the test can fail.
+    per_device, _ = one_step(four, state, batch, synced=True, model=model)
+    assert max_difference(per_device.params, state1.params) > 1e-4
+    assert max_difference(per_device.batch_stats, state1.batch_stats) > 1e-4
+
+
+class UnsyncableBatchNorm(nn.Module):
+    """A user's model whose BatchNorm is not built by ``layers.batch_norm``."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.BatchNorm(use_running_average=not train)(x.reshape(x.shape[0], -1))
+        return nn.Dense(self.num_classes)(x)
+
+
+def test_sync_batch_norm_refuses_a_batch_norm_it_cannot_reach():
+    config = tiny_config(**{"model.sync_batch_norm": True})
+    with pytest.raises(ValueError, match="no field batch_norm_axis_name"):
+        build.train_state(config, UnsyncableBatchNorm(10), (8, 8, 1), steps_per_epoch=10)
+    build.train_state(config, models.get_model("TinyMLP", num_classes=10), (8, 8, 1), 10)
+
+
+@pytest.mark.parametrize(
+    "synced,sync_batch_norm,expected", [(False, False, 1), (True, False, 2), (False, True, 9)]
+)
+def test_all_reduces_per_step(synced, sync_batch_norm, expected):
     """Per-device perturbations: the first pass communicates nothing; one all-reduce of the
-    combined gradient (with BN statistics and metrics) per step. Synced: one more, of g1."""
-    _, state, batch = setup()
+    combined gradient (with BN statistics and metrics) per step. Synced: one more, of g1.
+    Synchronized BatchNorm: one per layer in each forward and each backward pass, so 4 per
+    layer on a GNP step (here 2 layers)."""
+    model, state, batch = setup(**BATCH_NORM_MODEL) if sync_batch_norm else setup()
     mesh, _ = meshes()
     batch = shard_batch(batch, mesh)
     compiled = (
-        build_step(mesh, synced=synced)
+        build_step(mesh, synced=synced, model=model, sync_batch_norm=sync_batch_norm)
         .lower(replicate(state, mesh), batch["image"], batch["label"])
         .compile()
     )
@@ -129,15 +174,23 @@ RUN = {
     "evaluate_every_n_epochs": 2,
     "save_ckpt_every_n_epochs": 2,
 }
+# One epoch of a BatchNorm model with its statistics and perturbations over the global batch.
+SYNC_BATCH_NORM_RUN = RUN | {
+    "model.model_name": "SmallCNN",
+    "model.sync_batch_norm": True,
+    "total_epochs": 1,
+    "evaluate_every_n_epochs": 1,
+    "save_ckpt_every_n_epochs": 1,
+}
 
 
-def run(devices, working_dir, *distributed):
+def run(devices, working_dir, *distributed, overrides=RUN):
     command = [
         sys.executable,
         os.path.join(HERE, "run_training.py"),
         str(devices),
         str(working_dir),
-        json.dumps(RUN),
+        json.dumps(overrides),
         *map(str, distributed),
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -170,10 +223,12 @@ def test_training_on_four_devices_matches_one_device(tmp_path):
     assert_same_metrics(metrics(tmp_path / "four"), metrics(tmp_path / "one"))
 
 
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_with_synced_batch_norm_match_one_device(tmp_path):
+    """2 processes × 2 devices, BatchNorm statistics and perturbations synced across both hosts:
+    the run of one device with the whole batch (test_loss: the running statistics too)."""
     port = portpicker.pick_unused_port()
-    workers = [run(2, tmp_path / "two", pid, 2, port) for pid in range(2)]
-    for worker in workers:
+    two = [run(2, tmp_path / "two", pid, 2, port, overrides=SYNC_BATCH_NORM_RUN) for pid in (0, 1)]
+    for worker in two:
         finish(worker)
-    finish(run(4, tmp_path / "single"))
-    assert_same_metrics(metrics(tmp_path / "two"), metrics(tmp_path / "single"))
+    finish(run(1, tmp_path / "one", overrides=SYNC_BATCH_NORM_RUN))
+    assert_same_metrics(metrics(tmp_path / "two"), metrics(tmp_path / "one"))

@@ -8,6 +8,7 @@ by layer, so the derivation says what differs.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -184,6 +185,41 @@ def test_every_registered_name_initializes(name):
     )
     assert logits.shape == (1, 10) and logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    if "batch_stats" in variables:  # model.sync_batch_norm can reach its BatchNorm
+        assert hasattr(module, "batch_norm_axis_name")
+
+
+# One model of each family with BatchNorm, as small as it is registered (PyramidNet: one block a
+# group, with ShakeDrop's stem BatchNorm).
+BATCH_NORM_FAMILIES = {
+    "SmallCNN": {},
+    "CNN1D_32": {},
+    "VGG16BN": {},
+    "ResNet18": {},
+    "ResNet50": {},
+    "WideResNet_16_4": {},
+    "WideResNet_2_96_ShakeShake": {},
+    "PyramidNetBase": {"depth": 11, "alpha": 12, "final_survival": 0.5, "stem_batch_norm": True},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_NORM_FAMILIES))
+def test_synchronized_batch_norm_reaches_every_batch_norm_layer(name):
+    module = models.get_model(name, num_classes=10, **BATCH_NORM_FAMILIES[name])
+    synced = models.synchronized_batch_norm(module, "data")
+    axes = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            axes.append(context.module.axis_name)
+        return next_fun(*args, **kwargs)
+
+    images = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(lambda: synced.init(jax.random.key(0), images, train=False))
+    layers = jax.tree.leaves(jax.tree.map(lambda _: 1, variables["batch_stats"]))
+    assert axes == ["data"] * (len(layers) // 2)  # each layer: a mean and a var
+    assert module.batch_norm_axis_name is None  # the model itself is left as it was
 
 
 def test_registered_families():

@@ -104,6 +104,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Fields of the model to override, as in the released config (set them in a config file:
     # e.g. model_params.depth = 4 for a smaller ViT).
     config.model.model_params = ml_collections.ConfigDict()
+    # BatchNorm statistics of the whole global batch (all devices and hosts), not of each
+    # device's shard as released; no effect on a model without BatchNorm (docs/distributed.md).
+    config.model.sync_batch_norm = False
     # The released WideResNet option (a skip connection around each group of blocks).
     config.use_additional_skip_connections_in_wrn = False
 

@@ -85,13 +85,25 @@ def apply_released_flags(config: Any) -> None:
 
 def model_fields(model: Any) -> dict[str, Any]:
     """The flax module's dataclass fields in force (defaults and overrides alike); types (the
-    dtype) by name."""
+    dtype) by name. Not the BatchNorm axis: the train step sets it (``model.sync_batch_norm``)."""
+    from gnp.models.layers import BATCH_NORM_AXIS_FIELD
+
     values = {
         f.name: getattr(model, f.name)
         for f in dataclasses.fields(model)
-        if f.name not in ("parent", "name")
+        if f.name not in ("parent", "name", BATCH_NORM_AXIS_FIELD)
     }
     return {k: v.__name__ if isinstance(v, type) else v for k, v in values.items()}
+
+
+def describe_batch_norm(config: Any, variables: dict[str, Any]) -> str:
+    """Where the model's BatchNorm statistics come from in training (``model.sync_batch_norm``)."""
+    synced = config.model.sync_batch_norm
+    if "batch_stats" not in variables:
+        return "no BatchNorm (model.sync_batch_norm has no effect)" if synced else "no BatchNorm"
+    if synced:
+        return "BatchNorm statistics of the global batch (model.sync_batch_norm)"
+    return "BatchNorm statistics per device"
 
 
 def dry_run(config: Any) -> None:
@@ -112,7 +124,8 @@ def dry_run(config: Any) -> None:
     print(config)
     print(f"data: {pipeline.info}")
     print(f"optimizer: {describe_optimizer(config)}")
-    print(f"model: {config.model.model_name}, {count:,} parameters")
+    batch_norm = describe_batch_norm(config, variables)
+    print(f"model: {config.model.model_name}, {count:,} parameters, {batch_norm}")
     print("model fields: " + ", ".join(f"{k}: {v}" for k, v in model_fields(model).items()))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from gnp.models.layers import batch_norm
 from gnp.models.registry import register
 
 
@@ -28,14 +29,16 @@ class CNN1D(nn.Module):
     num_classes: int
     width: int = 32
     dtype: Any = jnp.float32
+    batch_norm_axis_name: str | None = None  # layers.synchronized_batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        norm = batch_norm(train, self.dtype, self.batch_norm_axis_name)
         x = as_signal(x).astype(self.dtype)
         layers = ((self.width, 5, 1), (2 * self.width, 3, 2), (2 * self.width, 3, 2))
         for features, kernel, stride in layers:
             x = nn.Conv(features, (kernel,), strides=stride, use_bias=False, dtype=self.dtype)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+            x = norm()(x)
             x = nn.relu(x)
         x = jnp.mean(x, axis=1)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

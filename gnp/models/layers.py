@@ -1,5 +1,5 @@
-"""Pieces several families share: Shake-Shake and ShakeDrop mixing, stochastic depth, and the
-transformers' patch embedding and MLP.
+"""Pieces several families share: the CNNs' BatchNorm, Shake-Shake and ShakeDrop mixing,
+stochastic depth, and the transformers' patch embedding and MLP.
 
 The shake functions draw one coefficient per example. Unless ``true_gradient`` is set, the
 backward pass sees an independent coefficient (the "shake" trick of Gastaldi 2017 and
@@ -9,7 +9,9 @@ gradient it perturbs along is the true gradient of the function evaluated forwar
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +23,39 @@ SMALL_IMAGE_MAX_SIZE = 64
 
 # He initialization over fan-out, as the reference ResNet, WRN and PyramidNet code uses.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def batch_norm(train: bool, dtype: Any, axis_name: str | None = None) -> Callable[[], nn.BatchNorm]:
+    """The CNN families' BatchNorm (momentum 0.9, as released): batch statistics when ``train``,
+    the running ones otherwise.
+
+    ``axis_name`` (a model's ``batch_norm_axis_name``, see ``synchronized_batch_norm``): the
+    batch statistics are averaged over that mapped axis, i.e. taken over the whole global batch
+    across devices and hosts (synchronized BatchNorm); ``None``: over this device's batch.
+    """
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=0.9,
+        dtype=dtype,
+        axis_name=axis_name,
+    )
+
+
+BATCH_NORM_AXIS_FIELD = "batch_norm_axis_name"
+
+
+def synchronized_batch_norm(module: nn.Module, axis_name: str) -> nn.Module:
+    """``module`` with every BatchNorm's batch statistics taken over the mapped axis
+    ``axis_name`` (the trainer's ``model.sync_batch_norm``: inside ``shard_map`` over ``data``).
+
+    A family with BatchNorm has the field ``batch_norm_axis_name`` and builds its layers with
+    ``batch_norm``; a module without the field has no BatchNorm and comes back unchanged.
+    Applied in train mode, the result needs ``axis_name`` bound (``shard_map``, ``vmap``).
+    """
+    if BATCH_NORM_AXIS_FIELD not in {field.name for field in dataclasses.fields(module)}:
+        return module
+    return module.clone(**{BATCH_NORM_AXIS_FIELD: axis_name})
 
 
 def classifier_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:

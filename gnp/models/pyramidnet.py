@@ -10,12 +10,19 @@ BatchNorm after the stem convolution (the two released files differ there).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import classifier_init, conv_init, padded_shortcut, shake_drop
+from gnp.models.layers import (
+    batch_norm,
+    classifier_init,
+    conv_init,
+    padded_shortcut,
+    shake_drop,
+)
 from gnp.models.registry import register
 
 
@@ -26,17 +33,15 @@ class PyramidBottleneck(nn.Module):
     strides: int
     survival: float | None
     dtype: Any
+    norm: Callable[[], nn.BatchNorm]  # layers.batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, true_gradient: bool) -> jnp.ndarray:
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype
-        )
-        y = conv(self.features, (1, 1))(norm()(x))
-        y = conv(self.features, (3, 3), self.strides)(nn.relu(norm()(y)))
-        y = conv(4 * self.features, (1, 1))(nn.relu(norm()(y)))
-        y = norm()(y)
+        y = conv(self.features, (1, 1))(self.norm()(x))
+        y = conv(self.features, (3, 3), self.strides)(nn.relu(self.norm()(y)))
+        y = conv(4 * self.features, (1, 1))(nn.relu(self.norm()(y)))
+        y = self.norm()(y)
         if self.survival is not None:
             key = self.make_rng("shake") if train else None
             y = shake_drop(
@@ -55,18 +60,20 @@ class PyramidNet(nn.Module):
     final_survival: float | None = None
     stem_batch_norm: bool = False
     dtype: Any = jnp.float32
+    batch_norm_axis_name: str | None = None  # layers.synchronized_batch_norm
 
     @nn.compact
     def __call__(
         self, x: jnp.ndarray, train: bool = True, true_gradient: bool = False
     ) -> jnp.ndarray:
+        norm = batch_norm(train, self.dtype, self.batch_norm_axis_name)
         blocks_per_group = (self.depth - 2) // 9
         num_blocks = 3 * blocks_per_group
         x = nn.Conv(16, (3, 3), use_bias=False, kernel_init=conv_init, dtype=self.dtype)(
             x.astype(self.dtype)
         )
         if self.stem_batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+            x = norm()(x)
         width = 16.0
         for index in range(num_blocks):
             width += self.alpha / num_blocks
@@ -75,10 +82,10 @@ class PyramidNet(nn.Module):
                 survival = 1.0 - (index + 1) / num_blocks * (1.0 - self.final_survival)
             first_of_group = index % blocks_per_group == 0
             strides = 2 if index > 0 and first_of_group else 1
-            x = PyramidBottleneck(round(width), strides, survival, self.dtype)(
+            x = PyramidBottleneck(round(width), strides, survival, self.dtype, norm)(
                 x, train, true_gradient
             )
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+        x = nn.relu(norm()(x))
         x = jnp.mean(x, axis=(1, 2))
         head = nn.Dense(self.num_classes, kernel_init=classifier_init, dtype=self.dtype)
         return head(x).astype(jnp.float32)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import classifier_init, conv_init, uses_cifar_variant
+from gnp.models.layers import batch_norm, classifier_init, conv_init, uses_cifar_variant
 from gnp.models.registry import register
 
 ModuleDef = Callable[..., nn.Module]
@@ -74,13 +74,12 @@ class ResNet(nn.Module):
     # The released CIFAR stem is 16 channels wide whatever the stages' width.
     cifar_stem_width: int = 16
     dtype: Any = jnp.float32
+    batch_norm_axis_name: str | None = None  # layers.synchronized_batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype
-        )
+        norm = batch_norm(train, self.dtype, self.batch_norm_axis_name)
         if self.stem not in ("auto", "imagenet", "cifar"):
             raise ValueError(f"stem must be 'auto', 'imagenet' or 'cifar', not {self.stem!r}")
         cifar_stem = self.stem == "cifar" or (

@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from gnp.models.layers import batch_norm
 from gnp.models.registry import register
 
 
@@ -17,10 +18,11 @@ class SmallCNN(nn.Module):
     num_classes: int
     width: int = 32
     dtype: Any = jnp.float32
+    batch_norm_axis_name: str | None = None  # layers.synchronized_batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
-        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
+        norm = batch_norm(train, self.dtype, self.batch_norm_axis_name)
         x = x.astype(self.dtype)
         for features, stride in ((self.width, 1), (2 * self.width, 2)):
             x = nn.Conv(features, (3, 3), strides=stride, use_bias=False, dtype=self.dtype)(x)

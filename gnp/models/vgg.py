@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import classifier_init, conv_init
+from gnp.models.layers import batch_norm, classifier_init, conv_init
 from gnp.models.registry import register
 
 
@@ -29,18 +29,18 @@ class VGG(nn.Module):
     hidden_size: int = 4096
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    batch_norm_axis_name: str | None = None  # layers.synchronized_batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        norm = batch_norm(train, self.dtype, self.batch_norm_axis_name)
         x = x.astype(self.dtype)
         for stage, num_convs in enumerate(self.stage_sizes):
             features = min(self.width * 2**stage, 8 * self.width)
             for _ in range(num_convs):
                 x = nn.Conv(features, (3, 3), kernel_init=conv_init, dtype=self.dtype)(x)
                 if self.batch_norm:
-                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(
-                        x
-                    )
+                    x = norm()(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))

@@ -9,12 +9,19 @@ zero channels); Shake-Shake 26 2×96d has (26−2)/6 = 4 two-branch blocks per g
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gnp.models.layers import classifier_init, conv_init, padded_shortcut, shake_shake
+from gnp.models.layers import (
+    batch_norm,
+    classifier_init,
+    conv_init,
+    padded_shortcut,
+    shake_shake,
+)
 from gnp.models.registry import register
 
 
@@ -22,10 +29,6 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any) -> nn.Conv:
     return nn.Conv(
         features, (kernel, kernel), strides, use_bias=False, kernel_init=conv_init, dtype=dtype
     )
-
-
-def _norm(train: bool, dtype: Any) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)
 
 
 def _head(num_classes: int, dtype: Any) -> nn.Dense:
@@ -48,17 +51,18 @@ class WideResNetBlock(nn.Module):
     activate_before_residual: bool
     dropout_rate: float
     dtype: Any
+    norm: Callable[[], nn.BatchNorm]  # layers.batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         if self.activate_before_residual:
-            x = nn.relu(_norm(train, self.dtype)(x))
+            x = nn.relu(self.norm()(x))
             residual = y = x
         else:
             residual = x
-            y = nn.relu(_norm(train, self.dtype)(x))
+            y = nn.relu(self.norm()(x))
         y = _conv(self.features, 3, self.strides, self.dtype)(y)
-        y = nn.relu(_norm(train, self.dtype)(y))
+        y = nn.relu(self.norm()(y))
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = _conv(self.features, 3, 1, self.dtype)(y)
         return _add_shortcut(y, residual)
@@ -80,9 +84,11 @@ class WideResNet(nn.Module):
     use_additional_skip_connections: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    batch_norm_axis_name: str | None = None  # layers.synchronized_batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        norm = batch_norm(train, self.dtype, self.batch_norm_axis_name)
         blocks_per_group = (self.depth - 4) // 6
         inputs = x = x.astype(self.dtype)
         x = _conv(16, 3, 1, self.dtype)(x)
@@ -95,12 +101,13 @@ class WideResNet(nn.Module):
                     activate_before_residual=group == 0 and block == 0,
                     dropout_rate=self.dropout_rate,
                     dtype=self.dtype,
+                    norm=norm,
                 )(x, train)
             if self.use_additional_skip_connections:
                 x = _add_shortcut(x, group_input)
         if self.use_additional_skip_connections:
             x = _add_shortcut(x, inputs)
-        x = nn.relu(_norm(train, self.dtype)(x))
+        x = nn.relu(norm()(x))
         x = jnp.mean(x, axis=(1, 2))
         return _head(self.num_classes, self.dtype)(x).astype(jnp.float32)
 
@@ -111,9 +118,10 @@ class ShakeShakeShortcut(nn.Module):
     features: int
     strides: int
     dtype: Any
+    norm: Callable[[], nn.BatchNorm]  # layers.batch_norm
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         if x.shape[-1] == self.features:
             return x
         shifted = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))[:, 1:, 1:, :]
@@ -121,7 +129,7 @@ class ShakeShakeShortcut(nn.Module):
             _conv(self.features // 2, 1, 1, self.dtype)(v[:, :: self.strides, :: self.strides])
             for v in (x, shifted)
         ]
-        return _norm(train, self.dtype)(jnp.concatenate(paths, axis=-1))
+        return self.norm()(jnp.concatenate(paths, axis=-1))
 
 
 class ShakeShakeBlock(nn.Module):
@@ -130,18 +138,20 @@ class ShakeShakeBlock(nn.Module):
     features: int
     strides: int
     dtype: Any
+    norm: Callable[[], nn.BatchNorm]  # layers.batch_norm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool, true_gradient: bool) -> jnp.ndarray:
         branches = []
         for _ in range(2):
             y = _conv(self.features, 3, self.strides, self.dtype)(nn.relu(x))
-            y = nn.relu(_norm(train, self.dtype)(y))
-            y = _norm(train, self.dtype)(_conv(self.features, 3, 1, self.dtype)(y))
+            y = nn.relu(self.norm()(y))
+            y = self.norm()(_conv(self.features, 3, 1, self.dtype)(y))
             branches.append(y)
         key = self.make_rng("shake") if train else None
         mixed = shake_shake(*branches, key=key, train=train, true_gradient=true_gradient)
-        return ShakeShakeShortcut(self.features, self.strides, self.dtype)(x, train) + mixed
+        shortcut = ShakeShakeShortcut(self.features, self.strides, self.dtype, self.norm)(x)
+        return shortcut + mixed
 
 
 class WideResNetShakeShake(nn.Module):
@@ -151,19 +161,21 @@ class WideResNetShakeShake(nn.Module):
     depth: int
     widen_factor: int
     dtype: Any = jnp.float32
+    batch_norm_axis_name: str | None = None  # layers.synchronized_batch_norm
     supports_true_gradient: ClassVar[bool] = True
 
     @nn.compact
     def __call__(
         self, x: jnp.ndarray, train: bool = True, true_gradient: bool = False
     ) -> jnp.ndarray:
+        norm = batch_norm(train, self.dtype, self.batch_norm_axis_name)
         blocks_per_group = (self.depth - 2) // 6
         x = _conv(16, 3, 1, self.dtype)(x.astype(self.dtype))
-        x = _norm(train, self.dtype)(x)
+        x = norm()(x)
         for group, base in enumerate((16, 32, 64)):
             for block in range(blocks_per_group):
                 strides = 2 if group > 0 and block == 0 else 1
-                x = ShakeShakeBlock(base * self.widen_factor, strides, self.dtype)(
+                x = ShakeShakeBlock(base * self.widen_factor, strides, self.dtype, norm)(
                     x, train, true_gradient
                 )
         x = jnp.mean(nn.relu(x), axis=(1, 2))

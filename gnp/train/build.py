@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from gnp import models
+from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import build_optimizer, learning_rate_schedule
 from gnp.train.gr_schedule import GRSchedule, hybrid_probability
 from gnp.train.steps import (
@@ -100,6 +101,16 @@ def train_state(
         seed=config.seeds,
         reuse=config.gnp.reuse_period > 1,
     )
+    if (
+        config.model.sync_batch_norm
+        and state.batch_stats
+        and not hasattr(model, BATCH_NORM_AXIS_FIELD)
+    ):
+        raise ValueError(
+            f"model.sync_batch_norm: {config.model.model_name} has BatchNorm layers but no field "
+            f"{BATCH_NORM_AXIS_FIELD}, so they cannot be synchronized; build them with "
+            "gnp.models.layers.batch_norm (docs/models.md)"
+        )
     return state, optimizer, schedule
 
 
@@ -127,6 +138,7 @@ def train_steps(
             gnp_options=gnp_options(config),
             penalized=penalized,
             full=full,
+            sync_batch_norm=config.model.sync_batch_norm,
         )
         for penalized, full in STEP_KINDS
     }

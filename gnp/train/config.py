@@ -14,6 +14,7 @@ from gnp.choices import check_choice
 from gnp.configs.base import ignored_key_notices
 from gnp.data import dataset_names
 from gnp.gradient import ASAM_LEAVES, METHODS, PERTURBATIONS, check_coefficients
+from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import learning_rate_schedule, optimizer_kwargs
 from gnp.train.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
 from gnp.train.run_config import flatten
@@ -89,6 +90,22 @@ def _check_efficient(config: Any) -> None:
             )
 
 
+def _check_sync_batch_norm(model_config: Any) -> None:
+    """``model.sync_batch_norm`` a bool (False where a config.json from before the key lacks
+    it); the BatchNorm axis is the trainer's to set, not a ``model_params`` field."""
+    if "sync_batch_norm" not in model_config:
+        model_config.sync_batch_norm = False
+    if not isinstance(model_config.sync_batch_norm, bool):
+        raise ValueError(
+            f"model.sync_batch_norm must be True or False, got {model_config.sync_batch_norm!r}"
+        )
+    if BATCH_NORM_AXIS_FIELD in model_config.get("model_params", {}):
+        raise ValueError(
+            f"model.model_params.{BATCH_NORM_AXIS_FIELD} is the train step's to set: use "
+            "model.sync_batch_norm=True for BatchNorm statistics over all devices"
+        )
+
+
 def validate_config(config: Any) -> Any:
     """Returns a copy with derived defaults filled in (eval batch size); raises ValueError."""
     config = config.copy_and_resolve_references()
@@ -106,6 +123,7 @@ def validate_config(config: Any) -> Any:
         hybrid_probability(config.schedule_function, config.hybrid_config)
     _check_efficient(config)
     check_choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
+    _check_sync_batch_norm(config.model)
     for notice in ignored_key_notices(config):
         logging.getLogger("gnp").warning(notice)
     if config.get("use_additional_skip_connections_in_wrn", False):

@@ -5,6 +5,8 @@ semantics of ``check_vma=False``: every device holds its local gradient, so the
 GNP perturbation is per device (m-sharpness, the released default) unless
 ``sync_perturbations`` averages it first. Gradients, BatchNorm statistics and
 metrics are then averaged over devices, and every device applies the same update.
+BatchNorm normalizes by each device's own batch statistics (as the released code did) unless
+``sync_batch_norm`` takes them over the whole global batch (``models.synchronized_batch_norm``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gnp
-from gnp import efficient
+from gnp import efficient, models
 from gnp.optim import l2_penalty
 from gnp.train.gr_schedule import GRSchedule
 
@@ -239,6 +241,7 @@ def make_train_step(
     accumulation_steps: int = 1,
     gradient_clipping: float = 0.0,
     full: bool = True,
+    sync_batch_norm: bool = False,
 ) -> Any:
     """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
 
@@ -248,6 +251,9 @@ def make_train_step(
     caller makes every ``reuse_period``-th GNP step a full one.
     ``gradient_clipping`` is the optimizer's global-norm clip (0: none), which the
     logged ``gradient_norm`` reports after clipping.
+    ``sync_batch_norm``: in train mode every BatchNorm layer normalizes by the mean and
+    variance of the global batch (all devices and hosts), at both GNP points, and the running
+    statistics follow them; a model without BatchNorm is unchanged.
 
     The norms logged have one meaning on every kind of step and any number of devices
     (``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the
@@ -255,6 +261,8 @@ def make_train_step(
     the whole global batch at the clean point (equal to the unclipped ‖ḡ‖ on a plain
     step), ``update_norm`` the optimizer's update, ``param_norm`` θ after the update.
     """
+    if sync_batch_norm:
+        model = models.synchronized_batch_norm(model, AXIS)
     loss_fn = make_loss_fn(model, loss_config)
     perturbation = dict(
         perturbation=gnp_options.perturbation,
