@@ -4,7 +4,7 @@
     python -m gnp.study --mode=pilot [--out=runs/pilot]    # every step, fewer seeds and r
     python -m gnp.study --mode=smoke [--out=runs/smoke]    # digits, a 2-minute check
 
-ICML 2022 (CNN1D_32 with BatchNorm, SGD-momentum, 0 % and 30 % flipped labels): SGD, SAM,
+ICML 2022 (CNN1D_64 with BatchNorm, SGD-momentum, 0 % and 30 % flipped labels): SGD, SAM,
 GNP α = 0.8 with the paper's formula, GNP α = 0.8 normalized as the released code mixes it,
 and GNP α = 0.5. Each variant's r is chosen on the validation split from ``r_grid`` (mean
 over the tuning seeds, which are not the final seeds), then the final seeds train at that r
@@ -594,9 +594,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mode",
         choices=sorted(SCALES),
         default="full",
-        help="full: the study (estimated 4 h of CPU: run two --shard processes on 2 cores); "
-        "pilot: every step on fewer runs (about 25 min of CPU); smoke: the digits set, a "
-        "2-minute check of the machinery",
+        help="full: the study (2.5 h of CPU; two --shard processes on 2 cores took 1 h 26 min, "
+        "docs/reproduction.md); pilot: every step on fewer runs (about 25 min of CPU); smoke: "
+        "the digits set, a 2-minute check of the machinery",
     )
     parser.add_argument("--out", default="", help="output folder (default: runs/study_<mode>)")
     parser.add_argument("--only", choices=PARTS, help="run one part only")

@@ -48,14 +48,15 @@ def test_contrast_table_is_the_results():
 
 
 def test_the_stored_report_is_what_the_results_give():
-    """results.json's own contrasts (written by the study) equal a recomputation."""
+    """results.json's own contrasts (written by the study) equal a recomputation (to the
+    committed copy's 6 significant digits)."""
     rows = study_report.contrasts(RESULTS, study.DECLARED, LABELS)
     stored = {(r["part"], r["group"], r["a"], r["b"]): r for r in RESULTS["contrasts"]}
     for row in rows:
         twin = stored[(row["part"], row["group"], row["a"], row["b"])]
-        assert twin["holm_p"] == pytest.approx(row["holm_p"])
+        assert twin["holm_p"] == pytest.approx(row["holm_p"], rel=1e-5)
         assert twin["test_error_difference"]["mean"] == pytest.approx(
-            row["test_error_difference"]["mean"]
+            row["test_error_difference"]["mean"], rel=1e-5
         )
 
 
