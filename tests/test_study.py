@@ -6,6 +6,7 @@ statistics themselves are tested by hand in ``test_study_stats.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -269,3 +270,29 @@ def test_gradient_norm_table_averages_the_last_epoch_over_seeds():
     results = {"runs": [run(0, 0.1, 0.3), run(1, 0.2, 0.5)]}
     table = study_report.gradient_norm_table(results, {"gnp": "GNP", "sam": "SAM"})
     assert table.splitlines()[2:] == ["| noise0 | GNP | 0.150 | 0.400 |"]
+
+
+def test_a_diverged_run_is_finished_with_the_worst_error(tmp_path, monkeypatch):
+    """A NaN loss ends the run, not the study: error rate 1, so tuning never picks its r."""
+
+    def blow_up(spec, directory):
+        directory.mkdir(parents=True)
+        raise study.NonFiniteError("loss is nan at step 7")
+
+    monkeypatch.setattr(study, "train_with_adam_trace", blow_up)
+    scale = study.SCALES["smoke"]
+    spec = study.tuning_runs(dataclasses.replace(scale, r_grid=(0.05, 5.0)))[1]
+    result = study.execute(spec, tmp_path, scale)
+    assert result["error_rate"] == 1.0 and result["diverged"] == "loss is nan at step 7"
+    assert json.loads((spec.directory(tmp_path) / study.RUN_FILE).read_text()) == result
+    assert study.choose_r([result, {**result, "r": 0.05, "error_rate": 0.9}]) == {
+        (spec.group, spec.variant.key): 0.05
+    }
+
+
+def test_the_wide_r_follow_up_reuses_the_full_studys_runs():
+    full, wide = study.SCALES["full"], study.SCALES["wide_r"]
+    assert wide.parts == ("icml2022",) and wide.label_noise == (0.3,)
+    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(full)}
+    new = [s for s in study.tuning_runs(wide) if s.directory(study.Path("x")) not in reused]
+    assert sorted({s.r for s in new}) == [0.3, 0.5] and len(new) == 4 * 2
