@@ -142,6 +142,28 @@ def contrast_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def tuning_table(results: dict[str, Any], labels: dict[str, str]) -> str:
+    """Validation error (%) of the tuning runs per group, variant and r (mean over tuning
+    seeds), the numbers r was chosen from; a diverged run shows as 100."""
+    tuning = results.get("tuning", [])
+    radii = sorted({run["r"] for run in tuning})
+    lines = [
+        "| group | variant | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
+        "|---|---|" + "---|" * len(radii),
+    ]
+    for group in _groups(tuning):
+        for key, label in labels.items():
+            runs = [run for run in tuning if (run["group"], run["variant"]) == (group, key)]
+            if not runs:
+                continue
+            cells = []
+            for r in radii:
+                errors = [run["error_rate"] for run in runs if run["r"] == r]
+                cells.append(f"{100 * np.mean(errors):.2f}" if errors else "—")
+            lines.append(f"| {group} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def gradient_norm_table(results: dict[str, Any], labels: dict[str, str]) -> str:
     """Figure 3's two norms at the last epoch, per group and variant, mean over seeds: the
     clean mini-batch ‖g1‖ and the combined gradient's norm (what the released trainer logs)."""
@@ -322,6 +344,12 @@ def write_report(
         figures.append(plot_test_errors(results[part], labels[part], out / f"{part}_errors.png"))
         if part == "icml2022":
             report["gate"] = gate(results[part])
+            if results[part].get("tuning"):
+                sections.append(
+                    "Validation error (%) of the tuning runs, by r\n\n"
+                    + tuning_table(results[part], labels[part])
+                    + "\n"
+                )
             sections.append(
                 "Figure 3's gradient norms at the last epoch (mean over seeds)\n\n"
                 + gradient_norm_table(results[part], labels[part])

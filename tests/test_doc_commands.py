@@ -36,6 +36,8 @@ NOT_CHECKED = {
     "source": "activates the virtual environment the suite itself runs in",
     "srun": "SLURM's launcher; the gnp.main command it starts is checked on its own",
     "pip": "installs packages: the lock and make's set-up are what the suite runs under",
+    "mkdir": "a file-system step before a command that is checked",
+    "cp": "a file-system step before a command that is checked",
 }
 # Placeholders the docs use where the reader fills in a value.
 PLACEHOLDERS = {"...", "PATH/TO/config.py"}

@@ -35,6 +35,10 @@ def test_variant_table_is_the_results(part):
     assert table in DOC, f"docs/reproduction.md's {part} table differs from results.json"
 
 
+def test_tuning_table_is_the_results():
+    assert study_report.tuning_table(RESULTS["icml2022"], LABELS["icml2022"]) in DOC
+
+
 def test_gradient_norm_table_is_the_results():
     table = study_report.gradient_norm_table(RESULTS["icml2022"], LABELS["icml2022"])
     assert table.count("\n") == 2 + 2 * 5 - 1  # header, rule, 5 variants × 2 noise levels
@@ -63,7 +67,25 @@ def test_the_stored_report_is_what_the_results_give():
 def test_chosen_r_in_the_doc():
     """Every 'r = X chosen for VARIANT (GROUP)' sentence in the doc matches results.json."""
     chosen = RESULTS["icml2022"]["chosen_r"]
-    found = re.findall(r"`(noise[\d.]+/[\w.]+)` r = ([\d.]+)", DOC)
+    found = re.findall(r"(?<!follow-up chose )`(noise[\d.]+/[\w.]+)`\s+r = ([\d.]+)", DOC)
     assert found, "the doc lists no chosen r"
     for key, r in found:
         assert chosen[key] == float(r), key
+
+
+FOLLOW_UP = json.loads((ROOT / "docs" / "study" / "wide_r_results.json").read_text())
+
+
+def test_the_follow_up_tables_are_its_results():
+    """The wide_r follow-up (noisy labels, r up to 0.5): its own results file and tables."""
+    assert FOLLOW_UP["mode"] == "wide_r" and FOLLOW_UP["scale"]["r_grid"] == [0.1, 0.2, 0.3, 0.5]
+    table = study_report.variant_table(FOLLOW_UP["icml2022"], LABELS["icml2022"])
+    assert table in DOC
+    rows = study_report.contrasts(FOLLOW_UP, study.DECLARED, LABELS)
+    assert len(rows) == 4 and {row["group"] for row in rows} == {"noise0.3"}
+    assert study_report.contrast_table(rows) in DOC
+    assert study_report.tuning_table(FOLLOW_UP["icml2022"], LABELS["icml2022"]) in DOC
+    chosen = FOLLOW_UP["icml2022"]["chosen_r"]
+    for key, r in re.findall(r"follow-up chose `(noise0\.3/[\w.]+)`\s+r = ([\d.]+)", DOC):
+        assert chosen[key] == float(r), key
+    assert len(re.findall(r"follow-up chose `", DOC)) == 4

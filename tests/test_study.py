@@ -296,3 +296,19 @@ def test_the_wide_r_follow_up_reuses_the_full_studys_runs():
     reused = {s.directory(study.Path("x")) for s in study.tuning_runs(full)}
     new = [s for s in study.tuning_runs(wide) if s.directory(study.Path("x")) not in reused]
     assert sorted({s.r for s in new}) == [0.3, 0.5] and len(new) == 4 * 2
+
+
+def test_tuning_table_lists_each_r_per_variant():
+    tuning = [
+        {"group": "noise0.3", "variant": "sam", "r": 0.2, "error_rate": 0.106},
+        {"group": "noise0.3", "variant": "sam", "r": 0.5, "error_rate": 0.036},
+        {"group": "noise0.3", "variant": "sam", "r": 0.5, "error_rate": 0.040},
+        {"group": "noise0.3", "variant": "gnp", "r": 0.2, "error_rate": 1.0},
+    ]
+    table = study_report.tuning_table({"tuning": tuning}, {"sam": "SAM", "gnp": "GNP"})
+    assert table.splitlines() == [
+        "| group | variant | r = 0.2 | r = 0.5 |",
+        "|---|---|---|---|",
+        "| noise0.3 | SAM | 10.60 | 3.80 |",
+        "| noise0.3 | GNP | 100.00 | — |",
+    ]
