@@ -430,7 +430,12 @@ def epoch_curve(directory: Path) -> list[dict[str, float]]:
 
 
 def execute(spec: RunSpec, out: Path, scale: Scale) -> dict[str, Any]:
-    """Train and measure one run, or read it back if it finished before."""
+    """Train and measure one run, or read it back if it finished before.
+
+    A run whose loss becomes NaN or Inf is finished too, with an error rate of 1 (the worst
+    there is, so tuning never picks its r) and ``diverged`` saying why: it ends the run, not
+    the study.
+    """
     directory = spec.directory(out)
     result_path = directory / RUN_FILE
     if result_path.exists():
@@ -438,11 +443,6 @@ def execute(spec: RunSpec, out: Path, scale: Scale) -> dict[str, Any]:
     # An interrupted run restarts: its Adam trace would otherwise be partial.
     shutil.rmtree(directory, ignore_errors=True)
     started, cpu_started = time.perf_counter(), time.process_time()
-    try:
-        adam = train_with_adam_trace(spec, directory)
-    except NonFiniteError as error:
-        return diverged(spec, directory, str(error))
-    final = read_metrics(str(directory / "metrics.jsonl"))[-1]
     result: dict[str, Any] = {
         "part": spec.part,
         "stage": spec.stage,
@@ -452,6 +452,26 @@ def execute(spec: RunSpec, out: Path, scale: Scale) -> dict[str, Any]:
         "r": spec.r,
         "seed": spec.seed,
         "use_test_set": spec.config.use_test_set,
+    }
+    try:
+        result |= measure(spec, directory, scale)
+    except NonFiniteError as error:
+        print(f"diverged: {error}", flush=True)
+        result |= {"error_rate": 1.0, "diverged": str(error)}
+    # Wall time depends on what else runs; CPU time (all threads) is what to plan with.
+    result["seconds"] = time.perf_counter() - started
+    result["cpu_seconds"] = time.process_time() - cpu_started
+    directory.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(json_ready(result), indent=1) + "\n")
+    return result
+
+
+def measure(spec: RunSpec, directory: Path, scale: Scale) -> dict[str, Any]:
+    """Train the run, then its test (or validation) numbers, per-epoch curve and, for a
+    final run, its train errors and curvature."""
+    adam = train_with_adam_trace(spec, directory)
+    final = read_metrics(str(directory / "metrics.jsonl"))[-1]
+    result: dict[str, Any] = {
         "error_rate": final["test_error_rate"],
         "loss": final["test_loss"],
         "train_error_rate": final["train_error_rate"],
@@ -462,31 +482,6 @@ def execute(spec: RunSpec, out: Path, scale: Scale) -> dict[str, Any]:
         result |= train_errors(run) | curvature(run, scale)
     if adam is not None:
         result["adam"] = adam
-    # Wall time depends on what else runs; CPU time (all threads) is what to plan with.
-    result["seconds"] = time.perf_counter() - started
-    result["cpu_seconds"] = time.process_time() - cpu_started
-    result_path.write_text(json.dumps(json_ready(result), indent=1) + "\n")
-    return result
-
-
-def diverged(spec: RunSpec, directory: Path, message: str) -> dict[str, Any]:
-    """A run whose loss became NaN or Inf: recorded as finished with an error rate of 1 (the
-    worst there is, so tuning never picks its r) and ``diverged`` saying why."""
-    result = {
-        "part": spec.part,
-        "stage": spec.stage,
-        "group": spec.group,
-        "variant": spec.variant.key,
-        "label": spec.variant.label,
-        "r": spec.r,
-        "seed": spec.seed,
-        "use_test_set": spec.config.use_test_set,
-        "error_rate": 1.0,
-        "diverged": message,
-    }
-    print(f"diverged: {message}", flush=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / RUN_FILE).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
