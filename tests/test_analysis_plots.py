@@ -42,7 +42,8 @@ def test_loss_curve_and_contour(tmp_path):
 
 
 def test_contour_levels_are_even_when_a_value_is_not_positive():
-    levels = analysis.plots.contour_levels(np.array([[-1.0, 0.0], [2.0, np.inf]]), 4)
+    levels, logarithmic = analysis.plots.contour_levels(np.array([[-1.0, 0.0], [2.0, np.inf]]), 4)
+    assert not logarithmic
     np.testing.assert_allclose(levels, [-1.0, 0.0, 1.0, 2.0])
 
 

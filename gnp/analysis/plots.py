@@ -89,15 +89,15 @@ def plot_loss_curve(
     return _save(figure, path, numbers)
 
 
-def contour_levels(values: np.ndarray, count: int) -> np.ndarray:
-    """``count`` levels from the lowest to the highest finite value, log-spaced when every
-    value is positive (a loss basin's floor then gets as many lines as its walls, as in
-    Li et al.'s plots), else evenly spaced."""
+def contour_levels(values: np.ndarray, count: int) -> tuple[np.ndarray, bool]:
+    """``count`` levels from the lowest to the highest finite value, and whether they are
+    log-spaced: they are when every value is positive (a loss basin's floor then gets as
+    many lines as its walls, as in Li et al.'s plots), else evenly spaced."""
     finite = values[np.isfinite(values)]
     low, high = float(finite.min()), float(finite.max())
     if low > 0 and high > low:
-        return np.geomspace(low, high, count)
-    return np.linspace(low, high if high > low else low + 1.0, count)
+        return np.geomspace(low, high, count), True
+    return np.linspace(low, high if high > low else low + 1.0, count), False
 
 
 def plot_loss_contour(
@@ -119,8 +119,7 @@ def plot_loss_contour(
         raise ValueError(
             f"values has shape {z.shape}, expected (len(x), len(y)) = {(x.size, y.size)}"
         )
-    edges = contour_levels(z, levels)
-    logarithmic = bool(np.allclose(edges[1:] / edges[:-1], edges[1] / edges[0]) and edges[0] > 0)
+    edges, logarithmic = contour_levels(z, levels)
     norm = LogNorm(edges[0], edges[-1]) if logarithmic else None
     figure = Figure(figsize=(4.5, 4))
     axes = figure.subplots()
@@ -129,9 +128,8 @@ def plot_loss_contour(
     bar = figure.colorbar(
         filled, ax=axes, label="loss (log-spaced levels)" if logarithmic else "loss"
     )
-    bar.set_ticks(
-        edges[:: max(1, levels // 6)], labels=[f"{v:.3g}" for v in edges[:: max(1, levels // 6)]]
-    )
+    ticks = edges[:: max(1, levels // 6)]
+    bar.set_ticks(ticks, labels=[f"{v:.3g}" for v in ticks])
     bar.minorticks_off()
     if x.min() <= 0 <= x.max() and y.min() <= 0 <= y.max():
         axes.plot([0], [0], "w+", markersize=9, label="θ")
