@@ -49,7 +49,7 @@ from gnp.configs.default import get_config as default_config
 from gnp.data import build_input_pipeline
 from gnp.data.label_noise import RelabeledSplit
 from gnp.optim import learning_rate_schedule
-from gnp.study_report import write_report
+from gnp.study_report import validation_errors, write_report
 from gnp.train.loop import train_and_evaluate
 from gnp.train.metrics import read_metrics
 from gnp.train.run import Run, load_run, params_loss, split_batches
@@ -553,13 +553,9 @@ def run_all(specs: Sequence[RunSpec], out: Path, scale: Scale, progress: Progres
 
 def choose_r(tuning: Sequence[dict[str, Any]]) -> dict[tuple[str, str], float]:
     """Per (group, variant): the r of lowest mean validation error (ties: the smaller r)."""
-    errors: dict[tuple[str, str], dict[float, list[float]]] = {}
-    for run in tuning:
-        by_r = errors.setdefault((run["group"], run["variant"]), {})
-        by_r.setdefault(run["r"], []).append(run["error_rate"])
     return {
-        key: min(by_r, key=lambda r, by_r=by_r: (np.mean(by_r[r]), r))
-        for key, by_r in errors.items()
+        key: min(by_r, key=lambda r, by_r=by_r: (by_r[r], r))
+        for key, by_r in validation_errors(tuning).items()
     }
 
 

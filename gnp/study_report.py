@@ -142,10 +142,24 @@ def contrast_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def validation_errors(tuning: Sequence[dict]) -> dict[tuple[str, str], dict[float, float]]:
+    """Per (group, variant) and r: the tuning runs' mean validation error, the numbers r is
+    chosen from (``gnp.study.choose_r``) and ``tuning_table`` shows."""
+    errors: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for run in tuning:
+        by_r = errors.setdefault((run["group"], run["variant"]), {})
+        by_r.setdefault(run["r"], []).append(run["error_rate"])
+    return {
+        key: {r: float(np.mean(values)) for r, values in by_r.items()}
+        for key, by_r in errors.items()
+    }
+
+
 def tuning_table(results: dict[str, Any], labels: dict[str, str]) -> str:
     """Validation error (%) of the tuning runs per group, variant and r (mean over tuning
     seeds), the numbers r was chosen from; a diverged run shows as 100."""
     tuning = results.get("tuning", [])
+    means = validation_errors(tuning)
     radii = sorted({run["r"] for run in tuning})
     lines = [
         "| group | variant | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
@@ -153,13 +167,10 @@ def tuning_table(results: dict[str, Any], labels: dict[str, str]) -> str:
     ]
     for group in _groups(tuning):
         for key, label in labels.items():
-            runs = [run for run in tuning if (run["group"], run["variant"]) == (group, key)]
-            if not runs:
+            by_r = means.get((group, key))
+            if by_r is None:
                 continue
-            cells = []
-            for r in radii:
-                errors = [run["error_rate"] for run in runs if run["r"] == r]
-                cells.append(f"{100 * np.mean(errors):.2f}" if errors else "—")
+            cells = [f"{100 * by_r[r]:.2f}" if r in by_r else "—" for r in radii]
             lines.append(f"| {group} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
