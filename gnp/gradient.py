@@ -30,6 +30,7 @@ import numpy as np
 from gnp.choices import check_choice
 
 PyTree = Any
+Norm = Callable[[PyTree], jax.Array]
 Method = Literal["finite_difference", "exact"]
 Perturbation = Literal["sam", "asam"]
 
@@ -99,19 +100,22 @@ def ascent_direction(
     perturbation: Perturbation = "sam",
     eta: float = 0.01,
     asam_leaves: AsamLeaves = "weights",
+    norm: Norm = global_norm,
 ) -> PyTree:
     """The unit-radius perturbation: ``g/‖g‖`` (SAM) or ``T²g/‖Tg‖`` (ASAM).
 
     ASAM's ``T`` is ``|θ| + η`` on the weights (leaves named kernel, scale or
     embedding) and 1 on biases and other leaves, as in the original ASAM code
     (Kwon et al. 2021, which tests ``'weight' in name``); ``asam_leaves="all"``
-    scales every leaf.
+    scales every leaf. ``norm`` is the norm of a whole tree: ``global_norm``, or for a tree
+    whose leaves are sharded over devices inside ``shard_map``, one that adds the shards'
+    squares over the axis (the trainer's sharded parameters).
     """
     if check_choice(perturbation, PERTURBATIONS, "perturbation") == "sam":
-        return _scale(grads, _safe_inverse(global_norm(grads)))
+        return _scale(grads, _safe_inverse(norm(grads)))
     factors = _asam_factors(params, eta, asam_leaves)
     scaled = jax.tree.map(lambda t, g: t * g.astype(t.dtype), factors, grads)
-    inverse = _safe_inverse(global_norm(scaled))
+    inverse = _safe_inverse(norm(scaled))
     return jax.tree.map(lambda t, s, g: (t * s * inverse).astype(g.dtype), factors, scaled, grads)
 
 
@@ -122,9 +126,10 @@ def perturb(
     perturbation: Perturbation = "sam",
     eta: float = 0.01,
     asam_leaves: AsamLeaves = "weights",
+    norm: Norm = global_norm,
 ) -> PyTree:
     """``θ + r·ascent_direction(direction)``: the point of the second gradient pass."""
-    step = ascent_direction(params, direction, perturbation, eta, asam_leaves)
+    step = ascent_direction(params, direction, perturbation, eta, asam_leaves, norm)
     return jax.tree.map(
         lambda p, d: (p.astype(_norm_dtype(p.dtype)) + r * d).astype(p.dtype), params, step
     )
@@ -136,10 +141,11 @@ def mix(
     alpha: float | jax.Array,
     reference: PyTree,
     normalize_reference: bool = False,
+    norm: Norm = global_norm,
 ) -> PyTree:
     """``(1 − α)·g1 + α·g2``, or ``(1 − α)·g1/‖reference‖ + α·g2`` (the released variant)."""
     if normalize_reference:
-        g1 = _scale(g1, _safe_inverse(global_norm(reference)))
+        g1 = _scale(g1, _safe_inverse(norm(reference)))
     return jax.tree.map(
         lambda a, b: ((1 - alpha) * a.astype(_norm_dtype(a.dtype)) + alpha * b).astype(a.dtype),
         g1,
@@ -214,6 +220,7 @@ def penalized_gradient(
     normalize_reference: bool = False,
     axis_name: str | None = None,
     direction: PyTree | None = None,
+    norm: Norm = global_norm,
 ) -> tuple[Any, PyTree, PyTree]:
     """The GNP math on two gradient passes given as functions: ``(value, grads, reference)``.
 
@@ -231,6 +238,9 @@ def penalized_gradient(
       gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point.
       direction: perturb along this instead of the reference gradient (see
         ``gnp.efficient.direction_value_and_grad``); ``None`` is GNP.
+      norm: the norm of a whole gradient tree (see ``ascent_direction``): with passes that
+        return the device-mean gradient sharded over an axis, the perturbation and its norm
+        are computed on the shards, and no device holds the whole gradient.
       Other arguments as in ``value_and_grad``.
     """
     _check_options(method, perturbation, normalize_reference, asam_leaves)
@@ -246,13 +256,13 @@ def penalized_gradient(
         value, g1 = clean_value_and_grad(params)
         reference = _mean_over_axis(g1, axis_name)
         source = reference if direction is None else direction
-        g2 = gradient_at(perturb(params, source, r, perturbation, eta, asam_leaves))
-        return value, mix(g1, g2, alpha, reference, normalize_reference), reference
+        g2 = gradient_at(perturb(params, source, r, perturbation, eta, asam_leaves, norm))
+        return value, mix(g1, g2, alpha, reference, normalize_reference, norm), reference
 
     def exact() -> tuple[Any, PyTree, PyTree]:
         value, g1 = clean_value_and_grad(params)
         reference = _mean_over_axis(g1, axis_name)
-        unit = ascent_direction(params, reference, "sam", eta)
+        unit = ascent_direction(params, reference, "sam", eta, norm=norm)
         _, hvp = jax.jvp(gradient_at, (params,), (unit,))
         grads = jax.tree.map(lambda g, h: (g + alpha * r * h).astype(g.dtype), g1, hvp)
         return value, grads, reference
