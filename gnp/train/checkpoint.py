@@ -23,18 +23,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from gnp.errors import one_line
 from gnp.train.steps import TrainState
 from gnp.train.stops import NonFiniteError
 
 
+def _whole(leaf: Any) -> np.ndarray:
+    """The whole array on the host, however it is laid out: replicated (any shard is all of
+    it), sharded over this process's devices, or over several processes (gathered: a
+    collective, which every process reaches in the same order)."""
+    if not isinstance(leaf, jax.Array):
+        return np.asarray(leaf)
+    if leaf.is_fully_replicated:
+        return np.asarray(leaf.addressable_shards[0].data)
+    if leaf.is_fully_addressable:
+        return np.asarray(leaf)
+    return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+
+
 def state_digest(tree: Any) -> str:
-    """SHA-256 over every array's bytes (this process's first shard: the state is replicated)."""
+    """SHA-256 over every array's bytes, whole: the same for any layout (``shard_params``), so a
+    checkpoint of a replicated run verifies when restored sharded, and back."""
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
-        shard = leaf.addressable_shards[0].data if isinstance(leaf, jax.Array) else leaf
-        digest.update(np.ascontiguousarray(np.asarray(shard)).tobytes())
+        digest.update(np.ascontiguousarray(_whole(leaf)).tobytes())
     return digest.hexdigest()
 
 
