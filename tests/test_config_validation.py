@@ -36,6 +36,7 @@ def config_with(key, value):
         ("gnp.alpha", -math.inf, r"gnp.alpha is -inf"),
         ("stepped_lr_boundaries", (0.3, math.nan), r"stepped_lr_boundaries is \(0.3, nan\)"),
         ("model.sync_batch_norm", None, r"model.sync_batch_norm must be True or False, got None"),
+        ("shard_params", None, r"shard_params must be True or False, got None"),
     ],
 )
 def test_meaningless_values_are_refused_naming_the_key(key, value, message):
@@ -66,9 +67,10 @@ def test_every_ranged_key_exists_in_the_base_config():
 def test_sync_batch_norm_defaults_off_and_is_the_only_way_to_set_the_batch_norm_axis():
     assert validate_config(default.get_config()).model.sync_batch_norm is False
     assert validate_config(config_with("model.sync_batch_norm", True)).model.sync_batch_norm
-    old = default.get_config()  # a config.json written before the key existed
-    del old.model["sync_batch_norm"]
+    old = default.get_config()  # a config.json written before these keys existed
+    del old.model["sync_batch_norm"], old["shard_params"]
     assert validate_config(old).model.sync_batch_norm is False
+    assert validate_config(old).shard_params is False
     config = default.get_config()
     config.model.model_params.batch_norm_axis_name = "data"
     with pytest.raises(ValueError, match=r"use model\.sync_batch_norm=True"):

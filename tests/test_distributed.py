@@ -184,13 +184,13 @@ SYNC_BATCH_NORM_RUN = RUN | {
 }
 
 
-def run(devices, working_dir, *distributed, overrides=RUN):
+def run(devices, runs, *distributed):
+    """A process training ``runs`` (``(working_dir, overrides)`` pairs) one after another."""
     command = [
         sys.executable,
         os.path.join(HERE, "run_training.py"),
         str(devices),
-        str(working_dir),
-        json.dumps(overrides),
+        json.dumps([(str(working_dir), overrides) for working_dir, overrides in runs]),
         *map(str, distributed),
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -215,8 +215,7 @@ def assert_same_metrics(a, b):
 
 
 def test_training_on_four_devices_matches_one_device(tmp_path):
-    one = run(1, tmp_path / "one")
-    finish(one)
+    finish(run(1, [(tmp_path / "one", RUN)]))
     from gnp.train.loop import train_and_evaluate
 
     train_and_evaluate(tiny_config(**RUN), str(tmp_path / "four"))
@@ -224,11 +223,18 @@ def test_training_on_four_devices_matches_one_device(tmp_path):
 
 
 def test_two_processes_with_synced_batch_norm_match_one_device(tmp_path):
-    """2 processes × 2 devices, BatchNorm statistics and perturbations synced across both hosts:
-    the run of one device with the whole batch (test_loss: the running statistics too)."""
+    """2 processes × 2 devices, BatchNorm statistics and perturbations synced across both hosts,
+    with the parameters replicated and then sharded over the 4 devices of both hosts (saved,
+    verified and evaluated): each is the run of one device with the whole batch (test_loss:
+    the running statistics too)."""
     port = portpicker.pick_unused_port()
-    two = [run(2, tmp_path / "two", pid, 2, port, overrides=SYNC_BATCH_NORM_RUN) for pid in (0, 1)]
+    runs = [
+        (tmp_path / "two", SYNC_BATCH_NORM_RUN),
+        (tmp_path / "two_sharded", SYNC_BATCH_NORM_RUN | {"shard_params": True}),
+    ]
+    two = [run(2, runs, pid, 2, port) for pid in (0, 1)]
     for worker in two:
         finish(worker)
-    finish(run(1, tmp_path / "one", overrides=SYNC_BATCH_NORM_RUN))
+    finish(run(1, [(tmp_path / "one", SYNC_BATCH_NORM_RUN)]))
     assert_same_metrics(metrics(tmp_path / "two"), metrics(tmp_path / "one"))
+    assert_same_metrics(metrics(tmp_path / "two_sharded"), metrics(tmp_path / "one"))

@@ -31,6 +31,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.gradient_clipping = 0.0  # global-norm clip of the combined gradient; 0 = off
     config.label_smoothing = 0.0
     config.grad_accum_steps = 1  # micro-batches per optimizer step
+    # Parameters and optimizer state sharded over the devices (FSDP-style) instead of replicated:
+    # the same training, 1/n of their memory per device (docs/distributed.md).
+    config.shard_params = False
 
     config.opt = ml_collections.ConfigDict()
     config.opt.opt_type = "Momentum"  # SGD | Momentum | Adam | RMSProp

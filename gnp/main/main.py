@@ -106,12 +106,34 @@ def describe_batch_norm(config: Any, variables: dict[str, Any]) -> str:
     return "BatchNorm statistics per device"
 
 
+def describe_state_memory(config: Any, params: Any, opt_state: Any, devices: int) -> str:
+    """What each device stores of the parameters and optimizer state (``shard_params``)."""
+    import jax
+    from jax.sharding import PartitionSpec
+
+    from gnp.train.sharding import leaf_spec
+
+    leaves = jax.tree.leaves((params, opt_state))
+    whole = sum(x.size * x.dtype.itemsize for x in leaves)
+    if not config.shard_params:
+        return f"parameters and optimizer state replicated: {whole / 2**20:,.1f} MiB on each device"
+    sharded = [leaf_spec(x.shape, devices) != PartitionSpec() for x in leaves]
+    per_device = sum(
+        x.size * x.dtype.itemsize // (devices if split else 1)
+        for x, split in zip(leaves, sharded, strict=True)
+    )
+    return (
+        f"parameters and optimizer state sharded over {devices} devices (shard_params): "
+        f"{per_device / 2**20:,.1f} MiB of {whole / 2**20:,.1f} MiB on each device"
+    )
+
+
 def dry_run(config: Any) -> None:
     import jax
     import jax.numpy as jnp
 
     from gnp.data import build_input_pipeline
-    from gnp.optim import describe_optimizer
+    from gnp.optim import build_optimizer, describe_optimizer, learning_rate_schedule
     from gnp.train.build import build_model
     from gnp.train.config import validate_config
 
@@ -126,6 +148,11 @@ def dry_run(config: Any) -> None:
     print(f"optimizer: {describe_optimizer(config)}")
     batch_norm = describe_batch_norm(config, variables)
     print(f"model: {config.model.model_name}, {count:,} parameters, {batch_norm}")
+    schedule = learning_rate_schedule(config, pipeline.steps_per_epoch)
+    optimizer = build_optimizer(config, schedule, variables["params"])
+    opt_state = jax.eval_shape(optimizer.init, variables["params"])
+    memory = describe_state_memory(config, variables["params"], opt_state, jax.device_count())
+    print(f"state: {memory}")
     print("model fields: " + ", ".join(f"{k}: {v}" for k, v in model_fields(model).items()))
 
 
@@ -193,7 +220,8 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
     if "RESOURCE_EXHAUSTED" in str(error) or isinstance(error, MemoryError):
         return 1, (
             "error: out of memory; lower batch_size, or raise grad_accum_steps (same batch in "
-            "smaller pieces), or use model.dtype=bfloat16 (see docs/troubleshooting.md)"
+            "smaller pieces), or use model.dtype=bfloat16, or on several devices "
+            "shard_params=True (see docs/troubleshooting.md)"
         )
     return 1, (
         f"error: {one_line(error)} (unexpected: rerun with --debug or GNP_DEBUG=1 for the "

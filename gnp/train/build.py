@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
@@ -18,6 +19,7 @@ from jax.sharding import Mesh
 from gnp import models
 from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import build_optimizer, learning_rate_schedule
+from gnp.train import sharding
 from gnp.train.gr_schedule import GRSchedule, hybrid_probability
 from gnp.train.steps import (
     GNPOptions,
@@ -114,6 +116,12 @@ def train_state(
     return state, optimizer, schedule
 
 
+def state_specs(config: Any, state: TrainState) -> TrainState | None:
+    """The state's layout on the mesh: parameters and optimizer state sharded over every device
+    (``shard_params``), or None: replicated."""
+    return sharding.state_specs(state, jax.device_count()) if config.shard_params else None
+
+
 def train_steps(
     config: Any,
     *,
@@ -122,9 +130,10 @@ def train_steps(
     schedule: optax.Schedule,
     mesh: Mesh,
     gr: GRSchedule,
+    state_specs: TrainState | None = None,
 ) -> dict[tuple[bool, bool], Any]:
     """The run's train steps keyed by (GNP step?, full step?) (``STEP_KINDS``); each compiles
-    once, on first use."""
+    once, on first use. ``state_specs``: the sharded state's layout (``shard_params``)."""
     return {
         (penalized, full): make_train_step(
             model=model,
@@ -139,6 +148,7 @@ def train_steps(
             penalized=penalized,
             full=full,
             sync_batch_norm=config.model.sync_batch_norm,
+            state_specs=state_specs,
         )
         for penalized, full in STEP_KINDS
     }

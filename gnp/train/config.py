@@ -90,15 +90,18 @@ def _check_efficient(config: Any) -> None:
             )
 
 
+def _check_switch(section: Any, key: str, name: str) -> None:
+    """``section[key]`` a bool, False where a config.json from before the key lacks it."""
+    if key not in section:
+        section[key] = False
+    if not isinstance(section[key], bool):
+        raise ValueError(f"{name} must be True or False, got {section[key]!r}")
+
+
 def _check_sync_batch_norm(model_config: Any) -> None:
-    """``model.sync_batch_norm`` a bool (False where a config.json from before the key lacks
-    it); the BatchNorm axis is the trainer's to set, not a ``model_params`` field."""
-    if "sync_batch_norm" not in model_config:
-        model_config.sync_batch_norm = False
-    if not isinstance(model_config.sync_batch_norm, bool):
-        raise ValueError(
-            f"model.sync_batch_norm must be True or False, got {model_config.sync_batch_norm!r}"
-        )
+    """``model.sync_batch_norm`` a switch; the BatchNorm axis is the trainer's to set, not a
+    ``model_params`` field."""
+    _check_switch(model_config, "sync_batch_norm", "model.sync_batch_norm")
     if BATCH_NORM_AXIS_FIELD in model_config.get("model_params", {}):
         raise ValueError(
             f"model.model_params.{BATCH_NORM_AXIS_FIELD} is the train step's to set: use "
@@ -124,6 +127,7 @@ def validate_config(config: Any) -> Any:
     _check_efficient(config)
     check_choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
     _check_sync_batch_norm(config.model)
+    _check_switch(config, "shard_params", "shard_params")
     for notice in ignored_key_notices(config):
         logging.getLogger("gnp").warning(notice)
     if config.get("use_additional_skip_connections_in_wrn", False):

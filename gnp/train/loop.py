@@ -30,6 +30,7 @@ from gnp.train.gr_schedule import GRSchedule
 from gnp.train.metrics import MetricWriter, plot_curves
 from gnp.train.outputs import check_working_dir, prepare_outputs
 from gnp.train.run_lock import RunLock
+from gnp.train.sharding import place
 from gnp.train.steps import (
     AXIS,
     TrainState,
@@ -139,7 +140,8 @@ def _train(
     # Model, optimizer, state.
     model = build.build_model(config, info.num_classes)
     state, optimizer, schedule = build.train_state(config, model, info.image_shape, steps_per_epoch)
-    state = replicate(state, mesh)
+    specs = build.state_specs(config, state)
+    state = replicate(state, mesh) if specs is None else place(state, mesh, specs)
     train_iterator = pipeline.train_iterator()
 
     # Resume from the newest checkpoint that restores.
@@ -165,10 +167,16 @@ def _train(
     gr = build.gr_schedule(config, steps_per_epoch)
     period = config.gnp.reuse_period
     train_steps = build.train_steps(
-        config, model=model, optimizer=optimizer, schedule=schedule, mesh=mesh, gr=gr
+        config,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        mesh=mesh,
+        gr=gr,
+        state_specs=specs,
     )
     gnp_taken = int(jax.device_get(state.reuse["count"])) if period > 1 else 0
-    eval_step = make_eval_step(model, mesh)
+    eval_step = make_eval_step(model, mesh, specs)
     writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
 
     record: dict[str, Any] = {}

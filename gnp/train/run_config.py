@@ -31,6 +31,8 @@ BOOKKEEPING = frozenset(
         "dataset.data_dir",
         "imagenet_train_dir",
         "imagenet_val_dir",
+        # Where the parameters live, not what is trained: a resume may shard or gather them.
+        "shard_params",
     }
 )
 # Extending total_epochs continues on the learning-rate schedule of the longer run (see

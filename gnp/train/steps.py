@@ -27,9 +27,9 @@ import gnp
 from gnp import efficient, models
 from gnp.optim import l2_penalty
 from gnp.train.gr_schedule import GRSchedule
+from gnp.train.sharding import AXIS, ParamLayout
 
 PyTree = Any
-AXIS = "data"
 RNG_STREAMS = ("dropout", "drop_path", "shake")
 
 
@@ -242,6 +242,7 @@ def make_train_step(
     gradient_clipping: float = 0.0,
     full: bool = True,
     sync_batch_norm: bool = False,
+    state_specs: TrainState | None = None,
 ) -> Any:
     """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
 
@@ -254,6 +255,11 @@ def make_train_step(
     ``sync_batch_norm``: in train mode every BatchNorm layer normalizes by the mean and
     variance of the global batch (all devices and hosts), at both GNP points, and the running
     statistics follow them; a model without BatchNorm is unchanged.
+    ``state_specs``: the state's ``PartitionSpec`` tree when its parameters and optimizer
+    state are sharded over ``data`` (``gnp.train.sharding.state_specs``); None: replicated.
+    Sharded, each device gathers the parameters, computes its gradient as it would
+    replicated, and keeps its shard of the device mean; the optimizer updates the shards.
+    Per-device perturbations are unchanged; synced ones are computed on the shards.
 
     The norms logged have one meaning on every kind of step and any number of devices
     (``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the
@@ -278,10 +284,22 @@ def make_train_step(
         and gnp_options.reuse_period == 1
     )
 
+    layout = ParamLayout(None if state_specs is None else state_specs.params)
+    # Synced perturbations of sharded parameters: both passes return their shard of the
+    # device-mean gradient, and the GNP math runs on the shards (the variants that perturb
+    # along another direction or reuse a gradient take the whole-tree path below).
+    on_shards = (
+        layout.sharded
+        and gnp_options.sync_perturbations
+        and gnp_options.reuse_period == 1
+        and gnp_options.direction == "gradient"
+    )
+
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
         rng = jax.random.fold_in(
             jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS)
         )
+        params = layout.gather(state.params)
         clean, perturbed = make_gradient_passes(
             loss_fn,
             state.batch_stats,
@@ -293,16 +311,37 @@ def make_train_step(
         )
         reuse = state.reuse
         direction = (  # MSAM perturbs towards the next update: minus the momentum
-            jax.tree.map(jnp.negative, momentum_of(state.opt_state))
+            jax.tree.map(jnp.negative, layout.gather(momentum_of(state.opt_state)))
             if penalized and gnp_options.direction == "momentum"
             else None
         )
+        averaged = False  # whether grads is the device mean already
+        reference_norm = layout.norm  # the whole-tree synced path's reference is whole
         if penalized and one_pass:
             # MSAM: only the perturbed point's pass; its loss and statistics are logged.
             r, alpha = gr.values(state.step)
-            point = gnp.perturb(state.params, direction, r, **perturbation)
+            point = gnp.perturb(params, direction, r, **perturbation)
             (_, (batch_stats, metrics)), grads = clean(point)
             reference = None
+        elif penalized and on_shards:
+            r, alpha = gr.values(state.step)
+
+            def clean_shards(shards):
+                value, grads = clean(layout.gather(shards))
+                return value, layout.device_mean(grads)
+
+            (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
+                clean_shards,
+                lambda shards: layout.device_mean(perturbed(layout.gather(shards))),
+                state.params,
+                r=r,
+                alpha=alpha,
+                method=gnp_options.method,
+                normalize_reference=gnp_options.normalize_reference,
+                norm=layout.norm,
+                **perturbation,
+            )
+            averaged = True
         elif penalized:
             r, alpha = gr.values(state.step)
             options = dict(
@@ -317,7 +356,7 @@ def make_train_step(
                     efficient.reuse_penalized_gradient(
                         clean,
                         perturbed,
-                        state.params,
+                        params,
                         efficient.ReuseState(**state.reuse),
                         period=gnp_options.reuse_period,
                         orthogonal_scale=gnp_options.orthogonal_scale,
@@ -331,32 +370,44 @@ def make_train_step(
                 (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
                     clean,
                     perturbed,
-                    state.params,
+                    params,
                     method=gnp_options.method,
                     direction=direction,
                     **options,
                 )
             # Synced, the reference is already the global batch's ∇L(θ); per device it
-            # is the local one, and its global norm costs one more gradient all-reduce.
+            # is the local one, and its global norm costs one more gradient reduction.
             if not gnp_options.sync_perturbations:
-                reference = jax.lax.pmean(reference, AXIS)
+                reference = layout.device_mean(reference)
+            reference_norm = layout.norm if not gnp_options.sync_perturbations else gnp.global_norm
         else:
             r = alpha = jnp.zeros((), jnp.float32)
-            (_, (batch_stats, metrics)), grads = clean(state.params)
-        grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
-        gradient_norm = gnp.global_norm(grads)
+            (_, (batch_stats, metrics)), grads = clean(params)
+        if layout.sharded:
+            grads = grads if averaged else layout.device_mean(grads)
+            batch_stats, metrics = jax.lax.pmean((batch_stats, metrics), AXIS)
+        else:  # one all-reduce for all three
+            grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
+        gradient_norm = layout.norm(grads)
         if not penalized:
             reference = grads
         if reference is not None:  # no clean pass in a one-pass (MSAM) step: not logged
-            metrics["clean_gradient_norm"] = gnp.global_norm(reference)
+            metrics["clean_gradient_norm"] = reference_norm(reference)
         if gradient_clipping > 0:  # optax.clip_by_global_norm: ‖clip(g)‖ = min(‖g‖, c)
+            if layout.sharded:  # the optimizer's clip sees one shard: clip the whole here
+                grads = jax.tree.map(
+                    lambda g: (
+                        g * jnp.minimum(1.0, gradient_clipping / gradient_norm).astype(g.dtype)
+                    ),
+                    grads,
+                )
             gradient_norm = jnp.minimum(gradient_norm, gradient_clipping)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics |= {
             "gradient_norm": gradient_norm,
-            "update_norm": gnp.global_norm(updates),
-            "param_norm": gnp.global_norm(params),
+            "update_norm": layout.norm(updates),
+            "param_norm": layout.norm(params),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "r": jnp.asarray(r, jnp.float32),
             "alpha": jnp.asarray(alpha, jnp.float32),
@@ -370,24 +421,27 @@ def make_train_step(
         )
         return new_state, metrics
 
+    specs = P() if state_specs is None else state_specs
     step = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(), P(AXIS), P(AXIS)),
-        out_specs=(P(), P()),
+        in_specs=(specs, P(AXIS), P(AXIS)),
+        out_specs=(specs, P()),
         check_vma=False,
     )
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, mesh: Mesh) -> Any:
-    """``step(state, images, labels, mask) → sums``, jitted.
+def make_eval_step(model: nn.Module, mesh: Mesh, state_specs: TrainState | None = None) -> Any:
+    """``step(state, images, labels, mask) → sums``, jitted; ``state_specs`` as for the train step.
 
     Sums (not means) over the real samples of a padded batch, so a set's totals are exact.
     """
+    layout = ParamLayout(None if state_specs is None else state_specs.params)
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array):
-        logits = model.apply(model_variables(state.params, state.batch_stats), images, train=False)
+        params = layout.gather(state.params)
+        logits = model.apply(model_variables(params, state.batch_stats), images, train=False)
         weights = mask.astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], -1)
@@ -402,7 +456,7 @@ def make_eval_step(model: nn.Module, mesh: Mesh) -> Any:
     step = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+        in_specs=(P() if state_specs is None else state_specs, P(AXIS), P(AXIS), P(AXIS)),
         out_specs=P(),
         check_vma=False,
     )
