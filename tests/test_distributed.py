@@ -38,7 +38,7 @@ LR = 0.5
 BATCH_NORM_MODEL = {"name": "SmallCNN", "width": 8}
 
 
-def build_step(mesh, *, synced, model=None, sync_batch_norm=False):
+def build_step(mesh, *, synced, model=None, sync_batch_norm=False, accumulation_steps=1):
     return make_train_step(
         model=model or models.get_model("TinyMLP", num_classes=10),
         optimizer=optax.sgd(LR),
@@ -49,6 +49,7 @@ def build_step(mesh, *, synced, model=None, sync_batch_norm=False):
         gnp_options=GNPOptions(sync_perturbations=synced),
         penalized=True,
         sync_batch_norm=sync_batch_norm,
+        accumulation_steps=accumulation_steps,
     )
 
 
@@ -125,6 +126,25 @@ def test_synced_batch_norm_on_four_devices_equals_one_device_with_the_whole_batc
     per_device, _ = one_step(four, state, batch, synced=True, model=model)
     assert max_difference(per_device.params, state1.params) > 1e-4
     assert max_difference(per_device.batch_stats, state1.batch_stats) > 1e-4
+
+
+def test_synced_batch_norm_with_accumulation_normalizes_each_global_micro_batch():
+    """With 2 micro-batches, micro-batch i is the i-th half of every device's rows together: one
+    device fed those rows in that order (its micro-batch i, the same rows) takes the same step."""
+    model, state, batch = setup(**BATCH_NORM_MODEL)
+    four, one = meshes()
+    options = dict(synced=True, model=model, sync_batch_norm=True, accumulation_steps=2)
+    state4, metrics4 = one_step(four, state, batch, **options)
+    # rows of device d: 16d..16d+15; its micro-batch i: 16d + 8i .. 16d + 8i + 7
+    order = np.array([16 * d + 8 * i + j for i in range(2) for d in range(4) for j in range(8)])
+    reordered = {key: value[order] for key, value in batch.items()}
+    state1, metrics1 = one_step(one, state, reordered, **options)
+    for a, b in zip(jax.tree.leaves(state4), jax.tree.leaves(state1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # params, batch_stats, opt_state
+    assert metrics4["train_loss"] == pytest.approx(metrics1["train_loss"], rel=1e-5)
+    # In the batch's own order the one device's micro-batches hold other rows: another step.
+    unordered, _ = one_step(one, state, batch, **options)
+    assert max_difference(unordered.params, state1.params) > 1e-4
 
 
 class UnsyncableBatchNorm(nn.Module):
