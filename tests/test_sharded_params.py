@@ -5,6 +5,8 @@ checkpoints that move between the two layouts."""
 import json
 import os
 import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -19,6 +21,7 @@ from test_train import tiny_config
 from gnp import models
 from gnp.data import build_input_pipeline
 from gnp.train import sharding
+from gnp.train.checkpoint import Checkpoints
 from gnp.train.gr_schedule import GRSchedule
 from gnp.train.loop import train_and_evaluate
 from gnp.train.steps import (
@@ -208,9 +211,19 @@ def test_no_device_holds_the_averaged_gradient_whole(synced):
     assert sum(collective_shapes(hlo, "all-gather")) == (2 if synced else 1) * sum(sharded)
 
 
+READ_ON_ONE_DEVICE = """
+import sys
+import jax
+from gnp.train.checkpoint import Checkpoints, state_digest
+state, meta = Checkpoints(sys.argv[1], read_only=True).load(int(sys.argv[2]))
+print(jax.device_count(), state_digest(state) == meta["state_sha256"])
+"""
+
+
 def test_a_run_resumes_sharded_from_a_replicated_checkpoint_and_back(tmp_path):
     """Epoch 1 replicated, 2 sharded, 3 replicated again: the metrics of one uninterrupted run
-    (the checkpoint restores into either layout, and its SHA-256 verifies in both)."""
+    (the checkpoint restores into either layout, and its SHA-256 verifies in both). The sharded
+    checkpoint of 4 devices reads back whole in a process that has one (the analysis tools)."""
     run = {
         "model.model_name": "SmallCNN",
         "model.sync_batch_norm": True,
@@ -234,3 +247,14 @@ def test_a_run_resumes_sharded_from_a_replicated_checkpoint_and_back(tmp_path):
     for whole, moved in zip(*records, strict=True):
         for key in ("train_loss", "gradient_norm", "test_loss"):
             assert moved[key] == pytest.approx(whole[key], rel=1e-5), key
+    directory = tmp_path / "moved" / "checkpoints"
+    sharded_step = Checkpoints(str(directory), read_only=True).all_steps()[1]  # epoch 2's
+    environment = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    result = subprocess.run(
+        [sys.executable, "-c", READ_ON_ONE_DEVICE, str(directory), str(sharded_step)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+    )
+    assert result.stdout.split() == ["1", "True"]

@@ -227,14 +227,26 @@ class Checkpoints:
         return sorted(self._manager.all_steps())
 
     def load(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The state at ``step`` (default: the latest) as saved, a dict of arrays with no
-        template needed, and its progress: for tools that read a run without its trainer."""
+        """The state at ``step`` (default: the latest), a dict of arrays on this process's first
+        device with no template needed, and its progress: for tools that read a run without
+        its trainer, on any number of devices (a run trained on 8 GPUs, replicated or sharded,
+        reads back on a laptop)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        saved = ocp.StandardCheckpointer().metadata(
+            os.path.join(self.directory, str(step), "state")
+        )
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+            saved.item_metadata,
+        )
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
         )
         return dict(restored["state"]), dict(restored["meta"])
 
