@@ -298,6 +298,14 @@ def test_the_wide_r_follow_up_reuses_the_full_studys_runs():
     assert sorted({s.r for s in new}) == [0.3, 0.5] and len(new) == 4 * 2
 
 
+def test_the_wider_r_follow_up_reuses_the_first_follow_ups_runs():
+    wide, wider = study.SCALES["wide_r"], study.SCALES["wider_r"]
+    assert wider.parts == ("icml2022",) and wider.label_noise == (0.3,)
+    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(wide)}
+    new = [s for s in study.tuning_runs(wider) if s.directory(study.Path("x")) not in reused]
+    assert sorted({s.r for s in new}) == [0.7, 1.0, 1.4] and len(new) == 4 * 3
+
+
 def test_tuning_table_lists_each_r_per_variant():
     tuning = [
         {"group": "noise0.3", "variant": "sam", "r": 0.2, "error_rate": 0.106},
