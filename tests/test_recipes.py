@@ -51,6 +51,7 @@ def test_dry_run_of_every_config(path, data_dirs, capsys):
     out = capsys.readouterr().out
     assert f"model: {config.model.model_name}" in out and "parameters" in out
     assert "optimizer: " in out and "model fields: num_classes: " in out
+    assert "state: parameters and optimizer state replicated: " in out  # no recipe shards
 
 
 def test_every_released_script_has_a_recipe():

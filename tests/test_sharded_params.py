@@ -20,6 +20,7 @@ from test_train import tiny_config
 
 from gnp import models
 from gnp.data import build_input_pipeline
+from gnp.main import main
 from gnp.train import sharding
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.gr_schedule import GRSchedule
@@ -171,6 +172,22 @@ def test_state_memory_per_device_falls_with_the_device_count():
         stored = local_bytes(placed, jax.devices()[0])
         assert memory.argument_size_in_bytes == stored + batch_bytes // n
         assert stored == pytest.approx(whole / n, rel=0.01)  # 1/n, up to the replicated bias
+
+
+def test_dry_run_states_each_devices_share_of_the_state():
+    """``--dry_run``'s line, from shapes only, against the bytes a placed state has on device 0."""
+    model, optimizer = WideMLP(num_classes=10), optax.adamw(1e-3)
+    state, _ = create_train_state(model, lambda p: optimizer, (8, 8, 1), init_seed=0, seed=0)
+    placed = sharding.place(state, jax.make_mesh((4,), ("data",)), sharding.state_specs(state, 4))
+    stored = local_bytes((placed.params, placed.opt_state), jax.devices()[0])
+    whole = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
+    config = tiny_config(shard_params=True)
+    line = main.describe_state_memory(config, state.params, state.opt_state, devices=4)
+    assert line == (
+        "parameters and optimizer state sharded over 4 devices (shard_params): "
+        f"{stored / 2**20:,.1f} MiB of {whole / 2**20:,.1f} MiB on each device"
+    )
+    assert stored == pytest.approx(whole / 4, rel=0.01)
 
 
 def collective_shapes(hlo, op):
