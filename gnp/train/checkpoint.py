@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from gnp.errors import one_line
@@ -234,13 +235,12 @@ class Checkpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        saved = ocp.StandardCheckpointer().metadata(
-            os.path.join(self.directory, str(step), "state")
+        saved = ocp.StandardCheckpointHandler().metadata(  # the arrays' shapes and dtypes
+            epath.Path(self.directory) / str(step) / "state"
         )
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-            saved.item_metadata,
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved
         )
         restored = self._manager.restore(
             step,
