@@ -67,7 +67,9 @@ def test_the_stored_report_is_what_the_results_give():
 def test_chosen_r_in_the_doc():
     """Every 'r = X chosen for VARIANT (GROUP)' sentence in the doc matches results.json."""
     chosen = RESULTS["icml2022"]["chosen_r"]
-    found = re.findall(r"(?<!follow-up chose )`(noise[\d.]+/[\w.]+)`\s+r = ([\d.]+)", DOC)
+    found = re.findall(
+        r"(?<!follow-up chose )(?<!wider grid chose )`(noise[\d.]+/[\w.]+)`\s+r = ([\d.]+)", DOC
+    )
     assert found, "the doc lists no chosen r"
     for key, r in found:
         assert chosen[key] == float(r), key
@@ -89,3 +91,23 @@ def test_the_follow_up_tables_are_its_results():
     for key, r in re.findall(r"follow-up chose `(noise0\.3/[\w.]+)`\s+r = ([\d.]+)", DOC):
         assert chosen[key] == float(r), key
     assert len(re.findall(r"follow-up chose `", DOC)) == 4
+
+
+SECOND_FOLLOW_UP = json.loads((ROOT / "docs" / "study" / "wider_r_results.json").read_text())
+
+
+def test_the_second_follow_up_tables_are_its_results():
+    """The wider_r follow-up (noisy labels, r up to 1.4): its own results file and tables."""
+    results = SECOND_FOLLOW_UP
+    assert results["mode"] == "wider_r"
+    assert results["scale"]["r_grid"] == [0.3, 0.5, 0.7, 1.0, 1.4]
+    assert study_report.variant_table(results["icml2022"], LABELS["icml2022"]) in DOC
+    rows = study_report.contrasts(results, study.DECLARED, LABELS)
+    assert len(rows) == 4 and {row["group"] for row in rows} == {"noise0.3"}
+    assert study_report.contrast_table(rows) in DOC
+    assert study_report.tuning_table(results["icml2022"], LABELS["icml2022"]) in DOC
+    chosen = results["icml2022"]["chosen_r"]
+    found = re.findall(r"wider grid chose\s+`(noise0\.3/[\w.]+)`\s+r = ([\d.]+)", DOC)
+    assert len(found) == 4
+    for key, r in found:
+        assert chosen[key] == float(r), key
