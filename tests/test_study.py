@@ -306,6 +306,14 @@ def test_the_wider_r_follow_up_reuses_the_first_follow_ups_runs():
     assert sorted({s.r for s in new}) == [0.7, 1.0, 1.4] and len(new) == 4 * 3
 
 
+def test_the_clean_label_follow_up_reuses_the_full_studys_clean_runs():
+    full, clean = study.SCALES["full"], study.SCALES["wider_r_clean"]
+    assert clean.parts == ("icml2022",) and clean.label_noise == (0.0,)
+    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(full)}
+    new = [s for s in study.tuning_runs(clean) if s.directory(study.Path("x")) not in reused]
+    assert sorted({s.r for s in new}) == [0.3, 0.5, 0.7, 1.0] and len(new) == 4 * 4
+
+
 def test_tuning_table_lists_each_r_per_variant():
     tuning = [
         {"group": "noise0.3", "variant": "sam", "r": 0.2, "error_rate": 0.106},
