@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast cuda benchmark clean
+.PHONY: train test test-fast cuda benchmark benchmark-gpu clean
 
 # (PYTHONWARNINGS=ignore: setuptools warns about every editable install; this one is intended.)
 $(STAMP): requirements.lock pyproject.toml
@@ -37,6 +37,14 @@ cuda: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/gradient_cost.py
+
+# The GPU table of docs/benchmarks.md, after `make cuda`: WRN-28-10 and ViT-S/16 at 32 px, batch
+# 128 (their released CIFAR recipes' batch), float32 and bfloat16, plus the PyTorch peer where
+# torch is installed. Writes benchmarks/results/step_time-DEVICE-DATE.md.
+benchmark-gpu: $(STAMP)
+	@$(PY) -c "import jax, sys; sys.exit(jax.default_backend() == 'cpu')" || { echo "jax sees no GPU: run 'make cuda' first"; exit 1; }
+	$(PY) benchmarks/step_time.py --models WideResNet_28_10,ViT_S16 --dtypes float32,bfloat16 \
+		--batch 128 --steps 20 $$($(PY) -c "import torch" 2>/dev/null && echo --torch)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

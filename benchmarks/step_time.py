@@ -1,25 +1,41 @@
 """Time per training step of plain, SAM and GNP: the framework, a minimal JAX step, PyTorch.
 
     .venv/bin/python benchmarks/step_time.py [--models WideResNet_16_4,ResNet18,ViT_TI16]
-        [--batch 128] [--steps 10] [--dtype float32|bfloat16] [--torch]
+        [--batch 128] [--steps 10] [--dtypes float32,bfloat16] [--torch] [--out PATH]
 
-For each model (32×32×3 inputs, 10 classes, SGD-momentum, L2 in the loss):
+For each model (32×32×3 inputs, 10 classes, SGD-momentum, L2 in the loss) and each compute
+dtype:
   framework  the trainer's step (gnp.train.build.train_steps) on a one-device mesh;
   minimal    a hand-written jax.jit step doing the same math, the floor of the framework;
-  torch      (with --torch, WideResNet_16_4 only) the same step in PyTorch, the common
-             two-backward SAM implementation, on the same cores.
+  torch      (with --torch, WideResNets only) the same step in PyTorch, the common
+             two-backward SAM implementation (benchmarks/torch_peer.py), on the same device:
+             ``cuda`` where PyTorch sees a GPU, else the same cores.
 Times are medians over interleaved rounds (each round times every candidate once, so a slow
 spell of a shared machine hits all alike); ratios are to the plain step of the same kind.
 Memory is XLA's account of the compiled program (arguments + outputs + temporaries).
+
+The markdown table goes to stdout and, row by row, to ``--out`` (by default
+benchmarks/results/step_time-DEVICE-DATE.md), under a header that names the device, the
+software, the settings and the machine's load, so that tables of different machines never mix.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
-import platform
-from typing import Any
+import os
 
+# JAX reserves 75 % of a GPU's memory when it starts; the PyTorch peer shares the GPU with it.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import argparse
+import datetime
+import functools
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,10 +46,21 @@ from gnp import models
 from gnp.configs.base import get_base_config
 from gnp.optim import l2_penalty
 from gnp.train import build
-from gnp.train.steps import create_train_state, replicate, shard_batch
+from gnp.train.steps import (
+    RNG_STREAMS,
+    create_train_state,
+    replicate,
+    shard_batch,
+)
 
 R, L2, LR = 0.05, 5e-4, 0.1
 VARIANTS = {"plain": 0.0, "SAM": 1.0, "GNP": 0.8}  # α
+DTYPES = ("float32", "bfloat16")
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = (
+    "| model | dtype | step | kind | ms/step | images/s | time ratio | program MiB "
+    "| memory ratio |\n|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def framework_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: dict) -> tuple:
@@ -62,33 +89,38 @@ def framework_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: 
 
 
 def minimal_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: dict) -> tuple:
-    """(run, compiled): the same math written directly, with nothing of the framework."""
+    """(run, compiled): the same math written directly, with nothing of the framework. Both
+    passes of a step see the same dropout and drop-path draws, as the trainer's."""
 
-    def loss_fn(params, batch_stats, images, labels):
+    def loss_fn(params, batch_stats, images, labels, rngs):
         logits, updates = model.apply(
             {"params": params, "batch_stats": batch_stats},
             images,
             train=True,
+            rngs=rngs,
             mutable=["batch_stats"],
         )
         loss = optax.softmax_cross_entropy(logits, labels).mean()
-        return loss + l2_penalty(params, L2, skip_vectors=False), updates["batch_stats"]
+        loss += l2_penalty(params, L2, skip_vectors=False)
+        return loss, updates.get("batch_stats", batch_stats)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, batch_stats, opt_state, images, labels):
+    def step(params, batch_stats, opt_state, number, images, labels):
+        key = jax.random.fold_in(jax.random.PRNGKey(0), number)
+        rngs = {name: jax.random.fold_in(key, i) for i, name in enumerate(RNG_STREAMS)}
         (loss, new_stats), g1 = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, images, labels
+            params, batch_stats, images, labels, rngs
         )
         grads = g1
         if alpha > 0:
             scale = R / jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(g1)))
             perturbed = jax.tree.map(lambda p, g: p + scale * g, params, g1)
-            g2 = jax.grad(loss_fn, has_aux=True)(perturbed, batch_stats, images, labels)[0]
+            g2 = jax.grad(loss_fn, has_aux=True)(perturbed, batch_stats, images, labels, rngs)[0]
             grads = jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, g1, g2)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+        return optax.apply_updates(params, updates), new_stats, opt_state, number + 1, loss
 
-    carry = (state.params, state.batch_stats, state.opt_state)
+    carry = (state.params, state.batch_stats, state.opt_state, jnp.zeros((), jnp.int32))
     images, labels = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
     compiled = step.lower(*carry, images, labels).compile()
 
@@ -101,66 +133,165 @@ def minimal_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: di
     return run, compiled
 
 
-def torch_wrn_16_4_steps(batch: int, steps: int) -> dict[str, float]:
-    """PyTorch's common two-backward SAM/GNP step on WRN-16-4 (same math, same cores)."""
-    from torch_peer import time_torch_steps  # benchmarks/ is on the path when run as a script
+def wide_resnet_size(name: str) -> tuple[int, int] | None:
+    """(depth, widen factor) of a plain WideResNet name, the networks the PyTorch peer builds."""
+    match = re.fullmatch(r"WideResNet_(\d+)_(\d+)", name)
+    return (int(match[1]), int(match[2])) if match else None
 
-    return time_torch_steps(batch=batch, steps=steps, r=R, l2=L2, lr=LR, variants=VARIANTS)
+
+def device_name() -> str:
+    """The accelerator's name, or the CPU's model and core count."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return device.device_kind
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    return f"CPU: {model[1].strip() if model else 'unknown'}, {os.cpu_count()} cores"
+
+
+def default_out() -> Path:
+    device = jax.devices()[0]
+    kind = device.device_kind if device.platform != "cpu" else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-")
+    return RESULTS / f"step_time-{slug}-{datetime.datetime.now():%Y%m%d-%H%M%S}.md"
+
+
+def load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def header(args: argparse.Namespace, torch_description: str) -> str:
+    device = jax.devices()[0]
+    now = datetime.datetime.now(datetime.UTC)
+    lines = [
+        f"# Training step time on {device_name()}",
+        "",
+        f"- device: {device_name()} (jax platform {device.platform}, "
+        f"{len(jax.devices())} device(s), the first used)",
+        f"- software: Python {sys.version.split()[0]}, jax {jax.__version__}, "
+        f"jaxlib {jax.lib.__version__}, flax {flax.__version__}; {torch_description}",
+        f"- batch {args.batch}, 32×32×3 random images, 10 classes, compute dtypes "
+        f"{', '.join(args.dtypes)} (float32 parameters), SGD-momentum 0.9, lr {LR}, "
+        f"L2 {L2}, r {R}; SAM α = 1, GNP α = {VARIANTS['GNP']}",
+        f"- median of {args.steps} steps per candidate in interleaved rounds, after 2 warm-up "
+        "steps",
+        f"- date {now:%Y-%m-%d %H:%M} UTC; load average at start {load()}",
+        f"- command: {shlex.join(['benchmarks/step_time.py', *sys.argv[1:]])}",
+        "",
+        COLUMNS,
+    ]
+    return "\n".join(lines)
+
+
+def measure(
+    name: str, dtype: str, args: argparse.Namespace, batch: dict, peer: Any | None
+) -> list[str]:
+    """The table's rows for one model in one compute dtype."""
+    optimizer = optax.sgd(LR, momentum=0.9)
+    model = models.get_model(name, num_classes=10, dtype=jnp.dtype(dtype))
+    runs, memory, jax_parameters = {}, {}, 0
+    for kind, make_step in (("framework", framework_step), ("minimal", minimal_step)):
+        for variant, alpha in VARIANTS.items():
+            state, _ = create_train_state(
+                model, lambda p: optimizer, (32, 32, 3), init_seed=0, seed=0
+            )
+            jax_parameters = sum(p.size for p in jax.tree.leaves(state.params))
+            run, compiled = make_step(model, alpha, state, optimizer, batch)
+            runs[(kind, variant)] = run
+            memory[(kind, variant)] = program_mib(compiled)
+    size = wide_resnet_size(name)
+    if peer is not None and size is not None:
+        torch_runs, torch_parameters = peer.wide_resnet_runs(
+            depth=size[0],
+            widen_factor=size[1],
+            images=batch["image"],
+            labels=batch["label"].argmax(-1),
+            dtype=dtype,
+            r=R,
+            l2=L2,
+            lr=LR,
+            variants=VARIANTS,
+        )
+        if torch_parameters != jax_parameters:
+            raise RuntimeError(
+                f"the PyTorch peer of {name} has {torch_parameters:,} parameters, "
+                f"gnp's {jax_parameters:,}: not the same network"
+            )
+        runs |= {("torch", variant): run for variant, run in torch_runs.items()}
+    seconds = interleaved_medians(runs, args.steps)
+    rows = []
+    for kind, variant in runs:
+        time, base = seconds[(kind, variant)], seconds[(kind, "plain")]
+        mib = memory.get((kind, variant))
+        mib_cells = f"{mib:.0f} | {mib / memory[(kind, 'plain')]:.2f}" if mib is not None else " | "
+        rows.append(
+            f"| {name} | {dtype} | {variant} | {kind} | {time * 1e3:.1f} | "
+            f"{args.batch / time:.0f} | {time / base:.2f} | {mib_cells} |"
+        )
+    for numerator, denominator in (("framework", "minimal"), ("torch", "framework")):
+        if (numerator, "plain") in seconds:
+            for variant in VARIANTS:
+                ratio = seconds[(numerator, variant)] / seconds[(denominator, variant)]
+                rows.append(
+                    f"| {name} | {dtype} | {variant} | {numerator} / {denominator} | | | "
+                    f"{ratio:.2f} | | |"
+                )
+    return rows
+
+
+def emit(text: str, file: TextIO) -> None:
+    print(text, flush=True)
+    file.write(text + "\n")
+    file.flush()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="WideResNet_16_4,ResNet18,ViT_TI16")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--torch", action="store_true", help="add the PyTorch peer (WRN-16-4)")
+    parser.add_argument(
+        "--dtypes",
+        "--dtype",
+        default="float32",
+        help="compute dtypes, comma-separated: float32, bfloat16 or both",
+    )
+    parser.add_argument(
+        "--torch", action="store_true", help="add the PyTorch peer (WideResNets; needs torch)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="markdown file (default benchmarks/results/step_time-DEVICE-DATE)"
+    )
     args = parser.parse_args()
+    args.dtypes = args.dtypes.split(",")
+    if unknown := set(args.dtypes) - set(DTYPES):
+        parser.error(f"unknown --dtypes {sorted(unknown)}: choose from {', '.join(DTYPES)}")
+    peer, torch_description = None, "PyTorch peer not run"
+    if args.torch:
+        try:
+            import torch_peer  # benchmarks/ is on the path when run as a script
+        except ImportError as error:
+            parser.error(f"--torch needs PyTorch ({error}): pip install torch")
+        peer, torch_description = torch_peer, f"PyTorch peer: {torch_peer.describe()}"
 
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.standard_normal((args.batch, 32, 32, 3), dtype=np.float32),
         "label": np.eye(10, dtype=np.float32)[rng.integers(0, 10, args.batch)],
     }
-    optimizer = optax.sgd(LR, momentum=0.9)
-    print(
-        f"batch {args.batch}, 32x32x3, {args.dtype} compute, {jax.devices()[0].device_kind} "
-        f"({platform.machine()}), jax {jax.__version__}, median of {args.steps} steps"
-    )
-    print("| model | step | kind | ms/step | × plain | program MiB | × plain |")
-    print("|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
-        model = models.get_model(name, num_classes=10, dtype=jnp.dtype(args.dtype))
-        runs, memory = {}, {}
-        for kind, make_step in (("framework", framework_step), ("minimal", minimal_step)):
-            for variant, alpha in VARIANTS.items():
-                state, _ = create_train_state(
-                    model, lambda p: optimizer, (32, 32, 3), init_seed=0, seed=0
-                )
-                run, compiled = make_step(model, alpha, state, optimizer, batch)
-                runs[(kind, variant)] = run
-                memory[(kind, variant)] = program_mib(compiled)
-        seconds = interleaved_medians(runs, args.steps)
-        for kind, variant in runs:
-            base = (kind, "plain")
-            print(
-                f"| {name} | {variant} | {kind} | {seconds[(kind, variant)] * 1e3:.0f} | "
-                f"{seconds[(kind, variant)] / seconds[base]:.2f} | "
-                f"{memory[(kind, variant)]:.0f} | {memory[(kind, variant)] / memory[base]:.2f} |"
-            )
-        for variant in VARIANTS:
-            ratio = seconds[("framework", variant)] / seconds[("minimal", variant)]
-            print(f"| {name} | {variant} | framework / minimal | | {ratio:.2f} | | |")
-        if args.torch and name == "WideResNet_16_4":
-            torch_seconds = torch_wrn_16_4_steps(args.batch, args.steps)
-            for variant, value in torch_seconds.items():
-                print(
-                    f"| {name} | {variant} | torch | {value * 1e3:.0f} | "
-                    f"{value / torch_seconds['plain']:.2f} | | |"
-                )
-            for variant in VARIANTS:
-                ratio = torch_seconds[variant] / seconds[("framework", variant)]
-                print(f"| {name} | {variant} | torch / framework | | {ratio:.2f} | | |")
+    out = args.out or default_out()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as file:
+        emit(header(args, torch_description), file)
+        for name in args.models.split(","):
+            for dtype in args.dtypes:
+                for row in measure(name, dtype, args, batch, peer):
+                    emit(row, file)
+        emit(f"\nLoad average at the end: {load()}.", file)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
