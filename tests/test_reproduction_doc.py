@@ -68,7 +68,7 @@ def test_chosen_r_in_the_doc():
     """Every 'r = X chosen for VARIANT (GROUP)' sentence in the doc matches results.json."""
     chosen = RESULTS["icml2022"]["chosen_r"]
     found = re.findall(
-        r"(?<!follow-up chose )(?<!wider grid chose )`(noise[\d.]+/[\w.]+)`\s+r = ([\d.]+)", DOC
+        r"(?<!follow-up chose )(?<!grid chose )`(noise[\d.]+/[\w.]+)`\s+r = ([\d.]+)", DOC
     )
     assert found, "the doc lists no chosen r"
     for key, r in found:
@@ -93,21 +93,26 @@ def test_the_follow_up_tables_are_its_results():
     assert len(re.findall(r"follow-up chose `", DOC)) == 4
 
 
-SECOND_FOLLOW_UP = json.loads((ROOT / "docs" / "study" / "wider_r_results.json").read_text())
+LATER_FOLLOW_UPS = {
+    "wider_r": ("noise0.3", [0.3, 0.5, 0.7, 1.0, 1.4], "wider grid chose"),
+    "wider_r_clean": ("noise0", [0.2, 0.3, 0.5, 0.7, 1.0], "clean grid chose"),
+}
 
 
-def test_the_second_follow_up_tables_are_its_results():
-    """The wider_r follow-up (noisy labels, r up to 1.4): its own results file and tables."""
-    results = SECOND_FOLLOW_UP
-    assert results["mode"] == "wider_r"
-    assert results["scale"]["r_grid"] == [0.3, 0.5, 0.7, 1.0, 1.4]
+@pytest.mark.parametrize("mode", LATER_FOLLOW_UPS)
+def test_the_later_follow_up_tables_are_their_results(mode):
+    """The follow-ups with r up to 1.4 (flipped labels) and 1.0 (clean): their own results
+    files, tables and chosen r."""
+    group, grid, phrase = LATER_FOLLOW_UPS[mode]
+    results = json.loads((ROOT / "docs" / "study" / f"{mode}_results.json").read_text())
+    assert results["mode"] == mode and results["scale"]["r_grid"] == grid
     assert study_report.variant_table(results["icml2022"], LABELS["icml2022"]) in DOC
     rows = study_report.contrasts(results, study.DECLARED, LABELS)
-    assert len(rows) == 4 and {row["group"] for row in rows} == {"noise0.3"}
+    assert len(rows) == 4 and {row["group"] for row in rows} == {group}
     assert study_report.contrast_table(rows) in DOC
     assert study_report.tuning_table(results["icml2022"], LABELS["icml2022"]) in DOC
     chosen = results["icml2022"]["chosen_r"]
-    found = re.findall(r"wider grid chose\s+`(noise0\.3/[\w.]+)`\s+r = ([\d.]+)", DOC)
+    found = re.findall(rf"{phrase}\s+`({group}/[\w.]+)`\s+r = ([\d.]+)", DOC)
     assert len(found) == 4
     for key, r in found:
         assert chosen[key] == float(r), key
