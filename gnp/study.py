@@ -503,16 +503,27 @@ class Progress:
     measured yet borrows the overall rate."""
 
     def __init__(self, runs: Sequence[RunSpec], out: Path) -> None:
-        self.total = len(runs)
-        self.done = 0
+        self.out = out
+        self.total = self.done = 0
         self.remaining: dict[str, float] = {}
-        for spec in runs:
-            if (spec.directory(out) / RUN_FILE).exists():
-                self.done += 1
-            else:
-                self.remaining[spec.part] = self.remaining.get(spec.part, 0.0) + spec.cost
+        self._count(runs, +1)
         self.spent: dict[str, tuple[float, float]] = {}  # part → (seconds, cost)
         self.last = time.perf_counter()
+
+    def _count(self, runs: Sequence[RunSpec], sign: int) -> None:
+        """Adds (``sign`` +1) or removes (-1) ``runs`` from the plan, finished or not."""
+        self.total += sign * len(runs)
+        for spec in runs:
+            if (spec.directory(self.out) / RUN_FILE).exists():
+                self.done += sign
+            else:
+                self.remaining[spec.part] = self.remaining.get(spec.part, 0.0) + sign * spec.cost
+
+    def replan(self, planned: Sequence[RunSpec], chosen: Sequence[RunSpec]) -> None:
+        """The final runs at their chosen r in place of those planned before the tuning ended
+        (at a placeholder r, whose folders another study may have filled)."""
+        self._count(planned, -1)
+        self._count(chosen, +1)
 
     def line(self) -> str:
         text = f"[{self.done}/{self.total} runs done]"
@@ -672,10 +683,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     tuning = select(tuning_runs(scale), args) if "icml2022" in parts else []
     all_tuning = select(tuning_runs(scale), args, sharded=False)
-    planned = list(tuning)
-    for part in parts:
-        planned += select(final_runs(scale, part, planned_r(all_tuning, out, scale)), args)
-    progress = Progress(planned, out)
+    planned_finals = {
+        part: select(final_runs(scale, part, planned_r(all_tuning, out, scale)), args)
+        for part in parts
+    }
+    progress = Progress(tuning + [s for finals in planned_finals.values() for s in finals], out)
     print(f"{args.mode} study: {progress.total} runs in {out} ({progress.done} done before)")
     path = out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -690,7 +702,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tuned = finished_runs(tuning_runs(scale) if part == "icml2022" else [], out)
         chosen = choose_r(tuned)
         pick = lambda group, key, chosen=chosen: chosen.get((group, key), default_r(scale))
-        run_all(select(final_runs(scale, part, pick), args), out, scale, progress)
+        finals = select(final_runs(scale, part, pick), args)
+        progress.replan(planned_finals[part], finals)
+        run_all(finals, out, scale, progress)
         finals = finished_runs(final_runs(scale, part, pick), out)
         results[part] = {
             "tuning": [strip(run) for run in tuned],

@@ -238,6 +238,15 @@ def test_plan_sizes_and_progress_line(tmp_path):
     progress.last -= 800  # Adam "took" 800 s for 40 units: 20 s per unit in its part
     progress.finished(adam)
     assert progress.line() == "[2/4 runs done] ETA 47 min"  # 120 · 10 + 80 · 20 = 2,800 s
+    # SAM planned at a placeholder r whose run another study finished; chosen at another r.
+    placeholder = dataclasses.replace(sam, r=0.05)
+    at_chosen = dataclasses.replace(sam, r=0.2)
+    (placeholder.directory(tmp_path) / study.RUN_FILE).parent.mkdir(parents=True)
+    (placeholder.directory(tmp_path) / study.RUN_FILE).write_text("{}")
+    replanned = study.Progress([placeholder], tmp_path)
+    assert replanned.line() == "[1/1 runs done]"
+    replanned.replan([placeholder], [at_chosen])
+    assert (replanned.done, replanned.total, replanned.remaining) == (0, 1, {"icml2022": 120})
     assert study.format_duration(2.5 * 3600) == "2 h 30 min"
 
 
