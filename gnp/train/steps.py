@@ -316,7 +316,7 @@ def make_train_step(
             else None
         )
         averaged = False  # whether grads is the device mean already
-        reference_norm = layout.norm  # the whole-tree synced path's reference is whole
+        reference_norm = layout.norm  # the norm of the reference in the layout it ends in
         if penalized and one_pass:
             # MSAM: only the perturbed point's pass; its loss and statistics are logged.
             r, alpha = gr.values(state.step)
@@ -375,11 +375,13 @@ def make_train_step(
                     direction=direction,
                     **options,
                 )
-            # Synced, the reference is already the global batch's ∇L(θ); per device it
-            # is the local one, and its global norm costs one more gradient reduction.
-            if not gnp_options.sync_perturbations:
+            # Synced, the reference is already the global batch's ∇L(θ), whole on every
+            # device; per device it is the local one, and its global norm costs one more
+            # gradient reduction.
+            if gnp_options.sync_perturbations:
+                reference_norm = gnp.global_norm
+            else:
                 reference = layout.device_mean(reference)
-            reference_norm = layout.norm if not gnp_options.sync_perturbations else gnp.global_norm
         else:
             r = alpha = jnp.zeros((), jnp.float32)
             (_, (batch_stats, metrics)), grads = clean(params)
@@ -395,12 +397,8 @@ def make_train_step(
             metrics["clean_gradient_norm"] = reference_norm(reference)
         if gradient_clipping > 0:  # optax.clip_by_global_norm: ‖clip(g)‖ = min(‖g‖, c)
             if layout.sharded:  # the optimizer's clip sees one shard: clip the whole here
-                grads = jax.tree.map(
-                    lambda g: (
-                        g * jnp.minimum(1.0, gradient_clipping / gradient_norm).astype(g.dtype)
-                    ),
-                    grads,
-                )
+                factor = jnp.minimum(1.0, gradient_clipping / gradient_norm)
+                grads = jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
             gradient_norm = jnp.minimum(gradient_norm, gradient_clipping)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
