@@ -315,6 +315,19 @@ def test_the_wider_r_follow_up_reuses_the_first_follow_ups_runs():
     assert sorted({s.r for s in new}) == [0.7, 1.0, 1.4] and len(new) == 4 * 3
 
 
+def test_the_widest_r_follow_up_runs_only_the_variants_still_at_the_edge():
+    wider, widest = study.SCALES["wider_r"], study.SCALES["widest_r"]
+    assert widest.r_grid[: len(wider.r_grid)] == wider.r_grid
+    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(wider)}
+    args = study.parse_args(["--mode=widest_r", "--variants=gnp_released,gnp_alpha0.5"])
+    new = [
+        s
+        for s in study.select(study.tuning_runs(widest), args)
+        if s.directory(study.Path("x")) not in reused
+    ]
+    assert sorted({s.r for s in new}) == [2.0, 2.8] and len(new) == 2 * 2
+
+
 def test_the_clean_label_follow_up_reuses_the_full_studys_clean_runs():
     full, clean = study.SCALES["full"], study.SCALES["wider_r_clean"]
     assert clean.parts == ("icml2022",) and clean.label_noise == (0.0,)
