@@ -139,8 +139,8 @@ SCALES["wide_r"] = dataclasses.replace(
 # was still falling, so the optimum of each lay beyond the grid. r up to 1.4 (λ = α·r up to 1.4
 # for SAM, 1.12 for GNP α = 0.8), reusing the first follow-up's runs at 0.3 and 0.5.
 SCALES["wider_r"] = dataclasses.replace(SCALES["wide_r"], r_grid=(0.3, 0.5, 0.7, 1.0, 1.4))
-# Declared after the second: the two variants still at its edge (the released form and α = 0.5)
-# with r up to 2.8; run with --variants=gnp_released,gnp_alpha0.5, reusing the second's runs.
+# Declared after the second, which left two variants (the released form and α = 0.5) at its
+# edge: r up to 2.8, reusing the second's runs.
 SCALES["widest_r"] = dataclasses.replace(
     SCALES["wider_r"], r_grid=(0.3, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
 )
@@ -647,7 +647,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "docs/reproduction.md); pilot: every step on fewer runs (about 25 min of CPU); smoke: "
         "the digits set, a 2-minute check of the machinery; wide_r: the follow-up with r up "
         "to 0.5 on flipped labels (icml2022 only); wider_r: the second, r up to 1.4; "
-        "widest_r: r up to 2.8 for the variants still at that edge; wider_r_clean: r up to 1.0 on "
+        "widest_r: r up to 2.8; wider_r_clean: r up to 1.0 on "
         "clean labels",
     )
     parser.add_argument("--out", default="", help="output folder (default: runs/study_<mode>)")

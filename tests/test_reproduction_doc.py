@@ -99,6 +99,19 @@ LATER_FOLLOW_UPS = {
 }
 
 
+def test_the_widest_grid_confirms_the_second_follow_ups_choices():
+    """r up to 2.8 (widest_r): its tuning table, the same chosen r, the same final runs."""
+    results = json.loads((ROOT / "docs" / "study" / "widest_r_results.json").read_text())
+    wider = json.loads((ROOT / "docs" / "study" / "wider_r_results.json").read_text())
+    assert results["scale"]["r_grid"] == [0.3, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8]
+    assert study_report.tuning_table(results["icml2022"], LABELS["icml2022"]) in DOC
+    chosen = results["icml2022"]["chosen_r"]
+    assert chosen == wider["icml2022"]["chosen_r"]
+    found = re.findall(r"widest grid chose\s+`(noise0\.3/[\w.]+)`\s+r = ([\d.]+)", DOC)
+    assert len(found) == 4 and all(chosen[key] == float(r) for key, r in found)
+    assert results["icml2022"]["runs"] == wider["icml2022"]["runs"]
+
+
 @pytest.mark.parametrize("mode", LATER_FOLLOW_UPS)
 def test_the_later_follow_up_tables_are_their_results(mode):
     """The follow-ups with r up to 1.4 (flipped labels) and 1.0 (clean): their own results

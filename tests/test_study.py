@@ -315,17 +315,12 @@ def test_the_wider_r_follow_up_reuses_the_first_follow_ups_runs():
     assert sorted({s.r for s in new}) == [0.7, 1.0, 1.4] and len(new) == 4 * 3
 
 
-def test_the_widest_r_follow_up_runs_only_the_variants_still_at_the_edge():
+def test_the_widest_r_follow_up_reuses_the_second_follow_ups_runs():
     wider, widest = study.SCALES["wider_r"], study.SCALES["widest_r"]
     assert widest.r_grid[: len(wider.r_grid)] == wider.r_grid
     reused = {s.directory(study.Path("x")) for s in study.tuning_runs(wider)}
-    args = study.parse_args(["--mode=widest_r", "--variants=gnp_released,gnp_alpha0.5"])
-    new = [
-        s
-        for s in study.select(study.tuning_runs(widest), args)
-        if s.directory(study.Path("x")) not in reused
-    ]
-    assert sorted({s.r for s in new}) == [2.0, 2.8] and len(new) == 2 * 2
+    new = [s for s in study.tuning_runs(widest) if s.directory(study.Path("x")) not in reused]
+    assert sorted({s.r for s in new}) == [2.0, 2.8] and len(new) == 4 * 2
 
 
 def test_the_clean_label_follow_up_reuses_the_full_studys_clean_runs():
