@@ -242,10 +242,9 @@ def test_a_run_resumes_sharded_from_a_replicated_checkpoint_and_back(tmp_path):
     (the checkpoint restores into either layout, and its SHA-256 verifies in both). The sharded
     checkpoint of 4 devices reads back whole in a process that has one (the analysis tools)."""
     run = {
-        "model.model_name": "SmallCNN",
-        "model.sync_batch_norm": True,
+        "model.model_name": "TinyMLP",  # BatchNorm and its statistics: the 2-process test
         "gnp.sync_perturbations": True,
-        "batch_size": 64,
+        "batch_size": 128,
         "lr_schedule_type": "constant",  # extending total_epochs keeps the learning rate
         "warmup_epochs": 0,
         "gradient_clipping": 1.0,
