@@ -299,36 +299,25 @@ def test_a_diverged_run_is_finished_with_the_worst_error(tmp_path, monkeypatch):
     }
 
 
-def test_the_wide_r_follow_up_reuses_the_full_studys_runs():
-    full, wide = study.SCALES["full"], study.SCALES["wide_r"]
-    assert wide.parts == ("icml2022",) and wide.label_noise == (0.3,)
-    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(full)}
-    new = [s for s in study.tuning_runs(wide) if s.directory(study.Path("x")) not in reused]
-    assert sorted({s.r for s in new}) == [0.3, 0.5] and len(new) == 4 * 2
+# follow-up: (the scale whose runs it reuses, its label noise, its new r)
+FOLLOW_UPS = {
+    "wide_r": ("full", 0.3, [0.3, 0.5]),
+    "wider_r": ("wide_r", 0.3, [0.7, 1.0, 1.4]),
+    "widest_r": ("wider_r", 0.3, [2.0, 2.8]),
+    "wider_r_clean": ("full", 0.0, [0.3, 0.5, 0.7, 1.0]),
+}
 
 
-def test_the_wider_r_follow_up_reuses_the_first_follow_ups_runs():
-    wide, wider = study.SCALES["wide_r"], study.SCALES["wider_r"]
-    assert wider.parts == ("icml2022",) and wider.label_noise == (0.3,)
-    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(wide)}
-    new = [s for s in study.tuning_runs(wider) if s.directory(study.Path("x")) not in reused]
-    assert sorted({s.r for s in new}) == [0.7, 1.0, 1.4] and len(new) == 4 * 3
-
-
-def test_the_widest_r_follow_up_reuses_the_second_follow_ups_runs():
-    wider, widest = study.SCALES["wider_r"], study.SCALES["widest_r"]
-    assert widest.r_grid[: len(wider.r_grid)] == wider.r_grid
-    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(wider)}
-    new = [s for s in study.tuning_runs(widest) if s.directory(study.Path("x")) not in reused]
-    assert sorted({s.r for s in new}) == [2.0, 2.8] and len(new) == 4 * 2
-
-
-def test_the_clean_label_follow_up_reuses_the_full_studys_clean_runs():
-    full, clean = study.SCALES["full"], study.SCALES["wider_r_clean"]
-    assert clean.parts == ("icml2022",) and clean.label_noise == (0.0,)
-    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(full)}
-    new = [s for s in study.tuning_runs(clean) if s.directory(study.Path("x")) not in reused]
-    assert sorted({s.r for s in new}) == [0.3, 0.5, 0.7, 1.0] and len(new) == 4 * 4
+@pytest.mark.parametrize("mode", FOLLOW_UPS)
+def test_each_follow_up_reuses_the_runs_of_the_one_before(mode):
+    before, noise, new_r = FOLLOW_UPS[mode]
+    base, scale = study.SCALES[before], study.SCALES[mode]
+    assert scale.parts == ("icml2022",) and scale.label_noise == (noise,)
+    if mode == "widest_r":
+        assert scale.r_grid[: len(base.r_grid)] == base.r_grid
+    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(base)}
+    new = [s for s in study.tuning_runs(scale) if s.directory(study.Path("x")) not in reused]
+    assert sorted({s.r for s in new}) == new_r and len(new) == 4 * len(new_r)
 
 
 def test_tuning_table_lists_each_r_per_variant():
