@@ -77,15 +77,13 @@ def main() -> None:
             state = abstract_state(config, model)
             schedule = learning_rate_schedule(config, steps_per_epoch=1)
             optimizer = build_optimizer(config, schedule, state.params)
-            specs = build.state_specs(config, state)
-            if specs is None:
-                specs = jax.tree.map(lambda _: P(), state)
+            specs = build.state_specs(config, state)  # None: replicated
             placed = jax.tree.map(
                 lambda x, spec: jax.ShapeDtypeStruct(
                     x.shape, x.dtype, sharding=NamedSharding(mesh, spec)
                 ),
                 state,
-                specs,
+                jax.tree.map(lambda _: P(), state) if specs is None else specs,
             )
             step = build.train_steps(
                 config,
@@ -94,7 +92,7 @@ def main() -> None:
                 schedule=schedule,
                 mesh=mesh,
                 gr=build.gr_schedule(config, steps_per_epoch=1),
-                state_specs=build.state_specs(config, state),
+                state_specs=specs,
             )[True, True]
             compiled = step.lower(placed, batch["image"], batch["label"]).compile()
             memory = compiled.memory_analysis()

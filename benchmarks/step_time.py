@@ -46,10 +46,10 @@ from gnp import models
 from gnp.configs.base import get_base_config
 from gnp.optim import l2_penalty
 from gnp.train import build
+from gnp.train.sharding import replicate
 from gnp.train.steps import (
     RNG_STREAMS,
     create_train_state,
-    replicate,
     shard_batch,
 )
 

@@ -708,9 +708,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tuned = finished_runs(tuning_runs(scale) if part == "icml2022" else [], out)
         chosen = choose_r(tuned)
         pick = lambda group, key, chosen=chosen: chosen.get((group, key), default_r(scale))
-        finals = select(final_runs(scale, part, pick), args)
-        progress.replan(planned_finals[part], finals)
-        run_all(finals, out, scale, progress)
+        final_specs = select(final_runs(scale, part, pick), args)
+        progress.replan(planned_finals[part], final_specs)
+        run_all(final_specs, out, scale, progress)
         finals = finished_runs(final_runs(scale, part, pick), out)
         results[part] = {
             "tuning": [strip(run) for run in tuned],

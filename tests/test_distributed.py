@@ -21,12 +21,12 @@ from gnp import models
 from gnp.data import build_input_pipeline
 from gnp.train import build
 from gnp.train.gr_schedule import GRSchedule
+from gnp.train.sharding import replicate
 from gnp.train.steps import (
     GNPOptions,
     LossConfig,
     create_train_state,
     make_train_step,
-    replicate,
     shard_batch,
 )
 

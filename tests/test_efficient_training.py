@@ -14,7 +14,8 @@ from test_train import assert_trees_equal, read_jsonl, tiny_config
 from gnp.train import build, loop
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
-from gnp.train.steps import replicate, shard_batch
+from gnp.train.sharding import replicate
+from gnp.train.steps import shard_batch
 
 
 def compiled_convolutions(*, penalized: bool = True, full: bool = True, **gnp: object) -> int:

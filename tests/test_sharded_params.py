@@ -30,7 +30,6 @@ from gnp.train.steps import (
     LossConfig,
     create_train_state,
     make_train_step,
-    replicate,
     shard_batch,
 )
 
@@ -81,7 +80,7 @@ def step_both_ways(model, optimizer, batch, *, options, reuse=False, **step_opti
     batch = shard_batch(batch, mesh)
     results = []
     for specs in (None, sharding.state_specs(state, 4)):
-        placed = replicate(state, mesh) if specs is None else sharding.place(state, mesh, specs)
+        placed = sharding.place(state, mesh, specs)
         step = build(model, optimizer, mesh, specs, options=options, **step_options)
         new_state, metrics = step(placed, batch["image"], batch["label"])
         results.append((jax.device_get(new_state), jax.device_get(metrics)))

@@ -18,12 +18,12 @@ import tiny_models  # noqa: F401  (registers TinyMLP)
 import gnp
 from gnp import models
 from gnp.train.gr_schedule import GRSchedule
+from gnp.train.sharding import replicate
 from gnp.train.steps import (
     GNPOptions,
     LossConfig,
     create_train_state,
     make_train_step,
-    replicate,
     shard_batch,
 )
 

@@ -35,7 +35,6 @@ from gnp.train.steps import (
     AXIS,
     TrainState,
     make_eval_step,
-    replicate,
     shard_batch,
 )
 from gnp.train.stops import NonFiniteError, Preempted
@@ -141,7 +140,7 @@ def _train(
     model = build.build_model(config, info.num_classes)
     state, optimizer, schedule = build.train_state(config, model, info.image_shape, steps_per_epoch)
     specs = build.state_specs(config, state)
-    state = replicate(state, mesh) if specs is None else place(state, mesh, specs)
+    state = place(state, mesh, specs)
     train_iterator = pipeline.train_iterator()
 
     # Resume from the newest checkpoint that restores.

@@ -57,8 +57,16 @@ def state_specs(state: Any, devices: int) -> Any:
     )
 
 
-def place(tree: PyTree, mesh: Mesh, specs: PyTree) -> PyTree:
-    """``tree`` on ``mesh`` with these specs (every process holds the same values)."""
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """``tree`` whole on every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def place(tree: PyTree, mesh: Mesh, specs: PyTree | None) -> PyTree:
+    """``tree`` on ``mesh`` with these specs, or replicated when ``specs`` is None (every
+    process holds the same values)."""
+    if specs is None:
+        return replicate(tree, mesh)
     shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
     return jax.device_put(tree, shardings)
 

@@ -467,10 +467,6 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
 def create_train_state(
     model: nn.Module,
     optimizer_fn: Callable[[PyTree], optax.GradientTransformation],
