@@ -48,7 +48,7 @@ def main() -> None:
     @functools.partial(jax.jit, static_argnames="full")
     def reuse(p, state, full):
         return efficient.reuse_penalized_gradient(
-            clean, jax.grad(loss), p, state, r=0.05, alpha=0.8, period=2, full=full
+            clean, jax.grad(loss), p, state, r=0.05, alpha=0.8, reuse_period=2, full=full
         )[1]
 
     state = efficient.reuse_init(params)

@@ -41,7 +41,7 @@ def main() -> None:
     from gnp.configs.base import get_base_config
     from gnp.optim import build_optimizer, learning_rate_schedule
     from gnp.train import build
-    from gnp.train.steps import shard_batch
+    from gnp.train.distributed import shard_batch
 
     def abstract_state(config: Any, model: Any) -> Any:
         """The train state's shapes only: nothing of its size is allocated anywhere."""

@@ -46,12 +46,9 @@ from gnp import models
 from gnp.configs.base import get_base_config
 from gnp.optim import l2_penalty
 from gnp.train import build
-from gnp.train.sharding import replicate
-from gnp.train.steps import (
-    RNG_STREAMS,
-    create_train_state,
-    shard_batch,
-)
+from gnp.train.distributed import replicate, shard_batch
+from gnp.train.objective import rng_streams
+from gnp.train.state import create_train_state
 
 R, L2, LR = 0.05, 5e-4, 0.1
 VARIANTS = {"plain": 0.0, "SAM": 1.0, "GNP": 0.8}  # α
@@ -76,7 +73,7 @@ def framework_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: 
         mesh=mesh,
         gr=build.gr_schedule(config, steps_per_epoch=1),
     )
-    step = steps[alpha > 0, True]  # (GNP step?, full step?); only this one is compiled
+    step = steps["gnp" if alpha > 0 else "plain"]  # only this one is compiled
     state, batch = replicate(state, mesh), shard_batch(batch, mesh)
     compiled = step.lower(state, batch["image"], batch["label"]).compile()
 
@@ -106,8 +103,7 @@ def minimal_step(model: Any, alpha: float, state: Any, optimizer: Any, batch: di
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def step(params, batch_stats, opt_state, number, images, labels):
-        key = jax.random.fold_in(jax.random.PRNGKey(0), number)
-        rngs = {name: jax.random.fold_in(key, i) for i, name in enumerate(RNG_STREAMS)}
+        rngs = rng_streams(jax.random.fold_in(jax.random.PRNGKey(0), number))
         (loss, new_stats), g1 = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, images, labels, rngs
         )

@@ -8,17 +8,18 @@ is the training framework built on it.
 from gnp import efficient
 from gnp.gradient import (
     ascent_direction,
-    check_coefficients,
     global_norm,
     mix,
     penalized_gradient,
     perturb,
     value_and_grad,
 )
+from gnp.options import GNPOptions, OptionError
 
 __all__ = [
+    "GNPOptions",
+    "OptionError",
     "ascent_direction",
-    "check_coefficients",
     "efficient",
     "global_norm",
     "mix",

@@ -42,9 +42,8 @@ from absl import logging
 
 from gnp import analysis
 from gnp.analysis.plots import clean_gradient_norm_key, json_ready
-from gnp.train.config_file import normalize_argv, read_config
+from gnp.train.config import normalize_argv, read_config
 from gnp.train.loop import train_and_evaluate
-from gnp.train.metrics import read_metrics
 from gnp.train.run import (
     LOSS_DEFINITION,
     Batch,
@@ -58,6 +57,7 @@ from gnp.train.run import (
     variables_loss,
 )
 from gnp.train.stops import NonFiniteError
+from gnp.train.workdir import read_metrics
 
 FILTER_RULE = (
     "filter-normalized (Li et al. 2018): one filter per conv output channel and per Dense "

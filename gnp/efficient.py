@@ -21,26 +21,24 @@ through (``jit``, ``shard_map`` and checkpoints see a plain pytree).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gnp.gradient import (
-    AsamLeaves,
-    Perturbation,
-    _check_options,
-    _concrete,
-    _mean_over_axis,
+    Norm,
     _safe_inverse,
     _scale,
-    check_coefficients,
     global_norm,
+    mean_over_axis,
     mix,
     penalized_gradient,
     perturb,
+    with_fields,
 )
+from gnp.options import AsamLeaves, GNPOptions, Perturbation
 
 PyTree = Any
 
@@ -81,56 +79,51 @@ def orthogonal_part(g1: PyTree, g2: PyTree) -> tuple[PyTree, jax.Array]:
     return _scale(orthogonal, _safe_inverse(size)), size * _safe_inverse(g1_norm)
 
 
+def is_full_step(count: int | jax.Array, period: int) -> bool | jax.Array:
+    """Whether step ``count`` of a reuse run takes both passes: every ``period``-th, from 0."""
+    return count % period == 0
+
+
 def reuse_penalized_gradient(
     clean_value_and_grad: Callable[[PyTree], tuple[Any, PyTree]],
     gradient_at: Callable[[PyTree], PyTree],
     params: PyTree,
     state: ReuseState,
+    options: GNPOptions | None = None,
     *,
-    r: float | jax.Array,
-    alpha: float | jax.Array,
-    period: int,
-    orthogonal_scale: float | None = None,
-    perturbation: Perturbation = "sam",
-    eta: float = 0.01,
-    asam_leaves: AsamLeaves = "weights",
-    normalize_reference: bool = False,
-    axis_name: str | None = None,
     state_axis_name: str | None = None,
     full: bool | None = None,
+    **fields: Any,
 ) -> tuple[Any, PyTree, PyTree, ReuseState]:
     """``penalized_gradient`` with reuse: ``(value, grads, reference, new_state)``.
 
-    With ``full=None`` a ``lax.cond`` on ``state.count % period`` picks the full
-    step (two passes) or the reuse step (one pass): one program, both branches
+    ``options`` (or ``fields``, as in ``gnp.penalized_gradient``) give the step, its
+    ``reuse_period`` the period. With ``full=None`` a ``lax.cond`` on ``state.count % period``
+    picks the full step (two passes) or the reuse step (one pass): one program, both branches
     compiled, one runs. ``full=True``/``False`` builds that step alone, for a
     caller that chooses on the host between two compiled programs (as the trainer
     does: on CPU, XLA runs the convolutions inside a conditional about 20× slower,
-    ``docs/library.md``); the caller then keeps ``count % period == 0`` for the
+    ``docs/library.md``); the caller then keeps ``is_full_step(count, period)`` for the
     full steps itself. The state is built
     from ``g1`` and ``g2`` averaged over ``state_axis_name`` (default: ``axis_name``;
     an all-reduce of each per full step), so that it is the same on every device
     and can be kept replicated even when each device perturbs with its own
     gradient (``axis_name=None``); with neither, each device keeps its own state.
     """
-    if not isinstance(period, int) or period < 1:
-        raise ValueError(f"period must be an integer ≥ 1 (1 is plain GNP), got {period!r}")
-    _check_options("finite_difference", perturbation, normalize_reference, asam_leaves)
-    check_coefficients(r, alpha, eta)
-    if orthogonal_scale is not None and not orthogonal_scale >= 0:
-        raise ValueError(
-            f"orthogonal_scale must be ≥ 0 (LookSAM's α, e.g. 0.7), got {orthogonal_scale}"
-        )
+    options = with_fields(options, fields)
+    r, alpha, axis_name = options.r, options.alpha, options.axis_name
+    perturbation = (options.perturbation, options.eta, options.asam_leaves)
+    mixed = dict(alpha=alpha, normalize_reference=options.normalize_reference)
 
     def full_step() -> tuple[Any, PyTree, PyTree, ReuseState]:
         value, g1 = clean_value_and_grad(params)
-        reference = _mean_over_axis(g1, axis_name)
-        g2 = gradient_at(perturb(params, reference, r, perturbation, eta, asam_leaves))
-        grads = mix(g1, g2, alpha, reference, normalize_reference)
+        reference = mean_over_axis(g1, axis_name)
+        g2 = gradient_at(perturb(params, reference, r, *perturbation))
+        grads = mix(g1, g2, reference=reference, **mixed)
         state_axis = axis_name if state_axis_name is None else state_axis_name
         orthogonal, scale = orthogonal_part(
-            _mean_over_axis(reference, state_axis if axis_name is None else None),
-            _mean_over_axis(g2, state_axis),
+            mean_over_axis(reference, state_axis if axis_name is None else None),
+            mean_over_axis(g2, state_axis),
         )
         orthogonal = jax.tree.map(lambda o, old: o.astype(old.dtype), orthogonal, state.orthogonal)
         new_state = ReuseState(state.count + 1, orthogonal, scale.astype(state.scale.dtype))
@@ -138,20 +131,20 @@ def reuse_penalized_gradient(
 
     def reuse_step() -> tuple[Any, PyTree, PyTree, ReuseState]:
         value, g1 = clean_value_and_grad(params)
-        reference = _mean_over_axis(g1, axis_name)
-        s = state.scale if orthogonal_scale is None else orthogonal_scale
+        reference = mean_over_axis(g1, axis_name)
+        s = state.scale if options.orthogonal_scale is None else options.orthogonal_scale
         length = s * global_norm(reference)
         g2 = jax.tree.map(
             lambda g, v: (g.astype(v.dtype) + length * v).astype(g.dtype), g1, state.orthogonal
         )
-        grads = mix(g1, g2, alpha, reference, normalize_reference)
+        grads = mix(g1, g2, reference=reference, **mixed)
         return value, grads, reference, state._replace(count=state.count + 1)
 
-    if period == 1 or full is True:
+    if options.reuse_period == 1 or full is True:
         return full_step()
     if full is False:
         return reuse_step()
-    return jax.lax.cond(state.count % period == 0, full_step, reuse_step)
+    return jax.lax.cond(is_full_step(state.count, options.reuse_period), full_step, reuse_step)
 
 
 def reuse_value_and_grad(
@@ -175,6 +168,17 @@ def reuse_value_and_grad(
     per step. ``orthogonal_scale`` fixes ``s`` (LookSAM's α, e.g. 0.7) instead of
     measuring it at the full step. Other arguments as in ``gnp.value_and_grad``.
     """
+    options = GNPOptions(
+        r=r,
+        alpha=alpha,
+        perturbation=perturbation,
+        eta=eta,
+        asam_leaves=asam_leaves,
+        normalize_reference=normalize_reference,
+        axis_name=axis_name,
+        reuse_period=period,
+        orthogonal_scale=orthogonal_scale,
+    )
     with_aux = loss_fn if has_aux else lambda *a, **k: (loss_fn(*a, **k), None)
     clean = jax.value_and_grad(with_aux, has_aux=True)
 
@@ -186,15 +190,7 @@ def reuse_value_and_grad(
             lambda p: jax.grad(with_aux, has_aux=True)(p, *args, **kwargs)[0],
             params,
             state,
-            r=r,
-            alpha=alpha,
-            period=period,
-            orthogonal_scale=orthogonal_scale,
-            perturbation=perturbation,
-            eta=eta,
-            asam_leaves=asam_leaves,
-            normalize_reference=normalize_reference,
-            axis_name=axis_name,
+            options,
         )
         return (value if has_aux else value[0]), grads, state
 
@@ -224,32 +220,90 @@ def direction_value_and_grad(
     the clean one. A zero direction (e.g. the first step's momentum) gives no
     perturbation. Other arguments as in ``gnp.value_and_grad``.
     """
-    _check_options("finite_difference", perturbation, normalize_reference, asam_leaves)
-    check_coefficients(r, alpha, eta)
+    options = GNPOptions(
+        r=r,
+        alpha=alpha,
+        perturbation=perturbation,
+        eta=eta,
+        asam_leaves=asam_leaves,
+        normalize_reference=normalize_reference,
+        axis_name=axis_name,
+        direction="momentum",
+    )
     with_aux = loss_fn if has_aux else lambda *a, **k: (loss_fn(*a, **k), None)
     clean = jax.value_and_grad(with_aux, has_aux=True)
-    one_pass = _concrete(alpha) == 1.0 and not normalize_reference
 
     def value_and_direction_grad(
         params: PyTree, direction: PyTree, *args: Any, **kwargs: Any
     ) -> tuple[Any, PyTree]:
-        if one_pass:
-            point = perturb(params, direction, r, perturbation, eta, asam_leaves)
-            value, grads = clean(point, *args, **kwargs)
-        else:
-            value, grads, _ = penalized_gradient(
-                lambda p: clean(p, *args, **kwargs),
-                lambda p: clean(p, *args, **kwargs)[1],
-                params,
-                r=r,
-                alpha=alpha,
-                perturbation=perturbation,
-                eta=eta,
-                asam_leaves=asam_leaves,
-                normalize_reference=normalize_reference,
-                axis_name=axis_name,
-                direction=direction,
-            )
-        return (value if has_aux else value[0]), grads
+        result = step_gradient(
+            lambda p: clean(p, *args, **kwargs),
+            lambda p: clean(p, *args, **kwargs)[1],
+            params,
+            options,
+            direction=direction,
+        )
+        return (result.value if has_aux else result.value[0]), result.grads
 
     return value_and_direction_grad
+
+
+class StepGradient(NamedTuple):
+    """What a GNP step of any variant returns.
+
+    value: the clean pass's value (a one-pass step's: the perturbed point's).
+    grads: the gradient for the optimizer, this device's (average it over devices).
+    reference: ∇L(θ) the perturbation came from (averaged over ``axis_name`` if one is
+      set); None on a one-pass step, which has no clean gradient.
+    state: the variant's state, as the dict it came in (``{}`` for a variant without one).
+    """
+
+    value: Any
+    grads: PyTree
+    reference: PyTree | None
+    state: Mapping[str, Any]
+
+
+def step_gradient(
+    clean_value_and_grad: Callable[[PyTree], tuple[Any, PyTree]],
+    gradient_at: Callable[[PyTree], PyTree],
+    params: PyTree,
+    options: GNPOptions,
+    *,
+    state: Mapping[str, Any] | None = None,
+    direction: PyTree | None = None,
+    norm: Norm = global_norm,
+    state_axis_name: str | None = None,
+    full: bool | None = None,
+    **fields: Any,
+) -> StepGradient:
+    """The GNP gradient of whichever variant ``options`` names: one call for a trainer.
+
+    GNP (``penalized_gradient``), reuse (``reuse_penalized_gradient``, its ``ReuseState`` as a
+    dict in ``state``; ``state_axis_name`` and ``full`` as there), or along ``direction``
+    (one pass where ``options.one_pass``). ``fields`` (this step's r and α) replace the
+    options' own, as in ``penalized_gradient``; ``norm`` as there.
+    """
+    options = with_fields(options, fields)
+    state = {} if state is None else state
+    if options.reuse_period > 1:
+        value, grads, reference, reused = reuse_penalized_gradient(
+            clean_value_and_grad,
+            gradient_at,
+            params,
+            ReuseState(**state),
+            options,
+            state_axis_name=state_axis_name,
+            full=full,
+        )
+        return StepGradient(value, grads, reference, reused._asdict())
+    if options.one_pass:
+        point = perturb(
+            params, direction, options.r, options.perturbation, options.eta, options.asam_leaves
+        )
+        value, grads = clean_value_and_grad(point)
+        return StepGradient(value, grads, None, state)
+    value, grads, reference = penalized_gradient(
+        clean_value_and_grad, gradient_at, params, options, direction=direction, norm=norm
+    )
+    return StepGradient(value, grads, reference, state)

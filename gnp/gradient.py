@@ -19,25 +19,26 @@ above), are shared with the cheaper variants in ``gnp.efficient``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gnp.choices import check_choice
+from gnp.options import (
+    ASAM_LEAVES,
+    METHODS,
+    PERTURBATIONS,
+    AsamLeaves,
+    GNPOptions,
+    Method,
+    Perturbation,
+)
 
 PyTree = Any
 Norm = Callable[[PyTree], jax.Array]
-Method = Literal["finite_difference", "exact"]
-Perturbation = Literal["sam", "asam"]
-
-METHODS = ("finite_difference", "exact")
-PERTURBATIONS = ("sam", "asam")
-AsamLeaves = Literal["weights", "all"]
-ASAM_LEAVES = ("weights", "all")
+__all__ = ["ASAM_LEAVES", "METHODS", "PERTURBATIONS", "Method"]  # re-exported for callers
 # The flax names of the parameters PyTorch calls ``weight`` (Linear/Conv kernels, BatchNorm
 # and LayerNorm scales, embeddings): the ones the original ASAM scales by |θ| + η.
 WEIGHT_NAMES = ("kernel", "scale", "embedding")
@@ -153,79 +154,32 @@ def mix(
     )
 
 
-def _concrete(value: Any) -> float | None:
-    """``value`` as a float when it is known at trace time, None when it is traced."""
-    try:
-        return float(np.asarray(value))
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-        return None
-
-
-def _is_concrete_zero(value: Any) -> bool | None:
-    """True/False when ``value`` is known at trace time, None when it is traced."""
-    number = _concrete(value)
-    return None if number is None else number == 0
-
-
-def check_coefficients(
-    r: float | jax.Array,
-    alpha: float | jax.Array,
-    eta: float | jax.Array = 0.01,
-    prefix: str = "",
-) -> None:
-    """r ≥ 0, α ≥ 0 and η ≥ 0, all finite, where they are concrete (traced ones pass).
-
-    A negative r or α makes λ = α·r negative: the step would reward a large
-    gradient norm instead of penalizing it. ``prefix`` names the config keys
-    (``"gnp."``) in the message.
-    """
-    for name, value, fix in (
-        ("r", r, "the perturbation radius, e.g. 0.05"),
-        ("alpha", alpha, "α = λ/r, 0 for plain training, 1 for SAM"),
-        ("eta", eta, "ASAM's η in T = |θ| + η, e.g. 0.01"),
-    ):
-        number = _concrete(value)
-        if number is not None and not (math.isfinite(number) and number >= 0):
-            raise ValueError(f"{prefix}{name} must be a finite number ≥ 0 ({fix}), got {number}")
-
-
-def _mean_over_axis(tree: PyTree, axis_name: str | None) -> PyTree:
+def mean_over_axis(tree: PyTree, axis_name: str | None) -> PyTree:
+    """The mean over a ``shard_map`` axis, or ``tree`` itself without one."""
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def _check_options(
-    method: str, perturbation: str, normalize_reference: bool, asam_leaves: str = "weights"
-) -> None:
-    check_choice(method, METHODS, "method")
-    check_choice(perturbation, PERTURBATIONS, "perturbation")
-    check_choice(asam_leaves, ASAM_LEAVES, "asam_leaves")
-    if method == "exact" and (perturbation != "sam" or normalize_reference):
-        raise ValueError(
-            "method='exact' is the gradient of L + λ‖∇L‖ and takes perturbation='sam' "
-            "with normalize_reference=False; use method='finite_difference' for the others"
-        )
+def with_fields(options: GNPOptions | None, fields: dict[str, Any]) -> GNPOptions:
+    """``options`` with ``fields`` replaced (checked), or the options ``fields`` name."""
+    if options is None:
+        return GNPOptions(**fields)
+    return options.replace(**fields) if fields else options
 
 
 def penalized_gradient(
     clean_value_and_grad: Callable[[PyTree], tuple[Any, PyTree]],
     gradient_at: Callable[[PyTree], PyTree],
     params: PyTree,
+    options: GNPOptions | None = None,
     *,
-    r: float | jax.Array,
-    alpha: float | jax.Array,
-    method: Method = "finite_difference",
-    perturbation: Perturbation = "sam",
-    eta: float = 0.01,
-    asam_leaves: AsamLeaves = "weights",
-    normalize_reference: bool = False,
-    axis_name: str | None = None,
     direction: PyTree | None = None,
     norm: Norm = global_norm,
+    **fields: Any,
 ) -> tuple[Any, PyTree, PyTree]:
     """The GNP math on two gradient passes given as functions: ``(value, grads, reference)``.
 
     ``reference`` is the gradient the perturbation was computed from: ``∇L(θ)``
-    of the clean pass, averaged over ``axis_name`` when one is given (so a
+    of the clean pass, averaged over ``options.axis_name`` when one is given (so a
     trainer can log its norm without another all-reduce).
 
     ``value_and_grad`` is this with both passes taken from one loss. Use it
@@ -236,46 +190,52 @@ def penalized_gradient(
     Args:
       clean_value_and_grad: ``θ ↦ (value, ∇L(θ))``; ``value`` is passed through.
       gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point.
+      options: the step (``gnp.GNPOptions``); ``fields`` (``r=``, ``alpha=``, ``method=``, ...,
+        as in ``value_and_grad``) replace some of its fields, or give them all without it. A
+        trainer passes its options whole and this step's (traced) ``r`` and ``alpha``.
       direction: perturb along this instead of the reference gradient (see
         ``gnp.efficient.direction_value_and_grad``); ``None`` is GNP.
       norm: the norm of a whole gradient tree (see ``ascent_direction``): with passes that
         return the device-mean gradient sharded over an axis, the perturbation and its norm
         are computed on the shards, and no device holds the whole gradient.
-      Other arguments as in ``value_and_grad``.
     """
-    _check_options(method, perturbation, normalize_reference, asam_leaves)
-    check_coefficients(r, alpha, eta)
-    if method == "exact" and direction is not None:
+    options = with_fields(options, fields)
+    r, alpha, axis_name = options.r, options.alpha, options.axis_name
+    perturbation = (options.perturbation, options.eta, options.asam_leaves, norm)
+    if options.method == "exact" and direction is not None:
         raise ValueError("method='exact' perturbs along the gradient; pass direction=None")
 
-    def without_penalty() -> tuple[Any, PyTree, PyTree]:
-        value, grads = clean_value_and_grad(params)
-        return value, grads, grads
+    def clean_pass() -> tuple[Any, PyTree, PyTree]:
+        value, g1 = clean_value_and_grad(params)
+        return value, g1, mean_over_axis(g1, axis_name)
+
+    def without_second_pass() -> tuple[Any, PyTree, PyTree]:
+        """r = 0 or α = 0: the paper's mix is g1 itself; the released one, the formula's value
+        with g2 = g1 (at r = 0, ∇L(θ + 0) = g1; at α = 0 g2 has weight 0), one pass."""
+        value, g1, reference = clean_pass()
+        if not options.normalize_reference:
+            return value, g1, g1
+        return value, mix(g1, g1, alpha, reference, True, norm), reference
 
     def finite_difference() -> tuple[Any, PyTree, PyTree]:
-        value, g1 = clean_value_and_grad(params)
-        reference = _mean_over_axis(g1, axis_name)
+        value, g1, reference = clean_pass()
         source = reference if direction is None else direction
-        g2 = gradient_at(perturb(params, source, r, perturbation, eta, asam_leaves, norm))
-        return value, mix(g1, g2, alpha, reference, normalize_reference, norm), reference
+        g2 = gradient_at(perturb(params, source, r, *perturbation))
+        return value, mix(g1, g2, alpha, reference, options.normalize_reference, norm), reference
 
     def exact() -> tuple[Any, PyTree, PyTree]:
-        value, g1 = clean_value_and_grad(params)
-        reference = _mean_over_axis(g1, axis_name)
-        unit = ascent_direction(params, reference, "sam", eta, norm=norm)
+        value, g1, reference = clean_pass()
+        unit = ascent_direction(params, reference, "sam", norm=norm)
         _, hvp = jax.jvp(gradient_at, (params,), (unit,))
         grads = jax.tree.map(lambda g, h: (g + alpha * r * h).astype(g.dtype), g1, hvp)
         return value, grads, reference
 
-    penalized = finite_difference if method == "finite_difference" else exact
-    r_zero, alpha_zero = _is_concrete_zero(r), _is_concrete_zero(alpha)
-    if r_zero or alpha_zero:
-        return without_penalty()
-    if r_zero is False and alpha_zero is False:
-        return penalized()
+    penalized = finite_difference if options.method == "finite_difference" else exact
+    if options.penalized is not None:
+        return penalized() if options.penalized else without_second_pass()
     # Traced r or α: both branches are compiled once, and the zero case stays exact.
-    is_plain = jnp.logical_or(jnp.asarray(r) == 0, jnp.asarray(alpha) == 0)
-    return jax.lax.cond(is_plain, without_penalty, penalized)
+    is_zero = jnp.logical_or(jnp.asarray(r) == 0, jnp.asarray(alpha) == 0)
+    return jax.lax.cond(is_zero, without_second_pass, penalized)
 
 
 def value_and_grad(
@@ -313,7 +273,8 @@ def value_and_grad(
         kernel, scale or embedding; biases and the rest get ``T = 1``, as the
         original ASAM code) or ``"all"``.
       normalize_reference: the released code's variant
-        ``(1 − α)·g1/‖g1‖ + α·g2``.
+        ``(1 − α)·g1/‖g1‖ + α·g2``, at every r and α as the released step takes it: at
+        r = 0 it is ``(1 − α)·g1/‖g1‖ + α·g1``, at α = 0 the unit vector ``g1/‖g1‖``.
       axis_name: inside ``shard_map``/``pmap``, the perturbation (and its norm)
         use the gradient averaged over this axis, so that the whole global batch
         sees one perturbation. Without it each device perturbs with its own
@@ -333,17 +294,27 @@ def value_and_grad(
     Returns:
       A function with ``loss_fn``'s signature returning ``(value, grads)``, or
       ``(value, grads, clean_grads)`` with ``return_clean_grad``.
-      With ``r == 0`` or ``alpha == 0`` it is exactly ``jax.value_and_grad``.
+      With ``r == 0`` or ``alpha == 0`` (and the paper's mix) it is exactly
+      ``jax.value_and_grad``.
     """
-    _check_options(method, perturbation, normalize_reference, asam_leaves)
-    check_coefficients(r, alpha, eta)
+    options = GNPOptions(
+        r=r,
+        alpha=alpha,
+        method=method,
+        perturbation=perturbation,
+        eta=eta,
+        asam_leaves=asam_leaves,
+        normalize_reference=normalize_reference,
+        axis_name=axis_name,
+    )
     second_loss_fn = loss_fn if perturbed_loss_fn is None else perturbed_loss_fn
     plain = jax.value_and_grad(loss_fn, has_aux=has_aux)
     with_aux = loss_fn if has_aux else lambda *a, **k: (loss_fn(*a, **k), None)
     clean = jax.value_and_grad(with_aux, has_aux=True)
+    exactly_plain = options.penalized is False and not normalize_reference and not return_clean_grad
 
     def value_and_gnp_grad(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        if not return_clean_grad and (_is_concrete_zero(r) or _is_concrete_zero(alpha)):
+        if exactly_plain:
             return plain(params, *args, **kwargs)
 
         def gradient_at(point: PyTree) -> PyTree:
@@ -351,17 +322,7 @@ def value_and_grad(
             return grads[0] if has_aux else grads
 
         value, grads, clean_grads = penalized_gradient(
-            lambda p: clean(p, *args, **kwargs),
-            gradient_at,
-            params,
-            r=r,
-            alpha=alpha,
-            method=method,
-            perturbation=perturbation,
-            eta=eta,
-            asam_leaves=asam_leaves,
-            normalize_reference=normalize_reference,
-            axis_name=axis_name,
+            lambda p: clean(p, *args, **kwargs), gradient_at, params, options
         )
         value = value if has_aux else value[0]
         return (value, grads, clean_grads) if return_clean_grad else (value, grads)

@@ -46,6 +46,26 @@ FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
 # Released ``opt_params`` that no released optimizer used: accepted, dropped (see gnp.configs.base).
 IGNORED_PARAMS = ("grad_norm_clip",)
 SCHEDULES = ("constant", "stepped", "cosine", "exponential")
+MOMENTUM_NAMES = ("trace", "mu")  # optax's SGD momentum and Adam's first moment
+
+
+def has_momentum(opt_type: str, opt_params: Any) -> bool:
+    """Whether the optimizer keeps a momentum (what MSAM perturbs along)."""
+    return opt_type in ("Momentum", "Adam") or bool(
+        opt_type == "SGD" and dict(opt_params).get("momentum")
+    )
+
+
+def momentum_of(opt_state: PyTree) -> PyTree:
+    """The optimizer's momentum (SGD's ``trace`` or Adam's ``mu``) inside ``opt_state``."""
+    for name in MOMENTUM_NAMES:
+        found = optax.tree_utils.tree_get(opt_state, name)
+        if found is not None:
+            return found
+    raise ValueError(
+        "gnp.perturbation_direction='momentum' needs an optimizer with momentum "
+        "(opt.opt_type Momentum, SGD with momentum, or Adam)"
+    )
 
 
 def decay_mask(params: PyTree, *, skip_vectors: bool) -> PyTree:

@@ -11,16 +11,13 @@ from test_train import tiny_config
 
 from gnp import models
 from gnp.data import build_input_pipeline
-from gnp.train.gr_schedule import GRSchedule
+from gnp.gr_schedule import GRSchedule
+from gnp.options import GNPOptions
+from gnp.train.distributed import replicate, shard_batch
 from gnp.train.loop import train_and_evaluate
-from gnp.train.sharding import replicate
-from gnp.train.steps import (
-    GNPOptions,
-    LossConfig,
-    create_train_state,
-    make_train_step,
-    shard_batch,
-)
+from gnp.train.objective import LossConfig
+from gnp.train.state import create_train_state
+from gnp.train.steps import make_train_step
 
 
 def step_with(accumulation_steps, *, synced, method="finite_difference"):
@@ -36,8 +33,8 @@ def step_with(accumulation_steps, *, synced, method="finite_difference"):
         mesh=mesh,
         loss_config=LossConfig(l2_regularization=1e-3),
         gr=GRSchedule(r=0.1, alpha=0.8),
-        gnp_options=GNPOptions(sync_perturbations=synced, method=method),
-        penalized=True,
+        gnp_options=GNPOptions(axis_name="data" if synced else None, method=method),
+        kind="gnp",
         accumulation_steps=accumulation_steps,
     )
     batch = shard_batch(batch, mesh)

@@ -13,7 +13,7 @@ from test_train import tiny_config
 
 from gnp import analysis, analyze, models
 from gnp.data.digits import load_digits_split
-from gnp.train import run_config
+from gnp.train import workdir
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.loop import train_and_evaluate
 from gnp.train.run import load_run, params_loss, split_batches
@@ -211,7 +211,7 @@ def test_errors_name_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match=r"config\.json does not exist"):
         analyze.main(["hessian", f"--working_dir={tmp_path}"])
     config = tiny_config()
-    (tmp_path / "config.json").write_text(json.dumps(run_config.plain(config.to_dict())))
+    (tmp_path / "config.json").write_text(json.dumps(workdir.plain(config.to_dict())))
     with pytest.raises(SystemExit, match="no checkpoint"):
         analyze.main(["landscape", f"--working_dir={tmp_path}"])
     assert not (tmp_path / "checkpoints").exists()

@@ -19,16 +19,13 @@ from test_train import tiny_config
 import gnp
 from gnp import models
 from gnp.data import build_input_pipeline
+from gnp.gr_schedule import GRSchedule
+from gnp.options import GNPOptions
 from gnp.train import build
-from gnp.train.gr_schedule import GRSchedule
-from gnp.train.sharding import replicate
-from gnp.train.steps import (
-    GNPOptions,
-    LossConfig,
-    create_train_state,
-    make_train_step,
-    shard_batch,
-)
+from gnp.train.distributed import replicate, shard_batch
+from gnp.train.objective import LossConfig
+from gnp.train.state import create_train_state
+from gnp.train.steps import make_train_step
 
 HERE = os.path.dirname(__file__)
 LR = 0.5
@@ -46,8 +43,8 @@ def build_step(mesh, *, synced, model=None, sync_batch_norm=False, accumulation_
         mesh=mesh,
         loss_config=LossConfig(),
         gr=GRSchedule(r=0.1, alpha=0.8),
-        gnp_options=GNPOptions(sync_perturbations=synced),
-        penalized=True,
+        gnp_options=GNPOptions(axis_name="data" if synced else None),
+        kind="gnp",
         sync_batch_norm=sync_batch_norm,
         accumulation_steps=accumulation_steps,
     )

@@ -167,8 +167,7 @@ def check_train_command(arguments: list[str]) -> None:
     from absl import flags
 
     from gnp.main import main as cli  # defines gnp.main's flags
-    from gnp.train.config import validate_config
-    from gnp.train.config_file import normalize_argv, read_config
+    from gnp.train.config import normalize_argv, read_config, validate_config
 
     synopsis = [a for a in arguments if a.startswith("[") or a.endswith("]") or a == "..."]
     arguments = [a for a in normalize_argv(arguments) if a not in synopsis]
@@ -200,9 +199,9 @@ def test_documented_command(command: Command, monkeypatch) -> None:
 
         analyze.parse_args(arguments)
     elif what == "gnp.study":
-        from gnp import study
+        from gnp.study import main as study_main
 
-        study.parse_args(arguments)
+        study_main.parse_args(arguments)
     elif what.startswith("benchmarks/") and what.endswith(".py"):
         check_argparse_script(ROOT / what, arguments, monkeypatch)
     elif what == "make":

@@ -14,8 +14,8 @@ from test_train import assert_trees_equal, read_jsonl, tiny_config
 from gnp.train import build, loop
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
-from gnp.train.sharding import replicate
-from gnp.train.steps import shard_batch
+from gnp.train.distributed import replicate, shard_batch
+from gnp.train.steps import step_kind
 
 
 def compiled_convolutions(*, penalized: bool = True, full: bool = True, **gnp: object) -> int:
@@ -35,7 +35,7 @@ def compiled_convolutions(*, penalized: bool = True, full: bool = True, **gnp: o
         mesh=mesh,
         gr=build.gr_schedule(config, 5),
     )
-    step = steps[penalized, full]
+    step = steps[step_kind(penalized, full)]
     batch = shard_batch(next(pipeline.train_iterator()), mesh)
     text = step.lower(replicate(state, mesh), batch["image"], batch["label"]).compile().as_text()
     return len(re.findall(r"= \S+ convolution\(", text))

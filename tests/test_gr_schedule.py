@@ -2,7 +2,7 @@
 
 import pytest
 
-from gnp.train.gr_schedule import GRSchedule, constant_probability, hybrid_probability
+from gnp.gr_schedule import GRSchedule, constant_probability, hybrid_probability
 
 
 @pytest.mark.parametrize(
@@ -17,16 +17,24 @@ from gnp.train.gr_schedule import GRSchedule, constant_probability, hybrid_proba
         ("lambda", 0, (0.1, 0.0)),
         ("lambda", 75, (0.1, 0.6)),
         ("lambda", 100, (0.1, 0.8)),
-        ("zero", 99, (0.0, 0.0)),
+        ("zero", 99, None),  # a plain step: it logs r = α = 0
         ("zero", 100, (0.1, 0.8)),
     ],
 )
 def test_r_and_alpha_at_chosen_steps(strategy, step, want):
     gr = GRSchedule(r=0.1, alpha=0.8, strategy=strategy, warmup_steps=100)
-    assert gr.logged_values(step) == pytest.approx(want)
-    if strategy != "zero":
+    assert gr.is_gnp_step(step) == (want is not None)
+    if want is not None:
         r, alpha = gr.values(step)
         assert (float(r), float(alpha)) == pytest.approx(want, rel=1e-6)
+
+
+def test_values_are_concrete_unless_they_warm_up():
+    """A step whose r and α do not move sees numbers (MSAM's one pass needs a concrete α = 1)."""
+    assert GRSchedule(r=0.1, alpha=1.0, strategy="zero", warmup_steps=10).values(50) == (0.1, 1.0)
+    r, alpha = GRSchedule(r=0.1, alpha=1.0, strategy="r", warmup_steps=10).values(5)
+    assert alpha == 1.0 and float(r) == pytest.approx(0.05)
+    assert GRSchedule(r=0.0, alpha=0.8).values(5) == (0.0, 0.0)
 
 
 def test_zero_warmup_uses_plain_steps_during_warmup_only():
@@ -96,12 +104,12 @@ def test_schedule_function_is_stored_by_import_path_and_resumes_with_it():
     # config.json holds the function's import path: its repr would hold a memory address that
     # differs in the resuming process, and every resume would look like a changed config.
     from gnp.configs.default import get_config
-    from gnp.train import run_config
+    from gnp.train import workdir
 
     config = get_config().to_dict()
-    saved = run_config.plain(config)
-    assert saved["schedule_function"] == "gnp.train.gr_schedule.constant_probability"
-    assert run_config.differences(saved, config) == {}
+    saved = workdir.plain(config)
+    assert saved["schedule_function"] == "gnp.gr_schedule.constant_probability"
+    assert workdir.differences(saved, config) == {}
     probability = hybrid_probability(saved["schedule_function"], {"p": 0.3})
     assert probability(0) == probability(7) == 0.3
     with pytest.raises(ValueError, match=r"'gnp\.nowhere\.f' cannot be imported"):

@@ -16,7 +16,7 @@ from test_data_sources import write_cifar, write_imagefolder
 
 from gnp.data import cifar
 from gnp.main import main
-from gnp.train.config_file import load_config_file, normalize_argv
+from gnp.train.config import load_config_file, normalize_argv
 
 ROOT = pathlib.Path(__file__).parents[1]
 CONFIGS = sorted(

@@ -11,25 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from gnp import study, study_report
+from gnp.study import plan
+from gnp.study import report as study_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = json.loads((ROOT / "docs" / "study" / "results.json").read_text())
 DOC = (ROOT / "docs" / "reproduction.md").read_text()
 LABELS = {
-    "icml2022": {v.key: v.label for v in study.ICML2022_VARIANTS},
-    "icml2024": {v.key: v.label for v in study.ICML2024_VARIANTS},
+    "icml2022": {v.key: v.label for v in plan.ICML2022_VARIANTS},
+    "icml2024": {v.key: v.label for v in plan.ICML2024_VARIANTS},
 }
 
 
 def test_the_results_are_the_full_study():
     assert RESULTS["mode"] == "full"
     assert RESULTS["scale"]["seeds_2022"] == list(range(10))
-    for part in study.PARTS:
+    for part in plan.PARTS:
         assert RESULTS[part]["runs"], part
 
 
-@pytest.mark.parametrize("part", study.PARTS)
+@pytest.mark.parametrize("part", plan.PARTS)
 def test_variant_table_is_the_results(part):
     table = study_report.variant_table(RESULTS[part], LABELS[part])
     assert table in DOC, f"docs/reproduction.md's {part} table differs from results.json"
@@ -46,7 +47,7 @@ def test_gradient_norm_table_is_the_results():
 
 
 def test_contrast_table_is_the_results():
-    rows = study_report.contrasts(RESULTS, study.DECLARED, LABELS)
+    rows = study_report.contrasts(RESULTS, plan.DECLARED, LABELS)
     assert len(rows) == 4 * 2 + 2 * 2  # four contrasts × 2 noise levels, two × 2 widths
     assert study_report.contrast_table(rows) in DOC
 
@@ -54,7 +55,7 @@ def test_contrast_table_is_the_results():
 def test_the_stored_report_is_what_the_results_give():
     """results.json's own contrasts (written by the study) equal a recomputation (to the
     committed copy's 6 significant digits)."""
-    rows = study_report.contrasts(RESULTS, study.DECLARED, LABELS)
+    rows = study_report.contrasts(RESULTS, plan.DECLARED, LABELS)
     stored = {(r["part"], r["group"], r["a"], r["b"]): r for r in RESULTS["contrasts"]}
     for row in rows:
         twin = stored[(row["part"], row["group"], row["a"], row["b"])]
@@ -83,7 +84,7 @@ def test_the_follow_up_tables_are_its_results():
     assert FOLLOW_UP["mode"] == "wide_r" and FOLLOW_UP["scale"]["r_grid"] == [0.1, 0.2, 0.3, 0.5]
     table = study_report.variant_table(FOLLOW_UP["icml2022"], LABELS["icml2022"])
     assert table in DOC
-    rows = study_report.contrasts(FOLLOW_UP, study.DECLARED, LABELS)
+    rows = study_report.contrasts(FOLLOW_UP, plan.DECLARED, LABELS)
     assert len(rows) == 4 and {row["group"] for row in rows} == {"noise0.3"}
     assert study_report.contrast_table(rows) in DOC
     assert study_report.tuning_table(FOLLOW_UP["icml2022"], LABELS["icml2022"]) in DOC
@@ -120,7 +121,7 @@ def test_the_later_follow_up_tables_are_their_results(mode):
     results = json.loads((ROOT / "docs" / "study" / f"{mode}_results.json").read_text())
     assert results["mode"] == mode and results["scale"]["r_grid"] == grid
     assert study_report.variant_table(results["icml2022"], LABELS["icml2022"]) in DOC
-    rows = study_report.contrasts(results, study.DECLARED, LABELS)
+    rows = study_report.contrasts(results, plan.DECLARED, LABELS)
     assert len(rows) == 4 and {row["group"] for row in rows} == {group}
     assert study_report.contrast_table(rows) in DOC
     assert study_report.tuning_table(results["icml2022"], LABELS["icml2022"]) in DOC

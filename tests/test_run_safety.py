@@ -22,13 +22,11 @@ from test_train import assert_trees_equal, read_jsonl, tiny_config
 
 from gnp.data import build_input_pipeline
 from gnp.train import build
-from gnp.train.checkpoint import CheckpointError, Checkpoints, PreemptionGuard
+from gnp.train.checkpoint import CheckpointError, Checkpoints
 from gnp.train.config import validate_config
 from gnp.train.loop import train_and_evaluate
-from gnp.train.metrics import read_metrics
-from gnp.train.outputs import NotWritable
-from gnp.train.run_config import ConfigChanged
-from gnp.train.run_lock import RunLock, RunLocked
+from gnp.train.stops import PreemptionGuard
+from gnp.train.workdir import ConfigChanged, NotWritable, RunLock, RunLocked, read_metrics
 
 STEPS_PER_EPOCH = 1437 // 256  # 5
 
@@ -266,7 +264,7 @@ def test_a_bad_metrics_line_before_the_last_is_an_error_naming_the_file(tmp_path
 
 LOCK_HOLDER = """
 import sys
-from gnp.train.run_lock import RunLock
+from gnp.train.workdir import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

@@ -18,8 +18,8 @@ from test_data_sources import write_cifar
 
 from gnp.data import cifar
 from gnp.train.checkpoint import CheckpointError, Checkpoints
-from gnp.train.run_lock import RunLocked
 from gnp.train.stops import Preempted
+from gnp.train.workdir import RunLocked
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "gnp" / "configs" / "default.py")

@@ -20,18 +20,16 @@ from test_train import tiny_config
 
 from gnp import models
 from gnp.data import build_input_pipeline
+from gnp.gr_schedule import GRSchedule
 from gnp.main import main
-from gnp.train import sharding
+from gnp.options import GNPOptions
+from gnp.train import distributed
 from gnp.train.checkpoint import Checkpoints
-from gnp.train.gr_schedule import GRSchedule
+from gnp.train.distributed import shard_batch
 from gnp.train.loop import train_and_evaluate
-from gnp.train.steps import (
-    GNPOptions,
-    LossConfig,
-    create_train_state,
-    make_train_step,
-    shard_batch,
-)
+from gnp.train.objective import LossConfig
+from gnp.train.state import create_train_state
+from gnp.train.steps import make_train_step
 
 
 class WideMLP(nn.Module):
@@ -47,12 +45,12 @@ class WideMLP(nn.Module):
 
 def test_leaf_spec_shards_the_largest_dimension_the_devices_divide():
     P = jax.sharding.PartitionSpec
-    assert sharding.leaf_spec((3, 3, 16, 64), 4) == P(None, None, None, "data")
-    assert sharding.leaf_spec((64, 64), 4) == P("data", None)  # the first of equals
-    assert sharding.leaf_spec((10,), 4) == P()  # 4 does not divide 10
-    assert sharding.leaf_spec((2, 6), 4) == P()
-    assert sharding.leaf_spec((), 4) == P()
-    assert sharding.leaf_spec((64,), 1) == P()
+    assert distributed.leaf_spec((3, 3, 16, 64), 4) == P(None, None, None, "data")
+    assert distributed.leaf_spec((64, 64), 4) == P("data", None)  # the first of equals
+    assert distributed.leaf_spec((10,), 4) == P()  # 4 does not divide 10
+    assert distributed.leaf_spec((2, 6), 4) == P()
+    assert distributed.leaf_spec((), 4) == P()
+    assert distributed.leaf_spec((64,), 1) == P()
 
 
 def build(model, optimizer, mesh, specs, *, options, **step_options):
@@ -64,7 +62,7 @@ def build(model, optimizer, mesh, specs, *, options, **step_options):
         loss_config=LossConfig(l2_regularization=1e-3),
         gr=GRSchedule(r=0.1, alpha=0.8),
         gnp_options=GNPOptions(**options),
-        penalized=True,
+        kind="gnp",
         state_specs=specs,
         **step_options,
     )
@@ -79,8 +77,8 @@ def step_both_ways(model, optimizer, batch, *, options, reuse=False, **step_opti
     mesh = jax.make_mesh((4,), ("data",))
     batch = shard_batch(batch, mesh)
     results = []
-    for specs in (None, sharding.state_specs(state, 4)):
-        placed = sharding.place(state, mesh, specs)
+    for specs in (None, distributed.state_specs(state, 4)):
+        placed = distributed.place(state, mesh, specs)
         step = build(model, optimizer, mesh, specs, options=options, **step_options)
         new_state, metrics = step(placed, batch["image"], batch["label"])
         results.append((jax.device_get(new_state), jax.device_get(metrics)))
@@ -92,25 +90,25 @@ def tiny_batch():
 
 
 CASES = {
-    "per-device perturbations": ({"name": "TinyMLP"}, dict(sync_perturbations=False), {}),
+    "per-device perturbations": ({"name": "TinyMLP"}, dict(axis_name=None), {}),
     "synced, clipped, synchronized BatchNorm": (
         BATCH_NORM_MODEL,
-        dict(sync_perturbations=True),
+        dict(axis_name="data"),
         dict(gradient_clipping=0.1, sync_batch_norm=True),
     ),
     "synced ASAM, released mix, 2 micro-batches": (
         {"name": "TinyMLP"},
-        dict(sync_perturbations=True, perturbation="asam", normalize_reference=True),
+        dict(axis_name="data", perturbation="asam", normalize_reference=True),
         dict(accumulation_steps=2),
     ),
     "synced, exact Hessian-vector product": (
         {"name": "TinyMLP"},
-        dict(sync_perturbations=True, method="exact"),
+        dict(axis_name="data", method="exact"),
         {},
     ),
     "synced, reused perturbed gradient (whole-tree path)": (
         {"name": "TinyMLP"},
-        dict(sync_perturbations=True, reuse_period=2),
+        dict(axis_name="data", reuse_period=2),
         {},
     ),
 }
@@ -159,10 +157,10 @@ def test_state_memory_per_device_falls_with_the_device_count():
     batch_bytes = sum(x.nbytes for x in batch.values())
     for n in (1, 2, 4):
         mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
-        specs = sharding.state_specs(state, n)
-        placed = sharding.place(state, mesh, specs)
+        specs = distributed.state_specs(state, n)
+        placed = distributed.place(state, mesh, specs)
         sharded_batch = shard_batch(batch, mesh)
-        step = build(model, optimizer, mesh, specs, options=dict(sync_perturbations=True))
+        step = build(model, optimizer, mesh, specs, options=dict(axis_name="data"))
         memory = (
             step.lower(placed, sharded_batch["image"], sharded_batch["label"])
             .compile()
@@ -177,7 +175,9 @@ def test_dry_run_states_each_devices_share_of_the_state():
     """``--dry_run``'s line, from shapes only, against the bytes a placed state has on device 0."""
     model, optimizer = WideMLP(num_classes=10), optax.adamw(1e-3)
     state, _ = create_train_state(model, lambda p: optimizer, (8, 8, 1), init_seed=0, seed=0)
-    placed = sharding.place(state, jax.make_mesh((4,), ("data",)), sharding.state_specs(state, 4))
+    placed = distributed.place(
+        state, jax.make_mesh((4,), ("data",)), distributed.state_specs(state, 4)
+    )
     stored = local_bytes((placed.params, placed.opt_state), jax.devices()[0])
     whole = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
     config = tiny_config(shard_params=True)
@@ -209,12 +209,12 @@ def test_no_device_holds_the_averaged_gradient_whole(synced):
     model, optimizer, batch = WideMLP(), optax.sgd(0.1, momentum=0.9), tiny_batch()
     state, _ = create_train_state(model, lambda p: optimizer, (8, 8, 1), init_seed=0, seed=0)
     mesh = jax.make_mesh((4,), ("data",))
-    specs = sharding.state_specs(state, 4)
-    step = build(model, optimizer, mesh, specs, options=dict(sync_perturbations=synced))
+    specs = distributed.state_specs(state, 4)
+    step = build(model, optimizer, mesh, specs, options=dict(axis_name="data" if synced else None))
     sharded_batch = shard_batch(batch, mesh)
     hlo = (
         step.lower(
-            sharding.place(state, mesh, specs), sharded_batch["image"], sharded_batch["label"]
+            distributed.place(state, mesh, specs), sharded_batch["image"], sharded_batch["label"]
         )
         .compile()
         .as_text()

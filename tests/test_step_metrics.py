@@ -17,15 +17,12 @@ import tiny_models  # noqa: F401  (registers TinyMLP)
 
 import gnp
 from gnp import models
-from gnp.train.gr_schedule import GRSchedule
-from gnp.train.sharding import replicate
-from gnp.train.steps import (
-    GNPOptions,
-    LossConfig,
-    create_train_state,
-    make_train_step,
-    shard_batch,
-)
+from gnp.gr_schedule import GRSchedule
+from gnp.options import GNPOptions
+from gnp.train.distributed import replicate, shard_batch
+from gnp.train.objective import LossConfig
+from gnp.train.state import create_train_state
+from gnp.train.steps import make_train_step
 
 LR, R, ALPHA = 0.5, 0.1, 0.8
 SHARDS = 4
@@ -52,8 +49,8 @@ def logged(model, state, batch, *, devices, penalized, synced, clip):
         mesh=mesh,
         loss_config=LossConfig(),
         gr=GRSchedule(r=R, alpha=ALPHA),
-        gnp_options=GNPOptions(sync_perturbations=synced),
-        penalized=penalized,
+        gnp_options=GNPOptions(axis_name="data" if synced else None),
+        kind="gnp" if penalized else "plain",
         gradient_clipping=clip,
     )
     state = state.replace(opt_state=optimizer.init(state.params))

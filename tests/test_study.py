@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from gnp import study, study_report
 from gnp.optim import learning_rate_schedule
+from gnp.study import main as study_main
+from gnp.study import measure, plan
+from gnp.study import report as study_report
+from gnp.study import run as study_run
 from gnp.train.checkpoint import Checkpoints
-from gnp.train.metrics import read_metrics
 from gnp.train.run import load_run
+from gnp.train.workdir import read_metrics
 
 LABELS = {
-    "icml2022": {v.key: v.label for v in study.ICML2022_VARIANTS},
-    "icml2024": {v.key: v.label for v in study.ICML2024_VARIANTS},
+    "icml2022": {v.key: v.label for v in plan.ICML2022_VARIANTS},
+    "icml2024": {v.key: v.label for v in plan.ICML2024_VARIANTS},
 }
 
 
@@ -30,7 +34,7 @@ LABELS = {
 def smoke_2022(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     argv = ["--mode=smoke", "--only=icml2022", "--variants=sgd,sam", f"--out={out}"]
-    return out, study.main(argv)
+    return out, study_main.main(argv)
 
 
 def test_numbers_come_from_the_runs(smoke_2022):
@@ -75,7 +79,7 @@ def test_train_errors_on_flipped_labels_by_hand(smoke_2022):
 def test_shared_trace_probes_pair_the_runs(smoke_2022):
     _, results = smoke_2022
     sgd, sam = results["icml2022"]["runs"]
-    assert len(sgd["trace_samples"]) == study.SCALES["smoke"].trace_probes
+    assert len(sgd["trace_samples"]) == plan.SCALES["smoke"].trace_probes
     assert sgd["trace"] == pytest.approx(np.mean(sgd["trace_samples"]))
     assert sam["trace_samples"] != sgd["trace_samples"]
     assert results["contrasts"] == []  # no declared pair ran (GNP did not): none is made up
@@ -85,7 +89,7 @@ def test_finished_runs_are_skipped_and_the_report_rebuilt(smoke_2022):
     out, results = smoke_2022
     metrics = out / "icml2022" / "final" / "noise0.3" / "sgd" / "r0.05" / "seed0" / "metrics.jsonl"
     written = metrics.stat().st_mtime_ns
-    again = study.main(["--mode=smoke", "--only=icml2022", "--variants=sgd", f"--out={out}"])
+    again = study_main.main(["--mode=smoke", "--only=icml2022", "--variants=sgd", f"--out={out}"])
     assert metrics.stat().st_mtime_ns == written
     assert again["icml2022"]["runs"][0] == results["icml2022"]["runs"][0]
 
@@ -99,14 +103,14 @@ def test_one_seed_tables_show_no_zero_spread(smoke_2022):
 
 def test_help_describes_the_study_not_an_issue(capsys):
     with pytest.raises(SystemExit):
-        study.main(["--help"])
+        study_main.main(["--help"])
     text = capsys.readouterr().out
     assert "issue" not in text.lower() and "MNIST-1D" in text and "--mode" in text
 
 
 def test_unknown_variant_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit):
-        study.main(["--variants=sgd,nope"])
+        study_main.main(["--variants=sgd,nope"])
     assert "unknown --variants nope" in capsys.readouterr().err
 
 
@@ -115,7 +119,7 @@ def test_adam_moments_are_the_optax_state_by_hand(tmp_path):
     """The last recorded step's √ν̂ and lr/(√ν̂+ε) statistics, recomputed in float64 from the
     final checkpoint (the smoke run has fewer than 300 steps, so its last step is recorded)."""
     argv = ["--mode=smoke", "--only=icml2024", "--variants=adam", f"--out={tmp_path}"]
-    (run,) = study.main(argv)["icml2024"]["runs"]
+    (run,) = study_main.main(argv)["icml2024"]["runs"]
     directory = tmp_path / "icml2024" / "final" / "width16" / "adam" / "r0.1" / "seed0"
     rows = read_metrics(str(directory / "metrics.jsonl"))
     assert [entry["step"] for entry in run["adam"]] == list(range(1, rows[-1]["step"] + 1))
@@ -162,7 +166,7 @@ def test_contrasts_pair_by_seed_and_are_holm_corrected():
         "gnp_released": [0.19, 0.20, 0.21, 0.22],
     }
     results = {"icml2022": {"runs": synthetic_runs("icml2022", "noise0", errors)}}
-    rows = study_report.contrasts(results, study.DECLARED, LABELS)
+    rows = study_report.contrasts(results, plan.DECLARED, LABELS)
     assert [(row["a"], row["b"]) for row in rows] == [
         ("gnp_paper", "sam"),
         ("gnp_paper", "sgd"),
@@ -204,20 +208,20 @@ def test_r_is_chosen_by_mean_validation_error_ties_to_the_smaller():
         {"group": "noise0", "variant": "sam", "r": r, "error_rate": e}
         for r, e in ((0.05, 0.20), (0.1, 0.10), (0.05, 0.10), (0.1, 0.20))
     ] + [{"group": "noise0.3", "variant": "sam", "r": r, "error_rate": 0.3} for r in (0.1, 0.05)]
-    assert study.choose_r(tuning) == {("noise0", "sam"): 0.05, ("noise0.3", "sam"): 0.05}
+    assert plan.choose_r(tuning) == {("noise0", "sam"): 0.05, ("noise0.3", "sam"): 0.05}
     tuning[2]["error_rate"] = 0.2
-    assert study.choose_r(tuning)[("noise0", "sam")] == 0.1
+    assert plan.choose_r(tuning)[("noise0", "sam")] == 0.1
 
 
 def test_plan_sizes_and_progress_line(tmp_path):
-    scale = study.SCALES["full"]
-    tuning = study.tuning_runs(scale)
+    scale = plan.SCALES["full"]
+    tuning = plan.tuning_runs(scale)
     assert len(tuning) == 2 * 4 * 4 * 1  # noise levels × tuned variants × r grid × seeds
     assert {spec.config.use_test_set for spec in tuning} == {False}
-    finals = study.final_runs(scale, "icml2022", lambda group, key: 0.1)
+    finals = plan.final_runs(scale, "icml2022", lambda group, key: 0.1)
     assert len(finals) == 2 * 5 * 10 and {s.config.use_test_set for s in finals} == {True}
     assert {s.seed for s in finals[:10]} == {0} and len({s.group for s in finals[:10]}) == 2
-    vits = study.final_runs(scale, "icml2024", lambda group, key: 0.1)
+    vits = plan.final_runs(scale, "icml2024", lambda group, key: 0.1)
     assert len(vits) == 2 * 7 * 3
     assert {s.config.model.model_name for s in vits} == {"ViT1D_32", "ViT1D_64"}
     no_warmup = [s for s in vits if s.variant.key == "gr_no_lr_warmup"]
@@ -229,7 +233,7 @@ def test_plan_sizes_and_progress_line(tmp_path):
         "adam",
         "gr",
     )
-    progress = study.Progress([sgd, sam, adam, gr], tmp_path)
+    progress = study_run.Progress([sgd, sam, adam, gr], tmp_path)
     assert progress.line() == "[0/4 runs done]"
     progress.last -= 600  # SGD "took" 10 min for 60 units: 10 s per unit
     progress.finished(sgd)
@@ -241,23 +245,25 @@ def test_plan_sizes_and_progress_line(tmp_path):
     # SAM planned at a placeholder r whose run another study finished; chosen at another r.
     placeholder = dataclasses.replace(sam, r=0.05)
     at_chosen = dataclasses.replace(sam, r=0.2)
-    (placeholder.directory(tmp_path) / study.RUN_FILE).parent.mkdir(parents=True)
-    (placeholder.directory(tmp_path) / study.RUN_FILE).write_text("{}")
-    replanned = study.Progress([placeholder], tmp_path)
+    (placeholder.directory(tmp_path) / plan.RUN_FILE).parent.mkdir(parents=True)
+    (placeholder.directory(tmp_path) / plan.RUN_FILE).write_text("{}")
+    replanned = study_run.Progress([placeholder], tmp_path)
     assert replanned.line() == "[1/1 runs done]"
     replanned.replan([placeholder], [at_chosen])
     assert (replanned.done, replanned.total, replanned.remaining) == (0, 1, {"icml2022": 120})
-    assert study.format_duration(2.5 * 3600) == "2 h 30 min"
+    assert study_run.format_duration(2.5 * 3600) == "2 h 30 min"
 
 
 def test_shards_split_the_plan_and_variants_filter_it():
-    scale = study.SCALES["full"]
-    plan = study.tuning_runs(scale)
+    scale = plan.SCALES["full"]
+    runs = plan.tuning_runs(scale)
     shards = [
-        study.select(plan, study.parse_args([f"--shard={k}/3", "--variants=sam,gnp_paper"]))
+        study_run.select(
+            runs, study_main.parse_args([f"--shard={k}/3", "--variants=sam,gnp_paper"])
+        )
         for k in range(3)
     ]
-    everything = [spec.directory(study.Path("x")) for shard in shards for spec in shard]
+    everything = [spec.directory(Path("x")) for shard in shards for spec in shard]
     assert len(everything) == len(set(everything)) == 2 * 2 * 4 * 1  # noise · variants · r · seeds
     assert {spec.variant.key for shard in shards for spec in shard} == {"sam", "gnp_paper"}
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
@@ -266,7 +272,7 @@ def test_shards_split_the_plan_and_variants_filter_it():
 @pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
 def test_bad_shard_is_a_one_line_error(capsys, text):
     with pytest.raises(SystemExit):
-        study.parse_args([f"--shard={text}"])
+        study_main.parse_args([f"--shard={text}"])
     assert "--shard takes K/N with 0 <= K < N" in capsys.readouterr().err
 
 
@@ -286,15 +292,15 @@ def test_a_diverged_run_is_finished_with_the_worst_error(tmp_path, monkeypatch):
 
     def blow_up(spec, directory):
         directory.mkdir(parents=True)
-        raise study.NonFiniteError("loss is nan at step 7")
+        raise measure.NonFiniteError("loss is nan at step 7")
 
-    monkeypatch.setattr(study, "train_with_adam_trace", blow_up)
-    scale = study.SCALES["smoke"]
-    spec = study.tuning_runs(dataclasses.replace(scale, r_grid=(0.05, 5.0)))[1]
-    result = study.execute(spec, tmp_path, scale)
+    monkeypatch.setattr(measure, "train_with_adam_trace", blow_up)
+    scale = plan.SCALES["smoke"]
+    spec = plan.tuning_runs(dataclasses.replace(scale, r_grid=(0.05, 5.0)))[1]
+    result = measure.execute(spec, tmp_path, scale)
     assert result["error_rate"] == 1.0 and result["diverged"] == "loss is nan at step 7"
-    assert json.loads((spec.directory(tmp_path) / study.RUN_FILE).read_text()) == result
-    assert study.choose_r([result, {**result, "r": 0.05, "error_rate": 0.9}]) == {
+    assert json.loads((spec.directory(tmp_path) / plan.RUN_FILE).read_text()) == result
+    assert plan.choose_r([result, {**result, "r": 0.05, "error_rate": 0.9}]) == {
         (spec.group, spec.variant.key): 0.05
     }
 
@@ -311,12 +317,12 @@ FOLLOW_UPS = {
 @pytest.mark.parametrize("mode", FOLLOW_UPS)
 def test_each_follow_up_reuses_the_runs_of_the_one_before(mode):
     before, noise, new_r = FOLLOW_UPS[mode]
-    base, scale = study.SCALES[before], study.SCALES[mode]
+    base, scale = plan.SCALES[before], plan.SCALES[mode]
     assert scale.parts == ("icml2022",) and scale.label_noise == (noise,)
     if mode == "widest_r":
         assert scale.r_grid[: len(base.r_grid)] == base.r_grid
-    reused = {s.directory(study.Path("x")) for s in study.tuning_runs(base)}
-    new = [s for s in study.tuning_runs(scale) if s.directory(study.Path("x")) not in reused]
+    reused = {s.directory(Path("x")) for s in plan.tuning_runs(base)}
+    new = [s for s in plan.tuning_runs(scale) if s.directory(Path("x")) not in reused]
     assert sorted({s.r for s in new}) == new_r and len(new) == 4 * len(new_r)
 
 

@@ -245,7 +245,7 @@ def test_eta_uses_the_median_epoch_after_the_compiling_one():
 
 
 def test_curves_title_gives_r_and_alpha_and_the_range_of_a_warmup():
-    from gnp.train.metrics import _coefficients_title
+    from gnp.analysis.curves import _coefficients_title
 
     warmup = [{"r": 0.0, "alpha": 0.8}, {"r": 0.025, "alpha": 0.8}, {"r": 0.05, "alpha": 0.8}]
     assert _coefficients_title(warmup) == "r = 0.05 (from 0), α = 0.8"

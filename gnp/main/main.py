@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gnp.errors import one_line
-from gnp.train.config_file import check_override_keys, normalize_argv
+from gnp.train.config import check_override_keys, normalize_argv
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -111,7 +111,7 @@ def describe_state_memory(config: Any, params: Any, opt_state: Any, devices: int
     import jax
     from jax.sharding import PartitionSpec
 
-    from gnp.train.sharding import leaf_spec
+    from gnp.train.distributed import leaf_spec
 
     leaves = jax.tree.leaves((params, opt_state))
     whole = sum(x.size * x.dtype.itemsize for x in leaves)
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> None:
         raise ValueError("--working_dir=DIR is required: the run's own output directory")
     from gnp.choices import check_choice
     from gnp.train.loop import train_and_evaluate
-    from gnp.train.run_config import EXTENSIBLE
+    from gnp.train.workdir import EXTENSIBLE
 
     for key in _ALLOW_CONFIG_CHANGE.value:
         check_choice(key, sorted(EXTENSIBLE), "--allow_config_change key")
@@ -205,8 +205,8 @@ def _quiet_errors(record: Any) -> bool:
 def describe_failure(error: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that ended a run."""
     from gnp.train.checkpoint import CheckpointError
-    from gnp.train.run_lock import RunLocked
     from gnp.train.stops import NonFiniteError, Preempted
+    from gnp.train.workdir import RunLocked
 
     if isinstance(error, Preempted):
         return error.exit_code, str(error)

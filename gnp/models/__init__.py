@@ -12,9 +12,9 @@ import importlib
 import pkgutil
 
 from gnp.models.layers import synchronized_batch_norm
-from gnp.models.registry import get_model, names, register
+from gnp.models.registry import DTYPES, get_model, names, register
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["get_model", "names", "register", "synchronized_batch_norm"]
+__all__ = ["DTYPES", "get_model", "names", "register", "synchronized_batch_norm"]

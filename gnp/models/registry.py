@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from gnp.registry import Registry
 
@@ -15,6 +16,9 @@ _MODELS: Registry[ModelFactory] = Registry("model")
 
 register = _MODELS.register  # ``@register("WideResNet_28_10")`` on a module class or a factory
 names = _MODELS.names
+# The compute dtypes a model takes, by the name a config gives (``model.dtype``); parameters
+# stay float32 whatever the compute dtype.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:

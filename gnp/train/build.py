@@ -12,42 +12,49 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
 from gnp import models
+from gnp.gr_schedule import GRSchedule, hybrid_probability
 from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import build_optimizer, learning_rate_schedule
-from gnp.train import sharding
-from gnp.train.gr_schedule import GRSchedule, hybrid_probability
-from gnp.train.steps import (
-    GNPOptions,
-    LossConfig,
-    TrainState,
-    create_train_state,
-    make_train_step,
-)
+from gnp.options import GNPOptions, OptionError
+from gnp.train import distributed
+from gnp.train.distributed import AXIS
+from gnp.train.objective import LossConfig
+from gnp.train.state import TrainState, create_train_state
+from gnp.train.steps import STEP_KINDS, make_train_step
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# The train steps a run compiles, keyed by (GNP step?, full step?): with gnp.reuse_period > 1
-# a GNP step is either a full one (every reuse_period-th) or a reuse one.
-STEP_KINDS = ((False, True), (True, True), (True, False))
+# The config key of each GNPOptions field whose name differs (the released names); every other
+# field is read from the key gnp.<field>. axis_name is set from gnp.sync_perturbations.
+GNP_KEYS = {
+    "normalize_reference": "norm_perturbations",
+    "direction": "perturbation_direction",
+    "axis_name": "sync_perturbations",
+}
+WRN_SKIP_KEY = "use_additional_skip_connections_in_wrn"  # released top-level WideResNet option
+WRN_SKIP_FIELD = "use_additional_skip_connections"
 
 
 def build_model(config: Any, num_classes: int) -> nn.Module:
     """The configured model; ``model.model_params`` override its fields (e.g. a smaller ViT),
     and the released top-level ``use_additional_skip_connections_in_wrn`` sets the WideResNet
     field of that name."""
-    fields = dict(config.model.get("model_params", {}))
-    if config.get("use_additional_skip_connections_in_wrn", False):
-        fields["use_additional_skip_connections"] = True
-    return models.get_model(
+    model = models.get_model(
         config.model.model_name,
         num_classes=num_classes,
-        dtype=DTYPES[config.model.dtype],
-        **fields,
+        dtype=models.DTYPES[config.model.dtype],
+        **config.model.get("model_params", {}),
     )
+    if not config.get(WRN_SKIP_KEY, False):
+        return model
+    if not hasattr(model, WRN_SKIP_FIELD):
+        raise ValueError(
+            f"{WRN_SKIP_KEY} applies to WideResNet models only (the released option), not "
+            f"{config.model.model_name}; set it to False"
+        )
+    return model.clone(**{WRN_SKIP_FIELD: True})
 
 
 def loss_config(config: Any) -> LossConfig:
@@ -60,18 +67,21 @@ def loss_config(config: Any) -> LossConfig:
 
 
 def gnp_options(config: Any) -> GNPOptions:
-    """How a GNP step computes its gradient, from the ``gnp`` block."""
-    return GNPOptions(
-        method=config.gnp.method,
-        perturbation=config.gnp.perturbation,
-        eta=config.gnp.eta,
-        asam_leaves=config.gnp.asam_leaves,
-        normalize_reference=config.gnp.norm_perturbations,
-        sync_perturbations=config.gnp.sync_perturbations,
-        reuse_period=config.gnp.reuse_period,
-        orthogonal_scale=config.gnp.orthogonal_scale,
-        direction=config.gnp.perturbation_direction,
-    )
+    """How a GNP step computes its gradient, from the ``gnp`` block; an option out of range is
+    a ValueError naming its config key."""
+    block = config.gnp
+    values = {
+        field: block[GNP_KEYS.get(field, field)]
+        for field in GNPOptions.__dataclass_fields__
+        if field != "axis_name"
+    }
+    try:
+        return GNPOptions(**values, axis_name=AXIS if block.sync_perturbations else None)
+    except OptionError as error:
+        keys = {
+            field: f"gnp.{GNP_KEYS.get(field, field)}" for field in GNPOptions.__dataclass_fields__
+        }
+        raise ValueError(error.named(keys)) from None
 
 
 def gr_schedule(config: Any, steps_per_epoch: int) -> GRSchedule:
@@ -119,7 +129,7 @@ def train_state(
 def state_specs(config: Any, state: TrainState) -> TrainState | None:
     """The state's layout on the mesh: parameters and optimizer state sharded over every device
     (``shard_params``), or None: replicated."""
-    return sharding.state_specs(state, jax.device_count()) if config.shard_params else None
+    return distributed.state_specs(state, jax.device_count()) if config.shard_params else None
 
 
 def train_steps(
@@ -131,24 +141,24 @@ def train_steps(
     mesh: Mesh,
     gr: GRSchedule,
     state_specs: TrainState | None = None,
-) -> dict[tuple[bool, bool], Any]:
-    """The run's train steps keyed by (GNP step?, full step?) (``STEP_KINDS``); each compiles
-    once, on first use. ``state_specs``: the sharded state's layout (``shard_params``)."""
+) -> dict[str, Any]:
+    """The run's train steps by kind (``steps.STEP_KINDS``: ``plain``, ``gnp``, ``gnp_reuse``);
+    each compiles once, on first use. ``state_specs``: the sharded state's layout."""
+    options = gnp_options(config)
     return {
-        (penalized, full): make_train_step(
+        kind: make_train_step(
             model=model,
             optimizer=optimizer,
             schedule=schedule,
             mesh=mesh,
             loss_config=loss_config(config),
             gr=gr,
+            gnp_options=options,
+            kind=kind,
             accumulation_steps=config.grad_accum_steps,
             gradient_clipping=config.gradient_clipping,
-            gnp_options=gnp_options(config),
-            penalized=penalized,
-            full=full,
             sync_batch_norm=config.model.sync_batch_norm,
             state_specs=state_specs,
         )
-        for penalized, full in STEP_KINDS
+        for kind in STEP_KINDS
     }

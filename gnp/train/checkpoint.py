@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
-import sys
-import threading
 from typing import Any
 
 import grain
@@ -27,7 +24,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from gnp.errors import one_line
-from gnp.train.steps import TrainState
+from gnp.train.state import TrainState
 from gnp.train.stops import NonFiniteError
 
 
@@ -60,53 +57,6 @@ def all_finite(tree: Any) -> bool:
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or none could be read back; the message says which."""
-
-
-class PreemptionGuard:
-    """Turns SIGTERM (a cluster's preemption notice) and a first Ctrl-C into "save at the
-    next step and stop"; a second Ctrl-C aborts at once, keeping the last checkpoint.
-
-    One process: a signal handler sets a flag. Several: JAX's preemption sync point
-    (through orbax), so that every host saves at the same step.
-    """
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-        if signum == signal.SIGINT:
-            print(
-                "\nCtrl-C: saving a checkpoint at the next step, then stopping "
-                "(press Ctrl-C again to stop at once without saving)",
-                file=sys.stderr,
-                flush=True,
-            )
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signal or signal.SIGTERM)
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():  # signals go to it only
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def reached(self, step: int, checkpoints: Checkpoints) -> bool:
-        if jax.process_count() > 1:  # every host must stop at the same step: JAX syncs them
-            return checkpoints.reached_preemption(step)
-        return self.requested
 
 
 def _not_read_only_notice(record: logging.LogRecord) -> bool:

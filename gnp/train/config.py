@@ -1,30 +1,159 @@
-"""Checks a resolved config before anything is built: every error names the fix."""
+"""A config from its file and ``--config.KEY`` overrides, checked before anything is built.
+
+Reading: a config file is plain Python whose ``get_config()`` returns an
+``ml_collections.ConfigDict`` (as in the released code and big_vision). Loading it here, once,
+before absl parses the flags turns each way a file can be broken, and each unknown override
+key, into one ValueError naming the file or key and the fix; absl alone would print a
+traceback or silently ignore some of them.
+
+Checking: ``validate_config`` checks names and ranges and fills derived defaults; every error
+names the key and the fix.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
+import importlib.util
 import logging
 import math
+import os
 from typing import Any
 
 import jax
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from gnp import models
 from gnp.choices import check_choice
-from gnp.configs.base import ignored_key_notices
 from gnp.data import dataset_names
-from gnp.gradient import ASAM_LEAVES, METHODS, PERTURBATIONS, check_coefficients
+from gnp.errors import one_line
+from gnp.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
 from gnp.models.layers import BATCH_NORM_AXIS_FIELD
-from gnp.optim import learning_rate_schedule, optimizer_kwargs
-from gnp.train.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
-from gnp.train.run_config import flatten
-from gnp.train.steps import DIRECTIONS
+from gnp.optim import has_momentum, learning_rate_schedule, optimizer_kwargs
+from gnp.released_keys import ignored_key_notices
+from gnp.train import build
+from gnp.train.workdir import flatten
 
-DTYPE_NAMES = ("float32", "bfloat16")
+# Reading a config file.
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Runs the config file's ``get_config()``; whatever goes wrong is a ValueError naming the
+    file (absl would show a traceback, or ignore a ``get_config`` that returns a dict)."""
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"config file {path!r} does not exist (a path with a space must be quoted)"
+        )
+    spec = importlib.util.spec_from_file_location("gnp_user_config", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"config file {path!r} is not a Python file; give a .py file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ValueError(
+            f"config file {path!r} has a syntax error at line {error.lineno}: {error.msg}"
+        ) from error
+    except ImportError as error:
+        raise ValueError(
+            f"config file {path!r} imports {error.name!r}, which cannot be imported ({error})"
+        ) from error
+    except Exception as error:
+        raise ValueError(f"config file {path!r} fails when run: {one_line(error)}") from error
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ValueError(
+            f"config file {path!r} has no get_config() function; define one that returns an "
+            "ml_collections.ConfigDict (see gnp/configs/default.py)"
+        )
+    try:
+        config = get_config()
+    except Exception as error:
+        raise ValueError(f"get_config() in {path!r} fails: {one_line(error)}") from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(
+            f"get_config() in {path!r} returned {type(config).__name__}, not an "
+            "ml_collections.ConfigDict; return one (e.g. start from "
+            "gnp.configs.base.get_base_config())"
+        )
+    return config
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The ``--config`` path, given as ``--config=PATH`` or ``--config PATH``."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def check_override_keys(argv: list[str]) -> None:
+    """Loads the config file once up front, so that a broken file or an unknown
+    ``--config.KEY`` is a clear error (the latter listing the valid keys at that level)."""
+    path = config_path(argv)
+    if path is None:
+        return
+    config = load_config_file(path)
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        keys = arg[len("--config.") :].split("=", 1)[0].split(".")
+        node = config
+        for depth, key in enumerate(keys):
+            if not hasattr(node, "keys") or key not in node:
+                valid = sorted(node.keys()) if hasattr(node, "keys") else []
+                where = ".".join(keys[:depth]) or "the config"
+                hint = difflib.get_close_matches(key, valid, n=1)
+                raise ValueError(
+                    f"unknown config key {'.'.join(keys)!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; valid keys of {where}: {', '.join(valid)}"
+                )
+            node = node[key]
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Joins ``--config.a.b = 0.3`` (the released scripts' spaced form) into ``--config.a.b=0.3``.
+
+    The shell splits the spaced form into three words that absl cannot parse.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "=" not in arg and i + 2 < len(argv) and argv[i + 1] == "=":
+            out.append(f"{arg}={argv[i + 2]}")
+            i += 3
+        elif arg.startswith("--") and arg.endswith("=") and i + 1 < len(argv):
+            out.append(arg + argv[i + 1])
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
+def read_config(argv: list[str]) -> ml_collections.ConfigDict:
+    """The config file of ``argv`` with its ``--config.KEY=VALUE`` overrides, as ``gnp-train``
+    reads it, for a command line that trains without owning absl's global flags."""
+    check_override_keys(argv)
+    flag_values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "config file", flag_values=flag_values, sys_argv=argv
+    )
+    flag_values(argv)
+    return holder.value
+
+
+# Checking a config.
+
 INF = math.inf
 
 # key: (low, high, high included); the values a key can mean something with. (gnp.r, gnp.alpha
-# and gnp.eta are checked by gnp.gradient.check_coefficients, the library's own check.)
+# and gnp.eta are checked with every other GNP option, by gnp.GNPOptions.)
 RANGES: dict[str, tuple[float, float, bool]] = {
     "batch_size": (1, INF, True),
     "eval_batch_size": (0, INF, True),  # 0: same as batch_size
@@ -61,33 +190,17 @@ def check_ranges(config: Any) -> None:
             raise ValueError(f"{key} must be {'in ' if upper else ''}{where}, got {value}")
 
 
-def _check_efficient(config: Any) -> None:
-    """The cheaper GNP options (gnp.efficient) and what they combine with."""
-    gnp_config = config.gnp
-    check_choice(gnp_config.perturbation_direction, DIRECTIONS, "gnp.perturbation_direction")
-    period = gnp_config.reuse_period
-    if not isinstance(period, int) or period < 1:
-        raise ValueError(f"gnp.reuse_period must be an integer ≥ 1 (1: plain GNP), got {period}")
-    scale = gnp_config.orthogonal_scale
-    if scale is not None and not scale >= 0:
-        raise ValueError(f"gnp.orthogonal_scale must be ≥ 0 (LookSAM's α, e.g. 0.7), got {scale}")
-    cheaper = period > 1 or gnp_config.perturbation_direction != "gradient"
-    if cheaper and gnp_config.method != "finite_difference":
+def _check_gnp(config: Any) -> None:
+    """The ``gnp`` block, every option checked once where it is defined (``gnp.GNPOptions``),
+    and what it needs of the optimizer."""
+    options = build.gnp_options(config)
+    if options.direction == "momentum" and not has_momentum(
+        config.opt.opt_type, config.opt.opt_params
+    ):
         raise ValueError(
-            "gnp.reuse_period > 1 and gnp.perturbation_direction take "
-            "gnp.method='finite_difference'"
+            "gnp.perturbation_direction='momentum' needs an optimizer with momentum: "
+            "opt.opt_type Momentum or Adam, or SGD with opt.opt_params.momentum"
         )
-    if period > 1 and gnp_config.perturbation_direction != "gradient":
-        raise ValueError("choose one of gnp.reuse_period > 1 and gnp.perturbation_direction")
-    if gnp_config.perturbation_direction == "momentum":
-        has_momentum = config.opt.opt_type in ("Momentum", "Adam") or (
-            config.opt.opt_type == "SGD" and config.opt.opt_params.get("momentum")
-        )
-        if not has_momentum:
-            raise ValueError(
-                "gnp.perturbation_direction='momentum' needs an optimizer with momentum: "
-                "opt.opt_type Momentum or Adam, or SGD with opt.opt_params.momentum"
-            )
 
 
 def _check_switch(section: Any, key: str, name: str) -> None:
@@ -118,25 +231,15 @@ def validate_config(config: Any) -> Any:
     optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)
     learning_rate_schedule(config, steps_per_epoch=1)  # lr_schedule_type: checked where it is used
     check_choice(config.gr_warmup_strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
-    check_choice(config.gnp.method, METHODS, "gnp.method")
-    check_choice(config.gnp.perturbation, PERTURBATIONS, "gnp.perturbation")
-    check_choice(config.gnp.asam_leaves, ASAM_LEAVES, "gnp.asam_leaves")
-    check_coefficients(config.gnp.r, config.gnp.alpha, config.gnp.eta, prefix="gnp.")
+    _check_gnp(config)
     if config.use_hybrid_training:
         hybrid_probability(config.schedule_function, config.hybrid_config)
-    _check_efficient(config)
-    check_choice(config.model.dtype, DTYPE_NAMES, "model.dtype")
+    check_choice(config.model.dtype, models.DTYPES, "model.dtype")
     _check_sync_batch_norm(config.model)
     _check_switch(config, "shard_params", "shard_params")
     for notice in ignored_key_notices(config):
         logging.getLogger("gnp").warning(notice)
-    if config.get("use_additional_skip_connections_in_wrn", False):
-        module = models.get_model(config.model.model_name, num_classes=2)
-        if "use_additional_skip_connections" not in {f.name for f in dataclasses.fields(module)}:
-            raise ValueError(
-                "use_additional_skip_connections_in_wrn applies to WideResNet models only (the "
-                f"released option), not {config.model.model_name}; set it to False"
-            )
+    build.build_model(config, num_classes=2)  # its fields (the released WideResNet option)
     if config.total_epochs < 1:
         raise ValueError(f"total_epochs must be at least 1, got {config.total_epochs}")
     if not 0 <= config.warmup_epochs <= config.total_epochs:

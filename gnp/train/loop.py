@@ -9,7 +9,7 @@ the chief process's console; it has no logger of its own.
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import os
 import signal
 import sys
@@ -21,23 +21,19 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from gnp import efficient
+from gnp.analysis.curves import plot_training_curves
 from gnp.data import InputPipeline, build_input_pipeline
+from gnp.gr_schedule import GRSchedule
 from gnp.optim import learning_rate_schedule
-from gnp.train import build, run_config
-from gnp.train.checkpoint import Checkpoints, PreemptionGuard
+from gnp.train import build, workdir
+from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
-from gnp.train.gr_schedule import GRSchedule
-from gnp.train.metrics import MetricWriter, plot_curves
-from gnp.train.outputs import check_working_dir, prepare_outputs
-from gnp.train.run_lock import RunLock
-from gnp.train.sharding import place
-from gnp.train.steps import (
-    AXIS,
-    TrainState,
-    make_eval_step,
-    shard_batch,
-)
-from gnp.train.stops import NonFiniteError, Preempted
+from gnp.train.distributed import data_mesh, place, shard_batch
+from gnp.train.state import TrainState
+from gnp.train.steps import make_eval_step, step_kind
+from gnp.train.stops import NonFiniteError, Preempted, PreemptionGuard, first_non_finite
+from gnp.train.workdir import MetricWriter, RunLock, check_working_dir, prepare_outputs
 
 
 def evaluate(eval_step: Any, state: TrainState, pipeline: InputPipeline, mesh: Any, top5: bool):
@@ -59,8 +55,6 @@ def evaluate(eval_step: Any, state: TrainState, pipeline: InputPipeline, mesh: A
     return result
 
 
-# A NaN input can leave the loss finite (ReLU maps NaN to 0) while the gradient is not.
-GUARDED = ("train_loss", "gradient_norm", "clean_gradient_norm", "update_norm")
 # Per-step metrics averaged over the epoch (each has one meaning on every kind of step).
 AVERAGED = (
     "train_loss",
@@ -70,15 +64,6 @@ AVERAGED = (
     "update_norm",
     "param_norm",
 )
-
-
-def _first_non_finite(step_metrics: list[dict[str, Any]]) -> tuple[int, str, float] | None:
-    """(index, metric, value) of the first step whose loss, gradient or update is not finite."""
-    for index, metrics in enumerate(step_metrics):
-        for key in GUARDED:
-            if not math.isfinite(float(metrics.get(key, 0.0))):
-                return index, key, float(metrics[key])
-    return None
 
 
 def train_and_evaluate(
@@ -91,7 +76,7 @@ def train_and_evaluate(
     """Train (or resume) the run in ``working_dir``; returns the last epoch's metrics.
 
     ``allow_config_change`` names the changed keys a resume may accept (see
-    ``run_config.EXTENSIBLE``); any other change to the run's config is refused.
+    ``workdir.EXTENSIBLE``); any other change to the run's config is refused.
     ``on_step(step, state)`` is called after each optimizer step with the new state, to
     observe what the metrics do not hold (the study reads Adam's second moment from it).
     """
@@ -99,7 +84,7 @@ def train_and_evaluate(
     check_working_dir(working_dir)
 
     # Mesh and data: read before any output exists, so that a data error leaves nothing behind.
-    mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
+    mesh = data_mesh()
     pipeline = build_input_pipeline(
         config, process_index=jax.process_index(), process_count=jax.process_count()
     )
@@ -126,13 +111,13 @@ def _train(
     changes: dict[str, tuple[Any, Any]] = {}
     if steps := checkpoints.all_steps():
         try:
-            changes = run_config.check_resume(
+            changes = workdir.check_resume(
                 working_dir,
                 config.to_dict(),
                 epochs_done=steps[-1] // steps_per_epoch,
                 allowed=allow_config_change,
             )
-        except run_config.ConfigChanged:
+        except workdir.ConfigChanged:
             checkpoints.close()
             raise
 
@@ -160,11 +145,10 @@ def _train(
         print(f"resuming from epoch {progress['epoch']} (step {int(state.step)})")
         _report_changes(changes, config, steps_per_epoch, int(state.step))
     if is_chief:
-        run_config.record(working_dir, config.to_dict(), step=int(state.step), changes=changes)
+        workdir.record(working_dir, config.to_dict(), step=int(state.step), changes=changes)
 
     # Steps: a plain step and a GNP step (full or reuse), each compiled once on first use.
     gr = build.gr_schedule(config, steps_per_epoch)
-    period = config.gnp.reuse_period
     train_steps = build.train_steps(
         config,
         model=model,
@@ -174,8 +158,18 @@ def _train(
         gr=gr,
         state_specs=specs,
     )
-    gnp_taken = int(jax.device_get(state.reuse["count"])) if period > 1 else 0
-    eval_step = make_eval_step(model, mesh, specs)
+    epochs = _Epochs(
+        config=config,
+        mesh=mesh,
+        pipeline=pipeline,
+        checkpoints=checkpoints,
+        train_iterator=train_iterator,
+        train_steps=train_steps,
+        gr=gr,
+        eval_step=make_eval_step(model, mesh, specs),
+        on_step=on_step,
+        gnp_taken=int(jax.device_get(state.reuse["count"])) if state.reuse else 0,
+    )
     writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
 
     record: dict[str, Any] = {}
@@ -188,59 +182,11 @@ def _train(
     preemption.install()
     try:
         for epoch in range(progress["epoch"] + 1, config.total_epochs + 1):
-            first_step = (epoch - 1) * steps_per_epoch
-            step_metrics, gnp_steps = [], 0
             started = time.perf_counter()
-            bar = tqdm(
-                range(max(resume_step - first_step, 0), steps_per_epoch),
-                desc=f"epoch {epoch}/{config.total_epochs}",
-                # Off a terminal (a log file, a batch job) a bar is a stream of \r fragments:
-                # the per-epoch lines below are the progress there.
-                disable=not is_chief or not sys.stderr.isatty(),
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for i in bar:
-                step = first_step + i
-                if preemption.reached(step, checkpoints):
-                    checkpoints.save(state, train_iterator, {"epoch": epoch - 1, "finished": False})
-                    cause = signal.Signals(preemption.signal or signal.SIGTERM).name
-                    raise Preempted(
-                        f"stopped at step {step} (epoch {epoch}) on request ({cause}) and saved "
-                        f"{checkpoints.describe_latest()}; run the same command to resume",
-                        preemption.exit_code,
-                    )
-                penalized = gr.is_gnp_step(step)
-                gnp_steps += penalized
-                full = not penalized or gnp_taken % period == 0
-                gnp_taken += penalized
-                batch = shard_batch(next(train_iterator), mesh)
-                train_step = train_steps[penalized, full]
-                state, metrics = train_step(state, batch["image"], batch["label"])
-                if on_step is not None:
-                    on_step(step, state)
-                step_metrics.append(metrics)
-                if (i + 1) % config.log_every_n_steps == 0:
-                    latest = jax.device_get(metrics)
-                    if _first_non_finite([latest]) is not None:
-                        break
-                    images_per_second = (
-                        (i + 1) * config.batch_size / (time.perf_counter() - started)
-                    )
-                    bar.set_postfix(
-                        loss=f"{latest['train_loss']:.4f}",
-                        err=f"{latest['train_error_rate']:.3f}",
-                        img_s=f"{images_per_second:.0f}",
-                    )
-            bar.close()
-            fetched = jax.device_get(step_metrics)
-            seconds = time.perf_counter() - started
-            _raise_if_non_finite(fetched, first_step, epoch, checkpoints)
-            end_step = first_step + steps_per_epoch
-            record = _epoch_record(config, gr, epoch, end_step, fetched, gnp_steps, seconds)
+            state, record = epochs.train(state, epoch, resume_step, preemption)
             if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:
                 record |= evaluate(
-                    eval_step, state, pipeline, mesh, config.compute_top_5_error_rate
+                    epochs.eval_step, state, pipeline, mesh, config.compute_top_5_error_rate
                 )
             writer.write(record)
             epoch_seconds.append(time.perf_counter() - started)
@@ -259,15 +205,92 @@ def _train(
         checkpoints.close()
 
     if is_chief:
-        plot_curves(writer.path, os.path.join(working_dir, "curves.png"))
+        curves = workdir.read_metrics(writer.path)
+        plot_training_curves(curves, os.path.join(working_dir, "curves.png"))
     return record
+
+
+@dataclasses.dataclass
+class _Epochs:
+    """What an epoch of training needs beside the state, built once per run."""
+
+    config: Any
+    mesh: Any
+    pipeline: InputPipeline
+    checkpoints: Checkpoints
+    train_iterator: Any
+    train_steps: dict[str, Any]
+    gr: GRSchedule
+    eval_step: Any
+    on_step: Callable[[int, TrainState], None] | None
+    gnp_taken: int  # GNP steps so far: every reuse_period-th is a full one
+
+    def train(
+        self, state: TrainState, epoch: int, resume_step: int, preemption: PreemptionGuard
+    ) -> tuple[TrainState, dict[str, Any]]:
+        """The epoch's train steps from ``resume_step`` (a preempted run restarts mid-epoch);
+        returns the state and the epoch's record before evaluation."""
+        config, steps_per_epoch = self.config, self.pipeline.steps_per_epoch
+        first_step = (epoch - 1) * steps_per_epoch
+        step_metrics, kinds = [], []
+        started = time.perf_counter()
+        bar = tqdm(
+            range(max(resume_step - first_step, 0), steps_per_epoch),
+            desc=f"epoch {epoch}/{config.total_epochs}",
+            # Off a terminal (a log file, a batch job) a bar is a stream of \r fragments:
+            # the per-epoch lines are the progress there.
+            disable=jax.process_index() != 0 or not sys.stderr.isatty(),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for i in bar:
+            step = first_step + i
+            if preemption.reached(step, self.checkpoints):
+                self._stop(state, step, epoch, preemption)
+            kind = step_kind(
+                self.gr.is_gnp_step(step),
+                efficient.is_full_step(self.gnp_taken, config.gnp.reuse_period),
+            )
+            self.gnp_taken += kind != "plain"
+            batch = shard_batch(next(self.train_iterator), self.mesh)
+            state, metrics = self.train_steps[kind](state, batch["image"], batch["label"])
+            if self.on_step is not None:
+                self.on_step(step, state)
+            step_metrics.append(metrics)
+            kinds.append(kind)
+            if (i + 1) % config.log_every_n_steps == 0:
+                latest = jax.device_get(metrics)
+                if first_non_finite([latest]) is not None:
+                    break
+                images_per_second = (i + 1) * config.batch_size / (time.perf_counter() - started)
+                bar.set_postfix(
+                    loss=f"{latest['train_loss']:.4f}",
+                    err=f"{latest['train_error_rate']:.3f}",
+                    img_s=f"{images_per_second:.0f}",
+                )
+        bar.close()
+        fetched = jax.device_get(step_metrics)
+        seconds = time.perf_counter() - started
+        _raise_if_non_finite(fetched, first_step, epoch, self.checkpoints)
+        end_step = first_step + steps_per_epoch
+        return state, _epoch_record(config, self.gr, epoch, end_step, fetched, kinds, seconds)
+
+    def _stop(self, state: TrainState, step: int, epoch: int, preemption: PreemptionGuard) -> None:
+        """Saves the state before ``step`` and ends the run as asked (SIGTERM, Ctrl-C)."""
+        self.checkpoints.save(state, self.train_iterator, {"epoch": epoch - 1, "finished": False})
+        cause = signal.Signals(preemption.signal or signal.SIGTERM).name
+        raise Preempted(
+            f"stopped at step {step} (epoch {epoch}) on request ({cause}) and saved "
+            f"{self.checkpoints.describe_latest()}; run the same command to resume",
+            preemption.exit_code,
+        )
 
 
 def _raise_if_non_finite(
     fetched: list[dict[str, Any]], first_step: int, epoch: int, checkpoints: Checkpoints
 ) -> None:
     """Ends the run at an epoch's end if any of its steps went NaN or Inf (nothing saved)."""
-    bad = _first_non_finite(fetched)
+    bad = first_non_finite(fetched)
     if bad is not None:
         index, key, value = bad
         raise NonFiniteError(
@@ -278,19 +301,28 @@ def _raise_if_non_finite(
         )
 
 
+def as_float32(value: Any) -> float:
+    """A float32 the step used, as the shortest decimal that is that float32 (0.05, not
+    0.05000000074505806)."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="0"))
+
+
 def _epoch_record(
     config: Any,
     gr: GRSchedule,
     epoch: int,
     end_step: int,
     fetched: list[dict[str, Any]],
-    gnp_steps: int,
+    kinds: list[str],
     seconds: float,
 ) -> dict[str, Any]:
-    """One epoch's line of ``metrics.jsonl`` (before evaluation), from its steps' metrics;
-    ``end_step`` is the step count at the epoch's end."""
-    last_step = end_step - 1
-    r_used, alpha_used = gr.logged_values(last_step)
+    """One epoch's line of ``metrics.jsonl`` (before evaluation), from its steps' metrics and
+    kinds; ``end_step`` is the step count at the epoch's end."""
+    gnp_steps = [m for m, kind in zip(fetched, kinds, strict=True) if kind != "plain"]
+    # The r and α of the epoch's last GNP step, as that step used them (0, 0: none in it).
+    coefficients = {
+        key: as_float32(gnp_steps[-1][key]) if gnp_steps else 0.0 for key in ("r", "alpha")
+    }
     return {
         "epoch": epoch,
         "step": int(end_step),
@@ -301,12 +333,11 @@ def _epoch_record(
             if any(k in m for m in fetched)
         },
         "learning_rate": float(fetched[-1]["learning_rate"]),
-        "r": r_used,
-        "alpha": alpha_used,
+        **coefficients,
         # Over this process's steps of the epoch: all of them unless it resumed mid-epoch.
-        "gnp_step_fraction": gnp_steps / len(fetched),
-        # As r and α: the value in force at the epoch's last step (the released log).
-        **({"probability": gr.probability(last_step)} if config.use_hybrid_training else {}),
+        "gnp_step_fraction": len(gnp_steps) / len(fetched),
+        # The value in force at the epoch's last step (the released log).
+        **({"probability": gr.probability(end_step - 1)} if config.use_hybrid_training else {}),
         "images_per_second": len(fetched) * config.batch_size / seconds,
     }
 

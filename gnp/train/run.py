@@ -30,7 +30,7 @@ from gnp.data import InputPipeline, build_input_pipeline
 from gnp.train.build import build_model, loss_config
 from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
-from gnp.train.steps import RNG_STREAMS, model_variables, objective
+from gnp.train.objective import model_variables, objective, rng_streams
 
 PyTree = Any
 Batch = dict[str, Any]  # "image", "label", "mask" (an eval batch), on the host or a device
@@ -170,8 +170,7 @@ def params_loss(run: Run) -> LossFn:
 
 def batch_stats_update(run: Run, seed: int) -> BatchStatsUpdate:
     """A train-mode pass as the trainer makes it (fixed draws for dropout and the like)."""
-    key = jax.random.key(seed)
-    rngs = {name: jax.random.fold_in(key, i) for i, name in enumerate(RNG_STREAMS)}
+    rngs = rng_streams(jax.random.key(seed))
 
     def update(variables: dict[str, PyTree], batch: Batch) -> PyTree:
         _, updates = run.model.apply(

@@ -7,225 +7,73 @@ GNP perturbation is per device (m-sharpness, the released default) unless
 metrics are then averaged over devices, and every device applies the same update.
 BatchNorm normalizes by each device's own batch statistics (as the released code did) unless
 ``sync_batch_norm`` takes them over the whole global batch (``models.synchronized_batch_norm``).
+
+A run compiles one step per kind (``STEP_KINDS``), each on first use: ``plain`` (one pass),
+``gnp`` (the configured GNP variant; with reuse, its full step) and ``gnp_reuse`` (a reuse
+step: the clean pass only, ``gnp.reuse_period`` > 1).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 import gnp
 from gnp import efficient, models
-from gnp.optim import l2_penalty
-from gnp.train.gr_schedule import GRSchedule
-from gnp.train.sharding import AXIS, ParamLayout
+from gnp.choices import check_choice
+from gnp.gr_schedule import GRSchedule
+from gnp.optim import momentum_of
+from gnp.train.distributed import AXIS, ParamLayout
+from gnp.train.objective import (
+    LossConfig,
+    gradient_passes,
+    make_loss_fn,
+    model_variables,
+    supports_true_gradient,
+)
+from gnp.train.state import TrainState
 
 PyTree = Any
-RNG_STREAMS = ("dropout", "drop_path", "shake")
+STEP_KINDS = ("plain", "gnp", "gnp_reuse")
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: PyTree
-    batch_stats: PyTree
-    opt_state: PyTree
-    rng: jax.Array  # raw uint32 key; each step folds in its step number
-    # gnp.efficient's reuse state as a dict (checkpointed with the rest); {} when unused.
-    reuse: PyTree = flax.struct.field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def step_kind(gnp_step: bool, reuse_full: bool) -> str:
+    """The compiled step a step takes: plain, or GNP (its full step, or a reuse step)."""
+    if not gnp_step:
+        return "plain"
+    return "gnp" if reuse_full else "gnp_reuse"
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    label_smoothing: float = 0.0
-    l2_regularization: float = 0.0
-    no_weight_decay_on_bn: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class GNPOptions:
-    """How a GNP step computes its gradient (see ``gnp.value_and_grad``)."""
-
-    method: str = "finite_difference"
-    perturbation: str = "sam"
-    eta: float = 0.01
-    asam_leaves: str = "weights"
-    normalize_reference: bool = False
-    sync_perturbations: bool = False
-    reuse_period: int = 1  # > 1: the perturbed gradient every k GNP steps (gnp.efficient)
-    orthogonal_scale: float | None = None  # LookSAM's fixed ratio; None: measured
-    direction: str = "gradient"  # or "momentum": perturb along −momentum (MSAM)
-
-
-DIRECTIONS = ("gradient", "momentum")
-MOMENTUM_NAMES = ("trace", "mu")  # optax's SGD momentum and Adam's first moment
-
-
-def momentum_of(opt_state: PyTree) -> PyTree:
-    """The optimizer's momentum (SGD's ``trace`` or Adam's ``mu``) inside ``opt_state``."""
-    for name in MOMENTUM_NAMES:
-        found = optax.tree_utils.tree_get(opt_state, name)
-        if found is not None:
-            return found
-    raise ValueError(
-        "gnp.perturbation_direction='momentum' needs an optimizer with momentum "
-        "(opt.opt_type Momentum, SGD with momentum, or Adam)"
-    )
-
-
-def _supports_true_gradient(model: nn.Module) -> bool:
-    return bool(getattr(model, "supports_true_gradient", False))
-
-
-def model_variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
-    """The variables ``model.apply`` takes: ``batch_stats`` only for a model that has BatchNorm
-    (an empty collection would be one the model does not declare)."""
-    variables = {"params": params}
-    if batch_stats:
-        variables["batch_stats"] = batch_stats
-    return variables
-
-
-def objective(
-    logits: jax.Array,
-    targets: jax.Array,
-    params: PyTree,
-    loss_config: LossConfig,
-    weights: jax.Array | None = None,
+def clean_gradient_norm(
+    reference: PyTree, layout: ParamLayout, *, averaged: bool, synced: bool
 ) -> jax.Array:
-    """The training objective: the (label-smoothed) cross-entropy against one-hot ``targets``,
-    a batch mean (``weights``: a weighted one, e.g. a padded batch's mask), plus the L2 term.
-
-    The trainer's loss and the analysis of a finished run both call it, so that the function
-    whose gradient norm or Hessian is measured is the one that was trained.
-    """
-    if loss_config.label_smoothing > 0:
-        targets = optax.smooth_labels(targets, loss_config.label_smoothing)
-    losses = optax.softmax_cross_entropy(logits, targets)
-    if weights is None:
-        mean = losses.mean()
-    else:
-        mean = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    return mean + l2_penalty(
-        params,
-        loss_config.l2_regularization,
-        skip_vectors=loss_config.no_weight_decay_on_bn,
-    )
+    """‖∇L(θ)‖ of the whole global batch, from the clean gradient the step computed: the device
+    mean already (``averaged``), the global one whole on every device (``synced``), or each
+    device's own (then its mean costs one more gradient reduction)."""
+    if averaged:
+        return layout.norm(reference)
+    if synced:
+        return gnp.global_norm(reference)
+    return layout.norm(layout.device_mean(reference))
 
 
-def make_loss_fn(
-    model: nn.Module, loss_config: LossConfig
-) -> Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]:
-    """``loss(params, batch_stats, images, labels, rngs, true_gradient)``.
+def clip_by_norm(grads: PyTree, norm: jax.Array, limit: float, sharded: bool) -> tuple:
+    """``(grads, ‖grads‖)`` after clipping the global norm at ``limit`` (0: none).
 
-    Returns ``(objective, (new_batch_stats, metrics))``: the objective is the
-    (label-smoothed) cross-entropy plus the L2 term, the metrics the plain
-    cross-entropy and error rate of this batch.
-    """
-
-    def loss_fn(params, batch_stats, images, labels, rngs, true_gradient=False):
-        kwargs = {"true_gradient": true_gradient} if _supports_true_gradient(model) else {}
-        logits, updates = model.apply(
-            model_variables(params, batch_stats),
-            images,
-            train=True,
-            rngs=rngs,
-            mutable=["batch_stats"],
-            **kwargs,
-        )
-        cross_entropy = optax.softmax_cross_entropy(logits, labels).mean()
-        value = objective(logits, labels, params, loss_config)
-        metrics = {
-            "train_loss": cross_entropy,
-            "train_error_rate": jnp.mean(jnp.argmax(logits, -1) != jnp.argmax(labels, -1)),
-        }
-        return value, (updates.get("batch_stats", batch_stats), metrics)
-
-    return loss_fn
-
-
-def _micro_batches(tree: PyTree, count: int) -> PyTree:
-    """[B, ...] → [count, B/count, ...]."""
-    return jax.tree.map(lambda x: x.reshape(count, x.shape[0] // count, *x.shape[1:]), tree)
-
-
-def _tree_mean(tree: PyTree) -> PyTree:
-    return jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)
-
-
-def make_gradient_passes(
-    loss_fn: Callable[..., Any],
-    batch_stats: PyTree,
-    images: jax.Array,
-    labels: jax.Array,
-    rng: jax.Array,
-    *,
-    accumulation_steps: int,
-    true_gradient_first: bool,
-) -> tuple[Callable, Callable]:
-    """The clean pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ ∇L(θ')``.
-
-    With ``accumulation_steps`` > 1 each pass walks the micro-batches in a scan,
-    so only one micro-batch's activations live at a time, and returns the mean
-    gradient: exactly the whole batch's gradient (for models without
-    BatchNorm; with it, each micro-batch normalizes by its own statistics and
-    updates the running statistics in turn, as PyTorch accumulation does).
-    Micro-batch i uses the same random draws in both passes.
-    """
-
-    def rngs_for(index: jax.Array | int) -> dict[str, jax.Array]:
-        key = jax.random.fold_in(rng, index)
-        return {name: jax.random.fold_in(key, i) for i, name in enumerate(RNG_STREAMS)}
-
-    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-    if accumulation_steps == 1:
-        rngs = rngs_for(0)
-
-        def clean(params):
-            return value_and_grad(params, batch_stats, images, labels, rngs, true_gradient_first)
-
-        def perturbed(params):
-            return value_and_grad(params, batch_stats, images, labels, rngs, False)[1]
-
-        return clean, perturbed
-
-    micro = _micro_batches((images, labels), accumulation_steps)
-    indices = jnp.arange(accumulation_steps)
-
-    def clean(params):
-        def body(stats, xs):
-            index, (x, y) = xs
-            (objective, (stats, metrics)), grads = value_and_grad(
-                params, stats, x, y, rngs_for(index), true_gradient_first
-            )
-            return stats, (objective, metrics, grads)
-
-        stats, (objectives, metrics, grads) = jax.lax.scan(body, batch_stats, (indices, micro))
-        return (jnp.mean(objectives), (stats, _tree_mean(metrics))), _tree_mean(grads)
-
-    def perturbed(params):
-        def body(total, xs):
-            index, (x, y) = xs
-            grads = value_and_grad(params, batch_stats, x, y, rngs_for(index), False)[1]
-            return jax.tree.map(jnp.add, total, grads), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        total, _ = jax.lax.scan(body, zeros, (indices, micro))
-        return jax.tree.map(lambda g: g / accumulation_steps, total)
-
-    return clean, perturbed
+    optax.clip_by_global_norm in the optimizer does the clipping of replicated gradients (so its
+    state stays the released one); of sharded ones it would see one shard: clipped here."""
+    if limit <= 0:
+        return grads, norm
+    if sharded:
+        factor = jnp.minimum(1.0, limit / norm)
+        grads = jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
+    return grads, jnp.minimum(norm, limit)  # ‖clip(g)‖ = min(‖g‖, c)
 
 
 def make_train_step(
@@ -236,27 +84,25 @@ def make_train_step(
     mesh: Mesh,
     loss_config: LossConfig,
     gr: GRSchedule,
-    gnp_options: GNPOptions,
-    penalized: bool,
+    gnp_options: gnp.GNPOptions,
+    kind: str = "gnp",
     accumulation_steps: int = 1,
     gradient_clipping: float = 0.0,
-    full: bool = True,
     sync_batch_norm: bool = False,
     state_specs: TrainState | None = None,
 ) -> Any:
     """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
 
-    ``penalized`` picks the GNP step or the plain one (each compiles once). With
-    ``gnp_options.reuse_period`` > 1, ``full`` picks a GNP step's two kinds: the full
-    step (two passes, refreshes the reuse state) or the reuse step (one pass); the
-    caller makes every ``reuse_period``-th GNP step a full one.
+    ``kind`` is one of ``STEP_KINDS``; the caller makes every ``reuse_period``-th GNP step a
+    full one (``efficient.is_full_step``). ``gnp_options`` come from ``build.gnp_options``
+    (``axis_name`` set: synced perturbations); r and α of each step from ``gr``.
     ``gradient_clipping`` is the optimizer's global-norm clip (0: none), which the
     logged ``gradient_norm`` reports after clipping.
     ``sync_batch_norm``: in train mode every BatchNorm layer normalizes by the mean and
     variance of the global batch (all devices and hosts), at both GNP points, and the running
     statistics follow them; a model without BatchNorm is unchanged.
     ``state_specs``: the state's ``PartitionSpec`` tree when its parameters and optimizer
-    state are sharded over ``data`` (``gnp.train.sharding.state_specs``); None: replicated.
+    state are sharded over ``data`` (``gnp.train.distributed.state_specs``); None: replicated.
     Sharded, each device gathers the parameters, computes its gradient as it would
     replicated, and keeps its shard of the device mean; the optimizer updates the shards.
     Per-device perturbations are unchanged; synced ones are computed on the shards.
@@ -267,141 +113,92 @@ def make_train_step(
     the whole global batch at the clean point (equal to the unclipped ‖ḡ‖ on a plain
     step), ``update_norm`` the optimizer's update, ``param_norm`` θ after the update.
     """
+    penalized = check_choice(kind, STEP_KINDS, "kind") != "plain"
     if sync_batch_norm:
         model = models.synchronized_batch_norm(model, AXIS)
     loss_fn = make_loss_fn(model, loss_config)
-    perturbation = dict(
-        perturbation=gnp_options.perturbation,
-        eta=gnp_options.eta,
-        asam_leaves=gnp_options.asam_leaves,
-    )
-    # α = 1 along the momentum needs no clean gradient (α fixed: not the lambda warmup).
-    one_pass = (
-        gnp_options.direction == "momentum"
-        and gr.alpha == 1
-        and gr.strategy != "lambda"
-        and not gnp_options.normalize_reference
-        and gnp_options.reuse_period == 1
-    )
-
     layout = ParamLayout(None if state_specs is None else state_specs.params)
-    # Synced perturbations of sharded parameters: both passes return their shard of the
-    # device-mean gradient, and the GNP math runs on the shards (the variants that perturb
-    # along another direction or reuse a gradient take the whole-tree path below).
-    on_shards = (
-        layout.sharded
-        and gnp_options.sync_perturbations
-        and gnp_options.reuse_period == 1
-        and gnp_options.direction == "gradient"
-    )
+    synced = gnp_options.axis_name is not None
+    # Synced perturbations of sharded parameters: both passes return their shard of the device-
+    # mean gradient, and the GNP math runs on the shards (the cheaper variants take the whole).
+    on_shards = layout.sharded and synced and not gnp_options.cheaper
+    options = gnp_options.replace(axis_name=None) if on_shards else gnp_options
+
+    def gradient(state: TrainState, clean: Any, perturbed: Any, params: PyTree) -> tuple:
+        """(the step's ``StepGradient``, whether its gradients are the device mean already)."""
+        if not penalized:
+            value, grads = clean(params)
+            return efficient.StepGradient(value, grads, grads, state.reuse), False
+        r, alpha = gr.values(state.step)
+        if on_shards:
+
+            def clean_shards(shards: PyTree) -> tuple[Any, PyTree]:
+                value, grads = clean(layout.gather(shards))
+                return value, layout.device_mean(grads)
+
+            result = efficient.step_gradient(
+                clean_shards,
+                lambda shards: layout.device_mean(perturbed(layout.gather(shards))),
+                state.params,
+                options,
+                r=r,
+                alpha=alpha,
+                norm=layout.norm,
+            )
+            return result._replace(state=state.reuse), True
+        direction = (  # MSAM perturbs towards the next update: minus the momentum
+            jax.tree.map(jnp.negative, layout.gather(momentum_of(state.opt_state)))
+            if options.direction == "momentum"
+            else None
+        )
+        result = efficient.step_gradient(
+            clean,
+            perturbed,
+            params,
+            options,
+            r=r,
+            alpha=alpha,
+            state=state.reuse,
+            direction=direction,
+            state_axis_name=AXIS,
+            full=kind == "gnp",
+        )
+        return result, False
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
         rng = jax.random.fold_in(
             jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS)
         )
         params = layout.gather(state.params)
-        clean, perturbed = make_gradient_passes(
+        clean, perturbed = gradient_passes(
             loss_fn,
             state.batch_stats,
             images,
             labels,
             rng,
             accumulation_steps=accumulation_steps,
-            true_gradient_first=penalized and _supports_true_gradient(model),
+            true_gradient_first=penalized and supports_true_gradient(model),
         )
-        reuse = state.reuse
-        direction = (  # MSAM perturbs towards the next update: minus the momentum
-            jax.tree.map(jnp.negative, layout.gather(momentum_of(state.opt_state)))
-            if penalized and gnp_options.direction == "momentum"
-            else None
-        )
-        averaged = False  # whether grads is the device mean already
-        reference_norm = layout.norm  # the norm of the reference in the layout it ends in
-        if penalized and one_pass:
-            # MSAM: only the perturbed point's pass; its loss and statistics are logged.
-            r, alpha = gr.values(state.step)
-            point = gnp.perturb(params, direction, r, **perturbation)
-            (_, (batch_stats, metrics)), grads = clean(point)
-            reference = None
-        elif penalized and on_shards:
-            r, alpha = gr.values(state.step)
-
-            def clean_shards(shards):
-                value, grads = clean(layout.gather(shards))
-                return value, layout.device_mean(grads)
-
-            (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
-                clean_shards,
-                lambda shards: layout.device_mean(perturbed(layout.gather(shards))),
-                state.params,
-                r=r,
-                alpha=alpha,
-                method=gnp_options.method,
-                normalize_reference=gnp_options.normalize_reference,
-                norm=layout.norm,
-                **perturbation,
-            )
-            averaged = True
-        elif penalized:
-            r, alpha = gr.values(state.step)
-            options = dict(
-                r=r,
-                alpha=alpha,
-                **perturbation,
-                normalize_reference=gnp_options.normalize_reference,
-                axis_name=AXIS if gnp_options.sync_perturbations else None,
-            )
-            if gnp_options.reuse_period > 1:
-                (_, (batch_stats, metrics)), grads, reference, reuse = (
-                    efficient.reuse_penalized_gradient(
-                        clean,
-                        perturbed,
-                        params,
-                        efficient.ReuseState(**state.reuse),
-                        period=gnp_options.reuse_period,
-                        orthogonal_scale=gnp_options.orthogonal_scale,
-                        state_axis_name=AXIS,
-                        full=full,
-                        **options,
-                    )
-                )
-                reuse = reuse._asdict()
-            else:
-                (_, (batch_stats, metrics)), grads, reference = gnp.penalized_gradient(
-                    clean,
-                    perturbed,
-                    params,
-                    method=gnp_options.method,
-                    direction=direction,
-                    **options,
-                )
-            # Synced, the reference is already the global batch's ∇L(θ), whole on every
-            # device; per device it is the local one, and its global norm costs one more
-            # gradient reduction.
-            if gnp_options.sync_perturbations:
-                reference_norm = gnp.global_norm
-            else:
-                reference = layout.device_mean(reference)
-        else:
-            r = alpha = jnp.zeros((), jnp.float32)
-            (_, (batch_stats, metrics)), grads = clean(params)
+        result, averaged = gradient(state, clean, perturbed, params)
+        _, (batch_stats, metrics) = result.value
+        grads = result.grads
         if layout.sharded:
             grads = grads if averaged else layout.device_mean(grads)
             batch_stats, metrics = jax.lax.pmean((batch_stats, metrics), AXIS)
         else:  # one all-reduce for all three
             grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
-        gradient_norm = layout.norm(grads)
-        if not penalized:
-            reference = grads
-        if reference is not None:  # no clean pass in a one-pass (MSAM) step: not logged
-            metrics["clean_gradient_norm"] = reference_norm(reference)
-        if gradient_clipping > 0:  # optax.clip_by_global_norm: ‖clip(g)‖ = min(‖g‖, c)
-            if layout.sharded:  # the optimizer's clip sees one shard: clip the whole here
-                factor = jnp.minimum(1.0, gradient_clipping / gradient_norm)
-                grads = jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
-            gradient_norm = jnp.minimum(gradient_norm, gradient_clipping)
+        if not penalized:  # the plain step's clean gradient is the averaged one
+            result, averaged = result._replace(reference=grads), True
+        if result.reference is not None:  # a one-pass (MSAM) step has no clean gradient
+            metrics["clean_gradient_norm"] = clean_gradient_norm(
+                result.reference, layout, averaged=averaged, synced=synced
+            )
+        grads, gradient_norm = clip_by_norm(
+            grads, layout.norm(grads), gradient_clipping, layout.sharded
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        r, alpha = gr.values(state.step) if penalized else (0.0, 0.0)
         metrics |= {
             "gradient_norm": gradient_norm,
             "update_norm": layout.norm(updates),
@@ -415,7 +212,7 @@ def make_train_step(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
-            reuse=reuse,
+            reuse=result.state,
         )
         return new_state, metrics
 
@@ -459,42 +256,3 @@ def make_eval_step(model: nn.Module, mesh: Mesh, state_specs: TrainState | None 
         check_vma=False,
     )
     return jax.jit(step)
-
-
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Host-local numpy rows → one global array sharded along ``data``."""
-    sharding = NamedSharding(mesh, P(AXIS))
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def create_train_state(
-    model: nn.Module,
-    optimizer_fn: Callable[[PyTree], optax.GradientTransformation],
-    image_shape: tuple[int, ...],
-    *,
-    init_seed: int,
-    seed: int,
-    reuse: bool = False,
-) -> tuple[TrainState, optax.GradientTransformation]:
-    """Initialize params from ``init_seed``; the optimizer may depend on the params (masks).
-
-    ``reuse``: hold ``gnp.efficient``'s reuse state (``GNPOptions.reuse_period`` > 1).
-    """
-
-    @jax.jit
-    def init(key: jax.Array) -> PyTree:
-        dummy = jnp.zeros((1, *image_shape), jnp.float32)
-        return model.init({"params": key}, dummy, train=False)
-
-    variables = init(jax.random.PRNGKey(init_seed))
-    params = variables["params"]
-    optimizer = optimizer_fn(params)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=optimizer.init(params),
-        rng=jax.random.PRNGKey(seed),
-        reuse=efficient.reuse_init(params)._asdict() if reuse else {},
-    )
-    return state, optimizer

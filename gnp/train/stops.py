@@ -1,12 +1,22 @@
-"""How a run ends before its last epoch: the conditions the trainer raises and the command
-line turns into an exit code and one line (``gnp.main.main.describe_failure``).
+"""How a run ends before its last epoch: a stop asked for (SIGTERM, Ctrl-C) and a step gone
+non-finite; the conditions the trainer raises and the command line turns into an exit code and
+one line (``gnp.main.main.describe_failure``).
 
-Standard library only, so that the command line can name them before JAX loads.
+Standard library only at import (JAX is imported where it is used), so that the command line
+can name these before JAX loads.
 """
 
 from __future__ import annotations
 
+import math
 import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+# A NaN input can leave the loss finite (ReLU maps NaN to 0) while the gradient is not.
+GUARDED = ("train_loss", "gradient_norm", "clean_gradient_norm", "update_norm")
 
 
 class NonFiniteError(RuntimeError):
@@ -22,3 +32,63 @@ class Preempted(RuntimeError):
     def __init__(self, message: str, exit_code: int = 128 + signal.SIGTERM) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def first_non_finite(step_metrics: Sequence[dict[str, Any]]) -> tuple[int, str, float] | None:
+    """(index, metric, value) of the first step whose loss, gradient or update is not finite."""
+    for index, metrics in enumerate(step_metrics):
+        for key in GUARDED:
+            if not math.isfinite(float(metrics.get(key, 0.0))):
+                return index, key, float(metrics[key])
+    return None
+
+
+class PreemptionGuard:
+    """Turns SIGTERM (a cluster's preemption notice) and a first Ctrl-C into "save at the
+    next step and stop"; a second Ctrl-C aborts at once, keeping the last checkpoint.
+
+    One process: a signal handler sets a flag. Several: JAX's preemption sync point
+    (through orbax), so that every host saves at the same step.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        if signum == signal.SIGINT:
+            print(
+                "\nCtrl-C: saving a checkpoint at the next step, then stopping "
+                "(press Ctrl-C again to stop at once without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or signal.SIGTERM)
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals go to it only
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def reached(self, step: int, checkpoints: Any) -> bool:
+        """Whether to save and stop before ``step``; several processes decide together (JAX's
+        preemption sync point, through orbax's ``checkpoints``)."""
+        import jax
+
+        if jax.process_count() > 1:  # every host must stop at the same step: JAX syncs them
+            return checkpoints.reached_preemption(step)
+        return self.requested

@@ -9,7 +9,7 @@ Hybrid training makes each step a GNP step with probability ``p(step)``, else a
 plain one. As in the released code, the config's ``schedule_function`` is called
 with the keys of ``hybrid_config`` and returns ``step ↦ p``; the released (and
 default) one is ``constant_probability``: p at every step. ``config.json`` stores
-the function by its import path (``gnp.train.gr_schedule.constant_probability``),
+the function by its import path (``gnp.gr_schedule.constant_probability``),
 which is also accepted in its place, so a run reads back and resumes with it.
 """
 
@@ -25,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gnp.choices import check_choice
-from gnp.gradient import check_coefficients
+from gnp.options import GNPOptions
 
 WARMUP_STRATEGIES = ("none", "r", "lambda", "zero")
 Probability = Callable[[int], float]
+# Where this module lived before 2026-12 (``config.json`` files of older runs name functions there).
+MOVED_FROM = {"gnp.train.gr_schedule.": "gnp.gr_schedule."}
 
 
 def constant_probability(p: float) -> Probability:
@@ -43,13 +45,15 @@ def function_path(function: Callable[..., Any]) -> str:
 
 
 def _imported(path: str) -> Any:
+    for old, new in MOVED_FROM.items():
+        path = new + path[len(old) :] if path.startswith(old) else path
     module, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise ValueError(
             f"schedule_function {path!r} cannot be imported; give a function or its import "
-            "path, e.g. 'gnp.train.gr_schedule.constant_probability'"
+            "path, e.g. 'gnp.gr_schedule.constant_probability'"
         ) from None
 
 
@@ -63,7 +67,7 @@ def hybrid_probability(
     if not callable(schedule_function):
         raise ValueError(
             f"schedule_function must be a function of the hybrid_config keys returning "
-            f"step ↦ probability (e.g. gnp.train.gr_schedule.constant_probability), got "
+            f"step ↦ probability (e.g. gnp.gr_schedule.constant_probability), got "
             f"{schedule_function!r}"
         )
     probability = schedule_function(**dict(hybrid_config))
@@ -92,7 +96,7 @@ class GRSchedule:
 
     def __post_init__(self) -> None:
         check_choice(self.strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
-        check_coefficients(self.r, self.alpha)
+        GNPOptions(r=self.r, alpha=self.alpha)  # r and α checked where every GNP option is
         if self.hybrid_p is not None:
             _checked(self.probability, 0)
 
@@ -122,24 +126,15 @@ class GRSchedule:
     def _warms_up(self) -> bool:
         return self.warmup_steps > 0 and self.strategy in ("r", "lambda")
 
-    def _scaled(self, ramp: Any) -> tuple[Any, Any]:
-        """r and α with the warmup fraction ``ramp`` applied to the one that warms up."""
+    def values(self, step: jax.Array | int) -> tuple[float | jax.Array, float | jax.Array]:
+        """(r, α) of a GNP step at ``step``: traced while ``r`` or ``lambda`` warms up (a
+        warmup never recompiles), else the configured numbers, concrete; zeros when no step
+        can use GNP. The step logs the values it used (a plain step: zeros)."""
+        if not self.penalized:
+            return 0.0, 0.0
+        if not self._warms_up():
+            return self.r, self.alpha
+        ramp = jnp.minimum(jnp.asarray(step, jnp.float32) / self.warmup_steps, 1.0)
         r = self.r * ramp if self.strategy == "r" else self.r
         alpha = self.alpha * ramp if self.strategy == "lambda" else self.alpha
         return r, alpha
-
-    def values(self, step: jax.Array | int) -> tuple[jax.Array, jax.Array]:
-        """(r, α) a GNP step uses at ``step``; traceable, so warmup never recompiles."""
-        ramp = (
-            jnp.minimum(jnp.asarray(step, jnp.float32) / self.warmup_steps, 1.0)
-            if self._warms_up()
-            else 1.0
-        )
-        r, alpha = self._scaled(ramp)
-        return jnp.asarray(r, jnp.float32), jnp.asarray(alpha, jnp.float32)
-
-    def logged_values(self, step: int) -> tuple[float, float]:
-        """(r, α) in force at ``step`` for the metrics: zeros where that step is plain."""
-        if not self.penalized or (self.strategy == "zero" and step < self.warmup_steps):
-            return 0.0, 0.0
-        return self._scaled(min(step / self.warmup_steps, 1.0) if self._warms_up() else 1.0)
