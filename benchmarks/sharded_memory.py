@@ -38,7 +38,7 @@ def main() -> None:
     from jax.sharding import PartitionSpec as P
     from timing import program_mib  # benchmarks/ is on the path
 
-    from gnp.configs.base import get_base_config
+    from gnp.config_keys import get_base_config
     from gnp.optim import build_optimizer, learning_rate_schedule
     from gnp.train import build
     from gnp.train.distributed import shard_batch

@@ -43,7 +43,7 @@ import optax
 from timing import interleaved_medians, program_mib  # benchmarks/ is on the path
 
 from gnp import models
-from gnp.configs.base import get_base_config
+from gnp.config_keys import get_base_config
 from gnp.optim import l2_penalty
 from gnp.train import build
 from gnp.train.distributed import replicate, shard_batch

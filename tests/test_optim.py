@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from gnp.configs.base import get_base_config
+from gnp.config_keys import get_base_config, ignored_key_notices
 from gnp.optim import (
     build_optimizer,
     describe_optimizer,
@@ -17,7 +17,6 @@ from gnp.optim import (
     learning_rate_schedule,
     optimizer_kwargs,
 )
-from gnp.released_keys import ignored_key_notices
 
 
 def schedule_config(kind, **overrides):

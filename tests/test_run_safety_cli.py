@@ -249,4 +249,4 @@ def test_every_failure_is_one_line_with_an_exit_code(error, code, message):
 def test_help_points_to_the_config_keys():
     result = gnp_main("--help")
     assert result.returncode == 0, result.stderr
-    assert "--config.KEY=VALUE" in result.stdout and "gnp/configs/base.py" in result.stdout
+    assert "--config.KEY=VALUE" in result.stdout and "gnp/config_keys.py" in result.stdout

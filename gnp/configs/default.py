@@ -3,7 +3,7 @@
 python -m gnp.main --config=gnp/configs/default.py --working_dir=runs/default
 """
 
-from gnp.configs.base import get_base_config
+from gnp.config_keys import get_base_config
 
 
 def get_config():

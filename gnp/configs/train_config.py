@@ -11,7 +11,7 @@ Its values are the released ``config/base_config.py``'s; the recipe files
 released script sets ``Momentum`` or ``Adam``.
 """
 
-from gnp.configs.base import get_base_config
+from gnp.config_keys import get_base_config
 
 
 def get_config():

@@ -26,7 +26,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     None,
     "Path to a config file whose get_config() returns the config (gnp/configs/default.py, or a "
     "recipe in gnp/configs/). Override any key with --config.KEY=VALUE: every key, its default "
-    "and meaning are in gnp/configs/base.py and docs/training.md; --dry_run prints the result.",
+    "and meaning are in gnp/config_keys.py and docs/training.md; --dry_run prints the result.",
 )
 _WORKING_DIR = flags.DEFINE_string("working_dir", None, "The run's own output directory.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and model; no training.")

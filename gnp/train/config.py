@@ -26,12 +26,12 @@ from ml_collections import config_flags
 
 from gnp import models
 from gnp.choices import check_choice
+from gnp.config_keys import ignored_key_notices
 from gnp.data import dataset_names
 from gnp.errors import one_line
 from gnp.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
 from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import has_momentum, learning_rate_schedule, optimizer_kwargs
-from gnp.released_keys import ignored_key_notices
 from gnp.train import build
 from gnp.train.workdir import flatten
 
@@ -75,7 +75,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         raise ValueError(
             f"get_config() in {path!r} returned {type(config).__name__}, not an "
             "ml_collections.ConfigDict; return one (e.g. start from "
-            "gnp.configs.base.get_base_config())"
+            "gnp.config_keys.get_base_config())"
         )
     return config
 
