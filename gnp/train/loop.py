@@ -24,7 +24,14 @@ from tqdm import tqdm
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.optim import learning_rate_schedule
 from gnp.train import build, run_config
-from gnp.train.checkpoint import Checkpoints, PreemptionGuard
+from gnp.train.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    NoUsableCheckpoint,
+    PreemptionGuard,
+    how_to_start_over,
+    run_records,
+)
 from gnp.train.config import validate_config
 from gnp.train.gr_schedule import GRSchedule
 from gnp.train.metrics import MetricWriter, plot_curves
@@ -124,7 +131,14 @@ def _train(
     # A resume must have the config the run was trained with: checked before anything is built.
     checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
     changes: dict[str, tuple[Any, Any]] = {}
-    if steps := checkpoints.all_steps():
+    steps = checkpoints.all_steps()
+    if not steps and run_records(working_dir):  # a fresh start would train over that run
+        checkpoints.close()
+        raise NoUsableCheckpoint(
+            f"no checkpoint of the run in {working_dir} restores, and a fresh start would "
+            f"replace its records. {how_to_start_over(working_dir)}"
+        )
+    if steps:
         try:
             changes = run_config.check_resume(
                 working_dir,
@@ -146,7 +160,11 @@ def _train(
     # Resume from the newest checkpoint that restores.
     progress: dict[str, Any] = {"epoch": 0, "finished": False}
     if steps:
-        state, progress, skipped = checkpoints.restore(state, train_iterator)
+        try:
+            state, progress, skipped = checkpoints.restore(state, train_iterator)
+        except CheckpointError:  # refused or none restores: orbax's threads end before the error
+            checkpoints.close()
+            raise
         for line in skipped:
             print(line)
         if progress["epoch"] >= config.total_epochs:
