@@ -211,3 +211,39 @@ def test_a_run_whose_checkpoints_are_all_unreadable_is_refused_every_time(tmp_pa
         line = one_line_error(caught.value)
         assert "new --working_dir" in line and "move those files out of" in line, attempt
         assert records(run) == before and os.listdir(run / "checkpoints") == ["10.damaged"]
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_run_that_never_saved_a_checkpoint_starts_again_only_with_its_own_config(
+    tmp_path, capsys
+):
+    """Its epochs come back the same (runs are deterministic); under another config, or with no
+    config.json to compare, a fresh start would replace another run's history."""
+    run = copy_of("main_42edb18", tmp_path)
+    shutil.rmtree(run / "checkpoints" / "10")  # e.g. killed before its first save
+    config_json = (run / "config.json").read_bytes()
+    (run / "config.json").unlink()
+    before = records(run)
+    with pytest.raises(CheckpointError) as caught:
+        train_and_evaluate(tiny_config(total_epochs=2), str(run))
+    assert "holds metrics.jsonl (2 epochs): nothing there was changed" in one_line_error(
+        caught.value
+    )
+    assert records(run) == before
+    (run / "config.json").write_bytes(config_json)
+    before = records(run)
+    with pytest.raises(ConfigChanged, match=r"gnp\.alpha: 0\.8 -> 0\.3"):
+        train_and_evaluate(tiny_config(total_epochs=2, **{"gnp.alpha": 0.3}), str(run))
+    assert records(run) == before
+
+    def stop(step, state):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_and_evaluate(tiny_config(total_epochs=2), str(run), on_step=stop)
+    assert "no checkpoint was saved yet (metrics.jsonl (2 epochs)); training again" in (
+        capsys.readouterr().out
+    )

@@ -131,24 +131,33 @@ def _train(
     # A resume must have the config the run was trained with: checked before anything is built.
     checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
     changes: dict[str, tuple[Any, Any]] = {}
-    steps = checkpoints.all_steps()
-    if not steps and run_records(working_dir):  # a fresh start would train over that run
-        checkpoints.close()
-        raise NoUsableCheckpoint(
-            f"no checkpoint of the run in {working_dir} restores, and a fresh start would "
-            f"replace its records. {how_to_start_over(working_dir)}"
-        )
-    if steps:
+    steps, records = checkpoints.all_steps(), run_records(working_dir)
+    # With records but no checkpoint, only a run that never saved one may start again, and only
+    # with its own config (which retrains the same epochs): else it would train over a history.
+    unusable = not steps and (
+        any(r.startswith("checkpoints/") for r in records) or "config.json" not in records
+    )
+    if steps or records:
         try:
+            if unusable:
+                raise NoUsableCheckpoint(
+                    f"no checkpoint of the run in {working_dir} restores, and a fresh start would "
+                    f"replace its records. {how_to_start_over(working_dir)}"
+                )
             changes = run_config.check_resume(
                 working_dir,
                 config.to_dict(),
-                epochs_done=steps[-1] // steps_per_epoch,
+                epochs_done=steps[-1] // steps_per_epoch if steps else 0,
                 allowed=allow_config_change,
             )
-        except run_config.ConfigChanged:
+        except (run_config.ConfigChanged, NoUsableCheckpoint):
             checkpoints.close()
             raise
+    if records and not steps:
+        print(
+            f"{working_dir}: no checkpoint was saved yet ({records[0]}); training again from "
+            "the start with the same config"
+        )
 
     # Model, optimizer, state.
     model = build.build_model(config, info.num_classes)
