@@ -44,10 +44,16 @@ def function_path(function: Callable[..., Any]) -> str:
     return f"{function.__module__}.{function.__qualname__}"
 
 
-def _imported(path: str) -> Any:
+def current_path(path: str) -> str:
+    """An import path as it is now, for one saved before the function moved (``MOVED_FROM``)."""
     for old, new in MOVED_FROM.items():
-        path = new + path[len(old) :] if path.startswith(old) else path
-    module, _, name = path.rpartition(".")
+        if path.startswith(old):
+            return new + path[len(old) :]
+    return path
+
+
+def _imported(path: str) -> Any:
+    module, _, name = current_path(path).rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):

@@ -6,13 +6,24 @@ A checkpoint that does not restore (a damaged file, a folder left empty) is set
 aside as ``<step>.damaged``, never deleted, and the next older one is used: a
 fault costs at most the steps since the last good checkpoint. A flipped bit
 that still decodes is caught by the SHA-256 of the arrays saved in the meta.
+
+A checkpoint whose arrays read back but whose tree differs from this version's
+(written by another gnp, or for another model) is not damage: what matches is
+restored, a field it lacks is taken from the template when that field holds no
+arrays (a feature the run does not use), and anything else refuses it in one
+line naming the arrays that differ and the gnp that wrote it (saved in the meta).
+It stays where it is. A working directory that holds a run but no checkpoint of
+it that restores is refused too (``run_records``): a fresh start would train
+over its history.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import subprocess
 from typing import Any
 
 import grain
@@ -23,9 +34,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+import gnp
 from gnp.errors import one_line
 from gnp.train.state import TrainState
 from gnp.train.stops import NonFiniteError
+from gnp.train.workdir import how_to_start_over
 
 
 def _whole(leaf: Any) -> np.ndarray:
@@ -57,6 +70,80 @@ def all_finite(tree: Any) -> bool:
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or none could be read back; the message says which."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint that reads back but holds another train state than this version builds."""
+
+
+class NoUsableCheckpoint(CheckpointError):
+    """A working directory holds a run, but no checkpoint of it restores."""
+
+
+@functools.cache
+def gnp_version() -> str:
+    """This gnp's version and, when it runs from a git checkout of gnp, the commit: saved in
+    each checkpoint's meta, so that a checkpoint another version cannot read names its writer."""
+    checkout = os.path.dirname(os.path.dirname(os.path.realpath(gnp.__file__)))
+    try:
+        top, commit = subprocess.run(
+            ["git", "-C", checkout, "rev-parse", "--show-toplevel", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError, ValueError):  # no git, or not a checkout
+        return gnp.__version__
+    # An installed gnp inside some other repository (a venv in a project) has no commit of its own.
+    return (
+        f"{gnp.__version__} (commit {commit})"
+        if os.path.realpath(top) == checkout
+        else gnp.__version__
+    )
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    """A leaf's path as orbax names its array (``opt_state.0.trace.Dense_0.kernel``): the same
+    for a namedtuple field and the dict key that the checkpoint stores it under."""
+    keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return ".".join(str(key) for key in keys)
+
+
+def _arrays(tree: Any) -> dict[str, Any]:
+    return {_dotted(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _described(leaf: Any, other: Any) -> str:
+    shape = tuple(leaf.shape)
+    return f"{np.dtype(leaf.dtype)}{list(shape)}" if leaf.dtype != other.dtype else str(shape)
+
+
+def _listed(paths: list[str], most: int = 3, separator: str = ", ") -> str:
+    """The first few paths, the parameters' first (what a user knows the model by)."""
+    paths = sorted(paths, key=lambda path: (not path.startswith("params."), path))
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return separator.join(paths[:most]) + more
+
+
+def _tree_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """What keeps the arrays of a checkpoint (``saved``, its metadata) from filling this
+    version's state (``wanted``): arrays of another shape or type, arrays only one has."""
+    reshaped = [
+        f"{path}: {_described(saved[path], leaf)} in the checkpoint, "
+        f"{_described(leaf, saved[path])} here"
+        for path, leaf in wanted.items()
+        if path in saved
+        and (tuple(saved[path].shape), np.dtype(saved[path].dtype))
+        != (tuple(leaf.shape), np.dtype(leaf.dtype))
+    ]
+    missing = list(set(wanted) - set(saved))
+    extra = list(set(saved) - set(wanted))
+    return (
+        ([_listed(reshaped, 2, "; ")] if reshaped else [])
+        + ([f"this version also has {_listed(missing)}"] if missing else [])
+        + ([f"the checkpoint also has {_listed(extra)}"] if extra else [])
+    )
 
 
 def _not_read_only_notice(record: logging.LogRecord) -> bool:
@@ -109,7 +196,13 @@ class Checkpoints:
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state.as_dict()),
                     data=grain.checkpoint.CheckpointSave(data_iterator),
-                    meta=ocp.args.JsonSave(meta | {"state_sha256": state_digest(state.as_dict())}),
+                    meta=ocp.args.JsonSave(
+                        meta
+                        | {
+                            "state_sha256": state_digest(state.as_dict()),
+                            "gnp_version": gnp_version(),
+                        }
+                    ),
                 ),
             )
             self._manager.wait_until_finished()
@@ -125,37 +218,82 @@ class Checkpoints:
     ) -> tuple[TrainState, dict[str, Any], list[str]]:
         """The newest checkpoint that restores, into ``template``'s structure and shardings;
         moves the iterator. Returns (state, progress, one line per damaged checkpoint set
-        aside). Raises CheckpointError when none restores."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.as_dict())
+        aside). Raises CheckpointMismatch for a sound checkpoint of another train state (kept
+        as it is), NoUsableCheckpoint when every one is damaged."""
+        wanted = template.as_dict()
+        wanted_arrays = _arrays(wanted)
         skipped: list[str] = []
         listed = set(self._manager.all_steps())
         for name in sorted(os.listdir(self.directory)):
             if name.isdigit() and int(name) not in listed:  # a step folder orbax cannot read
                 skipped.append(self._set_aside(int(name), "not a complete checkpoint"))
         for step in sorted(listed, reverse=True):
+            try:  # what the checkpoint holds, before reading any array
+                saved = ocp.StandardCheckpointHandler().metadata(
+                    epath.Path(self.directory) / str(step) / "state"
+                )
+                saved_arrays = _arrays(saved)
+                meta = dict(
+                    self._manager.restore(
+                        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                    )["meta"]
+                )
+            except Exception as error:  # unreadable metadata or meta: damage
+                skipped.append(self._set_aside(step, one_line(error)))
+                continue
+            if differences := _tree_differences(saved_arrays, wanted_arrays):
+                self._refuse(step, meta, differences)
+            # Read in the checkpoint's own tree (its containers may differ from this version's:
+            # a namedtuple is saved as a dict), then placed into the template's by array name.
+            target = jax.tree_util.tree_map_with_path(
+                lambda path, _: ocp.utils.to_shape_dtype_struct(wanted_arrays[_dotted(path)]),
+                saved,
+            )
             try:
                 restored = self._manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract),
+                        state=ocp.args.StandardRestore(target),
                         data=grain.checkpoint.CheckpointRestore(data_iterator),
-                        meta=ocp.args.JsonRestore(),
                     ),
                 )
-                meta = dict(restored["meta"])
                 if not isinstance(meta.get("epoch"), int):
                     raise ValueError("its meta has no epoch")
+                arrays = _arrays(restored["state"])
+                leaves, treedef = jax.tree_util.tree_flatten_with_path(wanted)
+                state = jax.tree_util.tree_unflatten(
+                    treedef, [arrays[_dotted(path)] for path, _ in leaves]
+                )
                 saved_digest = meta.get("state_sha256")  # absent in older checkpoints
-                if saved_digest is not None and saved_digest != state_digest(restored["state"]):
+                if saved_digest is not None and saved_digest not in (
+                    state_digest(state),  # in this version's order of the arrays
+                    state_digest(restored["state"]),  # in the order of the gnp that wrote it
+                ):
                     raise ValueError("its arrays differ from the SHA-256 saved with them")
             except Exception as error:  # any damage (TensorStore, JSON, missing item): next one
                 skipped.append(self._set_aside(step, one_line(error)))
                 continue
-            return TrainState(**restored["state"]), meta, skipped
-        raise CheckpointError(
+            return TrainState(**state), meta, skipped
+        working_dir = os.path.dirname(self.directory)
+        raise NoUsableCheckpoint(
             f"no checkpoint in {self.directory} restores: "
             + "; ".join(skipped)
-            + ". Start a new run with another --working_dir"
+            + ". "
+            + how_to_start_over(working_dir)
+        )
+
+    def _refuse(self, step: int, meta: dict[str, Any], differences: list[str]) -> None:
+        version = meta.get("gnp_version")
+        writer = (
+            f"gnp {version}"
+            if version
+            else f"a gnp that records no version (older than this gnp {gnp_version()})"
+        )
+        raise CheckpointMismatch(
+            f"checkpoint {os.path.join(self.directory, str(step))} was written by {writer} "
+            f"and holds another train state than this version builds ({'; '.join(differences)}); "
+            "it is kept as it is. Resume the run with the gnp that wrote it, or start a new "
+            "run with another --working_dir"
         )
 
     def _set_aside(self, step: int, reason: str) -> str:

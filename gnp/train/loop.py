@@ -27,7 +27,7 @@ from gnp.data import InputPipeline, build_input_pipeline
 from gnp.gr_schedule import GRSchedule
 from gnp.optim import learning_rate_schedule
 from gnp.train import build, workdir
-from gnp.train.checkpoint import Checkpoints
+from gnp.train.checkpoint import CheckpointError, Checkpoints, NoUsableCheckpoint
 from gnp.train.config import validate_config
 from gnp.train.distributed import data_mesh, place, shard_batch
 from gnp.train.state import TrainState
@@ -109,17 +109,33 @@ def _train(
     # A resume must have the config the run was trained with: checked before anything is built.
     checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
     changes: dict[str, tuple[Any, Any]] = {}
-    if steps := checkpoints.all_steps():
+    steps, records = checkpoints.all_steps(), workdir.run_records(working_dir)
+    # With records but no checkpoint, only a run that never saved one may start again, and only
+    # with its own config (which retrains the same epochs): else it would train over a history.
+    unusable = not steps and (
+        any(r.startswith("checkpoints/") for r in records) or "config.json" not in records
+    )
+    if steps or records:
         try:
+            if unusable:
+                raise NoUsableCheckpoint(
+                    f"no checkpoint of the run in {working_dir} restores, and a fresh start would "
+                    f"replace its records. {workdir.how_to_start_over(working_dir)}"
+                )
             changes = workdir.check_resume(
                 working_dir,
                 config.to_dict(),
-                epochs_done=steps[-1] // steps_per_epoch,
+                epochs_done=steps[-1] // steps_per_epoch if steps else 0,
                 allowed=allow_config_change,
             )
-        except workdir.ConfigChanged:
+        except (workdir.ConfigChanged, NoUsableCheckpoint):
             checkpoints.close()
             raise
+    if records and not steps:
+        print(
+            f"{working_dir}: no checkpoint was saved yet ({records[0]}); training again from "
+            "the start with the same config"
+        )
 
     # Model, optimizer, state.
     model = build.build_model(config, info.num_classes)
@@ -131,7 +147,11 @@ def _train(
     # Resume from the newest checkpoint that restores.
     progress: dict[str, Any] = {"epoch": 0, "finished": False}
     if steps:
-        state, progress, skipped = checkpoints.restore(state, train_iterator)
+        try:
+            state, progress, skipped = checkpoints.restore(state, train_iterator)
+        except CheckpointError:  # refused or none restores: orbax's threads end before the error
+            checkpoints.close()
+            raise
         for line in skipped:
             print(line)
         if progress["epoch"] >= config.total_epochs:

@@ -14,7 +14,12 @@ would mix two runs under one name (another α for the second half, another batch
 same step count), so a resumed run must have the config it was started with. Two kinds of key
 are exempt: ``BOOKKEEPING`` keys change where or how often things are written, not what is
 trained, and may always change; ``EXTENSIBLE`` keys change the run and are allowed only when
-named in ``--allow_config_change``.
+named in ``--allow_config_change``. A config.json written by an older gnp is read as that
+version meant it: a key it lacks (added since) was trained at its default, so only another
+value is a change; a function saved by its repr (``'<function f at 0x7f…>'``, before function
+paths) is the function of that name; a key this version no longer has is ignored with a notice
+when it was unset (None or empty), and refused by name when it was set, since this version
+cannot train the run as it was.
 
 ``metrics.jsonl`` is the record; the TensorBoard events are derived from it. On resume both are
 cut back to the restored epoch: the lines past it are dropped, and the event files are written
@@ -29,11 +34,13 @@ import glob
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Collection
 from typing import Any
 
-from gnp.gr_schedule import function_path
+from gnp.config_keys import get_base_config
+from gnp.gr_schedule import current_path, function_path
 
 log = logging.getLogger("gnp")
 
@@ -73,6 +80,42 @@ def prepare_outputs(working_dir: str) -> None:
                 f"cannot write to {path} ({error.strerror or error}); make it writable or "
                 "choose another --working_dir"
             ) from None
+
+
+# A checkpoint folder: committed (``<step>``) or set aside (``<step>.damaged[-n]``); orbax's
+# ``<step>.orbax-checkpoint-tmp-*`` folders are saves cut short, which never held a checkpoint.
+_CHECKPOINT_FOLDER = re.compile(r"\d+(\.damaged(-\d+)?)?")
+
+
+def run_records(working_dir: str) -> list[str]:
+    """What a run has left in ``working_dir`` that a fresh start would train over: the epochs
+    in ``metrics.jsonl``, its checkpoints (kept or set aside) and then its ``config.json``."""
+    found = []
+    metrics = os.path.join(working_dir, "metrics.jsonl")
+    if os.path.isfile(metrics):
+        with open(metrics, errors="replace") as f:
+            epochs = sum(1 for line in f if line.strip())
+        if epochs:
+            found.append(f"metrics.jsonl ({epochs} epoch{'s' if epochs > 1 else ''})")
+    folder = os.path.join(working_dir, "checkpoints")
+    if os.path.isdir(folder):
+        names = sorted(n for n in os.listdir(folder) if _CHECKPOINT_FOLDER.fullmatch(n))
+        found += [f"checkpoints/{name}" for name in names]
+    if found and os.path.isfile(os.path.join(working_dir, "config.json")):
+        found.append("config.json")
+    return found
+
+
+def how_to_start_over(working_dir: str) -> str:
+    """The end of a refusal: what the run in ``working_dir`` has, kept, and the ways out."""
+    found = run_records(working_dir)
+    if not found:
+        return "Start a new run with another --working_dir"
+    return (
+        f"{working_dir} holds {', '.join(found)}: nothing there was changed. To start over, use "
+        f"a new --working_dir, or move those files out of {working_dir} (a checkpoint set aside "
+        "as <step>.damaged that you know to be sound can be renamed back to <step>)"
+    )
 
 
 # The lock.
@@ -167,13 +210,39 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# How gnp before b380a3f saved a function: its repr, whose memory address differs in every process.
+_FUNCTION_REPR = re.compile(r"<function (?P<name>\S+) at 0x[0-9a-fA-F]+>")
+# Values of a key that cannot have shaped a run: an option left unset.
+UNSET = (None, "", [], {})
+
+
+def _same(saved: Any, current: Any) -> bool:
+    if saved == current or (isinstance(saved, str) and current_path(saved) == current):
+        return True
+    repr_ = _FUNCTION_REPR.fullmatch(saved) if isinstance(saved, str) else None
+    # The repr names the function but not its module: the import path must end in that name.
+    return bool(repr_) and isinstance(current, str) and current.endswith(f".{repr_['name']}")
+
+
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``key: (saved, current)`` for every key whose value differs. A key the saved config
-    lacks (added by a newer gnp) takes its current value and is not a difference."""
+    lacks (added by a newer gnp) was trained at its default: ``(default, current)`` when the
+    current value is another. Keys only the saved config has are ``retired``'s."""
     old, new = flatten(plain(saved)), flatten(plain(current))
-    return {k: (old[k], new.get(k)) for k in sorted(old) if k in new and old[k] != new[k]} | {
-        k: (old[k], None) for k in sorted(old) if k not in new
+    defaults = flatten(plain(get_base_config().to_dict()))
+    changed = {k: (old[k], new[k]) for k in sorted(old) if k in new and not _same(old[k], new[k])}
+    added = {
+        k: (defaults[k], new[k])
+        for k in sorted(new)
+        if k not in old and k in defaults and not _same(defaults[k], new[k])
     }
+    return changed | added
+
+
+def retired(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``key: saved value`` for every key of the saved config that this version no longer has."""
+    old, new = flatten(plain(saved)), flatten(plain(current))
+    return {k: old[k] for k in sorted(old) if k not in new}
 
 
 def read_saved(working_dir: str) -> dict[str, Any] | None:
@@ -203,12 +272,28 @@ def check_resume(
     if saved is None:
         return {}
     changes = differences(saved, current)
+    saved_keys = set(flatten(plain(saved)))
+    gone = retired(saved, current)
+    for key, value in gone.items():
+        if value in UNSET:
+            print(
+                f"notice: {key} ({value!r} in its config.json) is not a key of this version of "
+                "gnp; ignored, as it was unset"
+            )
     accepted = BOOKKEEPING | (EXTENSIBLE & set(allowed))
     refused = {k: v for k, v in changes.items() if k not in accepted}
     if "total_epochs" in changes and current["total_epochs"] <= epochs_done:
         refused["total_epochs"] = changes["total_epochs"]
-    if refused:
-        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+    gone_set = {k: v for k, v in gone.items() if v not in UNSET}
+    if refused or gone_set:
+        listed = "; ".join(
+            [
+                f"{k}: {old!r}{'' if k in saved_keys else ' (the default: not in its config.json)'}"
+                f" -> {new!r}"
+                for k, (old, new) in refused.items()
+            ]
+            + [f"{k}: {value!r}, not a key of this version of gnp" for k, value in gone_set.items()]
+        )
         extensible = sorted(set(refused) & EXTENSIBLE)
         way_out = (
             f", or allow it with --allow_config_change={','.join(extensible)} (the new "
@@ -216,6 +301,12 @@ def check_resume(
             if extensible and len(extensible) == len(refused)
             else ""
         )
+        if not refused:  # only keys this version no longer has: no flag brings them back
+            raise ConfigChanged(
+                f"{working_dir} was trained with a config this version of gnp cannot train as "
+                f"it was ({listed}); resume it with the gnp that wrote it, or train in a new "
+                "--working_dir"
+            )
         raise ConfigChanged(
             f"{working_dir} was trained with another config ({listed}); to train with the new "
             f"one use a new --working_dir, or drop the changed flags to resume{way_out}"
