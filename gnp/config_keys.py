@@ -69,6 +69,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # its part orthogonal to g1 reused in between (LookSAM); 1 = every step (plain GNP).
     config.gnp.reuse_period = 1
     config.gnp.orthogonal_scale = config_dict.placeholder(float)  # LookSAM's α; None: measured
+    # The share of each batch's rows the second pass sees (after ESAM's data selection; g1 stays
+    # the whole batch's): 1 + f passes of a batch per step; 1.0 = GNP.
+    config.gnp.perturbed_fraction = 1.0
     config.gnp.perturbation_direction = "gradient"  # or "momentum": along −momentum (MSAM)
     config.gr_warmup_strategy = "none"  # none | r | lambda | zero
     config.use_hybrid_training = False

@@ -85,6 +85,10 @@ class GNPOptions:
     axis_name: perturb with the gradient averaged over this ``shard_map`` axis (synced).
     reuse_period, orthogonal_scale: ``gnp.efficient``'s reuse (after LookSAM); 1 = every step.
     direction: ``"momentum"`` perturbs along the direction the caller passes (after MSAM).
+    perturbed_fraction: the share of each batch's rows the second pass sees (after ESAM's
+      stochastic data selection; g1 stays the whole batch's); 1 = GNP. The trainer builds the
+      passes (``gnp.train.objective.gradient_passes``); the functions of this library take the
+      passes as given.
     """
 
     r: float | jax.Array = 0.05
@@ -98,6 +102,7 @@ class GNPOptions:
     reuse_period: int = 1
     orthogonal_scale: float | None = None
     direction: Direction = "gradient"
+    perturbed_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         for field, meaning in _COEFFICIENTS:
@@ -131,6 +136,19 @@ class GNPOptions:
             )
         if period > 1 and self.direction != "gradient":
             raise OptionError("choose one of {reuse_period} > 1 and {direction}='momentum'")
+        fraction = self.perturbed_fraction
+        if isinstance(fraction, bool) or not (
+            isinstance(fraction, int | float) and 0 < fraction <= 1
+        ):
+            raise OptionError(
+                f"{{perturbed_fraction}} must lie in (0, 1] (the share of the batch the second "
+                f"pass sees; 1: GNP), got {_shown(fraction)}"
+            )
+        if fraction < 1 and self.direction != "gradient":
+            raise OptionError(
+                "{perturbed_fraction} < 1 takes {direction}='gradient' (along the momentum, "
+                "MSAM's one pass is the perturbed one)"
+            )
 
     def replace(self, **changes: Any) -> GNPOptions:
         """A copy with ``changes`` (checked again)."""
@@ -138,7 +156,8 @@ class GNPOptions:
 
     @property
     def cheaper(self) -> bool:
-        """A variant of ``gnp.efficient`` (fewer passes than GNP on average)."""
+        """A variant of ``gnp.efficient`` (reuse, or a given direction): it needs its own code
+        path, where the fraction of rows only changes the passes."""
         return self.reuse_period > 1 or self.direction != "gradient"
 
     @property

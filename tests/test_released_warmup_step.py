@@ -14,30 +14,15 @@ where the warmed r or α is 0 the released mix is therefore ``(1 − α)·g1/‖
 same loss and compared with the gradient our jitted train step hands to a plain SGD update.
 """
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from step_harness import applied_gradient, assert_close, loss_gradient, problem
 
 from gnp.gr_schedule import GRSchedule
 from gnp.options import GNPOptions
-from gnp.train.distributed import replicate, shard_batch
-from gnp.train.objective import LossConfig, make_loss_fn, step_rngs
-from gnp.train.state import create_train_state
-from gnp.train.steps import make_train_step
 
-R, ALPHA, LR, WARMUP = 0.3, 0.8, 0.1, 10
-
-
-class Float64MLP(nn.Module):
-    """A tanh MLP computed in float64 throughout, so that both sides agree to rounding."""
-
-    @nn.compact
-    def __call__(self, x, train: bool = True):
-        x = jnp.tanh(nn.Dense(16, param_dtype=jnp.float64)(x.reshape(x.shape[0], -1)))
-        return nn.Dense(10, param_dtype=jnp.float64)(x)
+R, ALPHA, WARMUP = 0.3, 0.8, 10
 
 
 def released_gradient(grad, params, *, strategy, step, norm_perturbations):
@@ -59,59 +44,26 @@ def released_gradient(grad, params, *, strategy, step, norm_perturbations):
     return jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, first, g2)
 
 
-def our_gradient(model, state, batch, *, strategy, step, norm_perturbations):
-    """The gradient our GNP step applies at ``step``: −(θ' − θ)/lr under plain SGD."""
-    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-    train_step = make_train_step(
-        model=model,
-        optimizer=optax.sgd(LR),
-        schedule=optax.constant_schedule(LR),
-        mesh=mesh,
-        loss_config=LossConfig(),
-        gr=GRSchedule(r=R, alpha=ALPHA, strategy=strategy, warmup_steps=WARMUP),
-        gnp_options=GNPOptions(r=R, alpha=ALPHA, normalize_reference=norm_perturbations),
-        kind="gnp",
-    )
-    state = state.replace(step=jnp.asarray(step, jnp.int32))
-    before = jax.device_get(state.params)
-    placed = shard_batch(batch, mesh)
-    new_state, _ = train_step(replicate(state, mesh), placed["image"], placed["label"])
-    after = jax.device_get(new_state.params)
-    return jax.tree.map(lambda a, b: (a - b) / LR, before, after)
-
-
 @pytest.mark.parametrize("norm_perturbations", [True, False], ids=["released-mix", "paper-mix"])
 @pytest.mark.parametrize("strategy", ["r", "lambda"])
 @pytest.mark.parametrize("step", [0, 1, WARMUP], ids=["zero", "small", "full"])
 def test_our_step_is_the_released_step_during_the_warmup(strategy, step, norm_perturbations):
     with jax.enable_x64(True):
-        model = Float64MLP()
-        state, _ = create_train_state(
-            model, lambda p: optax.sgd(LR), (8, 8, 1), init_seed=0, seed=0
-        )
-        rng = np.random.default_rng(0)
-        batch = {
-            "image": rng.normal(size=(16, 8, 8, 1)),
-            "label": jax.nn.one_hot(rng.integers(0, 10, 16), 10),
-        }
-        loss_fn = make_loss_fn(model, LossConfig())
-        # The step's random streams (none used by TinyMLP) and BatchNorm statistics (none).
-        rngs = step_rngs(jax.random.fold_in(jax.random.fold_in(state.rng, step), 0), 0)
-
-        def grad(params):
-            return jax.grad(lambda p: loss_fn(p, {}, batch["image"], batch["label"], rngs)[0])(
-                params
-            )
-
+        model, state, batch = problem()
+        grad = loss_gradient(model, state, step)
         want = released_gradient(
-            grad,
+            lambda params: grad(params, batch["image"], batch["label"]),
             state.params,
             strategy=strategy,
             step=step,
             norm_perturbations=norm_perturbations,
         )
-        got = our_gradient(
-            model, state, batch, strategy=strategy, step=step, norm_perturbations=norm_perturbations
+        got = applied_gradient(
+            model,
+            state,
+            batch,
+            gr=GRSchedule(r=R, alpha=ALPHA, strategy=strategy, warmup_steps=WARMUP),
+            options=GNPOptions(r=R, alpha=ALPHA, normalize_reference=norm_perturbations),
+            step=step,
         )
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        assert_close(got, want)

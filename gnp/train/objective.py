@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from gnp.optim import l2_penalty
+from gnp.options import GNPOptions
 
 PyTree = Any
 RNG_STREAMS = ("dropout", "drop_path", "shake")
@@ -118,12 +119,22 @@ def step_rngs(rng: jax.Array, index: jax.Array | int) -> dict[str, jax.Array]:
     return rng_streams(jax.random.fold_in(rng, index))
 
 
+def _leading_rows(tree: PyTree, fraction: float, axis: int = 0) -> PyTree:
+    """The first ``fraction`` of the rows along ``axis`` (at least one): a batch's rows are
+    shuffled, so these are a random subset of the batch."""
+    return jax.tree.map(
+        lambda x: jax.lax.slice_in_dim(x, 0, max(1, round(fraction * x.shape[axis])), axis=axis),
+        tree,
+    )
+
+
 def gradient_passes(
     loss_fn: Callable[..., Any],
     batch_stats: PyTree,
     images: jax.Array,
     labels: jax.Array,
     rng: jax.Array,
+    options: GNPOptions,
     *,
     accumulation_steps: int,
     true_gradient_first: bool,
@@ -135,17 +146,20 @@ def gradient_passes(
     gradient: exactly the whole batch's gradient (for models without
     BatchNorm; with it, each micro-batch normalizes by its own statistics and
     updates the running statistics in turn, as PyTorch accumulation does).
-    Micro-batch i uses the same random draws in both passes.
+    Micro-batch i uses the same random draws in both passes. The perturbed pass sees the
+    first ``options.perturbed_fraction`` of each (micro-)batch's rows.
     """
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    fraction = options.perturbed_fraction
     if accumulation_steps == 1:
         rngs = step_rngs(rng, 0)
+        subset = _leading_rows((images, labels), fraction)
 
         def clean(params):
             return value_and_grad(params, batch_stats, images, labels, rngs, true_gradient_first)
 
         def perturbed(params):
-            return value_and_grad(params, batch_stats, images, labels, rngs, False)[1]
+            return value_and_grad(params, batch_stats, *subset, rngs, False)[1]
 
         return clean, perturbed
 
@@ -165,12 +179,13 @@ def gradient_passes(
 
     def perturbed(params):
         def body(total, xs):
-            index, (x, y) = xs
-            grads = value_and_grad(params, batch_stats, x, y, step_rngs(rng, index), False)[1]
+            index, rows = xs
+            grads = value_and_grad(params, batch_stats, *rows, step_rngs(rng, index), False)[1]
             return jax.tree.map(jnp.add, total, grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        total, _ = jax.lax.scan(body, zeros, (indices, micro))
+        subsets = _leading_rows(micro, fraction, axis=1)
+        total, _ = jax.lax.scan(body, zeros, (indices, subsets))
         return jax.tree.map(lambda g: g / accumulation_steps, total)
 
     return clean, perturbed

@@ -176,6 +176,7 @@ def make_train_step(
             images,
             labels,
             rng,
+            gnp_options,
             accumulation_steps=accumulation_steps,
             true_gradient_first=penalized and supports_true_gradient(model),
         )
