@@ -99,43 +99,21 @@ def _train(
     working_dir: str,
     mesh: Any,
     pipeline: InputPipeline,
-    allow_config_change: Collection[str],
+    allowed: Collection[str],
     on_step: Callable[[int, TrainState], None] | None,
 ) -> dict[str, Any]:
-    """The run itself, while this process holds the working directory's lock."""
+    """The run itself, while this process holds the working directory's lock; ``allowed``: the
+    config changes a resume may make."""
     is_chief = jax.process_index() == 0
     info, steps_per_epoch = pipeline.info, pipeline.steps_per_epoch
 
     # A resume must have the config the run was trained with: checked before anything is built.
     checkpoints = Checkpoints(os.path.join(working_dir, "checkpoints"), config.keep_checkpoints)
-    changes: dict[str, tuple[Any, Any]] = {}
-    steps, records = checkpoints.all_steps(), workdir.run_records(working_dir)
-    # With records but no checkpoint, only a run that never saved one may start again, and only
-    # with its own config (which retrains the same epochs): else it would train over a history.
-    unusable = not steps and (
-        any(r.startswith("checkpoints/") for r in records) or "config.json" not in records
-    )
-    if steps or records:
-        try:
-            if unusable:
-                raise NoUsableCheckpoint(
-                    f"no checkpoint of the run in {working_dir} restores, and a fresh start would "
-                    f"replace its records. {workdir.how_to_start_over(working_dir)}"
-                )
-            changes = workdir.check_resume(
-                working_dir,
-                config.to_dict(),
-                epochs_done=steps[-1] // steps_per_epoch if steps else 0,
-                allowed=allow_config_change,
-            )
-        except (workdir.ConfigChanged, NoUsableCheckpoint):
-            checkpoints.close()
-            raise
-    if records and not steps:
-        print(
-            f"{working_dir}: no checkpoint was saved yet ({records[0]}); training again from "
-            "the start with the same config"
-        )
+    try:
+        steps, changes = _resume_check(config, working_dir, checkpoints, steps_per_epoch, allowed)
+    except (workdir.ConfigChanged, NoUsableCheckpoint):
+        checkpoints.close()
+        raise
 
     # Model, optimizer, state.
     model = build.build_model(config, info.num_classes)
@@ -192,35 +170,12 @@ def _train(
     )
     writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
 
-    record: dict[str, Any] = {}
-    resume_step = int(state.step)  # past an epoch's start when the run was preempted mid-epoch
-    epoch_seconds: list[float] = []
     if is_chief:
         # The first step compiles: on a large model that is minutes with nothing else to show.
         print("compiling the training step (the first step takes longest) ...", flush=True)
-    preemption = PreemptionGuard()
-    preemption.install()
     try:
-        for epoch in range(progress["epoch"] + 1, config.total_epochs + 1):
-            started = time.perf_counter()
-            state, record = epochs.train(state, epoch, resume_step, preemption)
-            if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:
-                record |= evaluate(
-                    epochs.eval_step, state, pipeline, mesh, config.compute_top_5_error_rate
-                )
-            writer.write(record)
-            epoch_seconds.append(time.perf_counter() - started)
-            eta = _remaining_seconds(epoch_seconds, config.total_epochs - epoch)
-            print(f"{_format_record(record)}  eta {_clock(eta)}", flush=True)
-            finished = epoch == config.total_epochs
-            if epoch % config.save_ckpt_every_n_epochs == 0 or finished:
-                checkpoints.save(
-                    state,
-                    train_iterator,
-                    {"epoch": epoch, "finished": finished, "final_metrics": record},
-                )
+        record = epochs.run(state, progress["epoch"] + 1, writer)
     finally:
-        preemption.restore()
         writer.close()
         checkpoints.close()
 
@@ -228,6 +183,42 @@ def _train(
         curves = workdir.read_metrics(writer.path)
         plot_training_curves(curves, os.path.join(working_dir, "curves.png"))
     return record
+
+
+def _resume_check(
+    config: Any,
+    working_dir: str,
+    checkpoints: Checkpoints,
+    steps_per_epoch: int,
+    allowed: Collection[str],
+) -> tuple[list[int], dict[str, tuple[Any, Any]]]:
+    """The checkpoints' steps and the config changes of a resume (``workdir.check_resume``).
+
+    With a run's records but no checkpoint, only a run that never saved one may start again,
+    and only with its own config (which retrains the same epochs): else it would train over a
+    history (``NoUsableCheckpoint``)."""
+    steps, records = checkpoints.all_steps(), workdir.run_records(working_dir)
+    if not (steps or records):
+        return steps, {}
+    if not steps and (
+        any(r.startswith("checkpoints/") for r in records) or "config.json" not in records
+    ):
+        raise NoUsableCheckpoint(
+            f"no checkpoint of the run in {working_dir} restores, and a fresh start would "
+            f"replace its records. {workdir.how_to_start_over(working_dir)}"
+        )
+    changes = workdir.check_resume(
+        working_dir,
+        config.to_dict(),
+        epochs_done=steps[-1] // steps_per_epoch if steps else 0,
+        allowed=allowed,
+    )
+    if not steps:
+        print(
+            f"{working_dir}: no checkpoint was saved yet ({records[0]}); training again from "
+            "the start with the same config"
+        )
+    return steps, changes
 
 
 @dataclasses.dataclass
@@ -244,6 +235,41 @@ class _Epochs:
     eval_step: Any
     on_step: Callable[[int, TrainState], None] | None
     gnp_taken: int  # GNP steps so far: every reuse_period-th is a full one
+
+    def run(self, state: TrainState, first_epoch: int, writer: MetricWriter) -> dict[str, Any]:
+        """Every epoch from ``first_epoch`` (a preempted run restarts mid-epoch, at the state's
+        step): train, evaluate, write, save. Returns the last epoch's record."""
+        config, record = self.config, {}
+        resume_step = int(state.step)
+        epoch_seconds: list[float] = []
+        preemption = PreemptionGuard()
+        preemption.install()
+        try:
+            for epoch in range(first_epoch, config.total_epochs + 1):
+                started = time.perf_counter()
+                state, record = self.train(state, epoch, resume_step, preemption)
+                if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:
+                    record |= evaluate(
+                        self.eval_step,
+                        state,
+                        self.pipeline,
+                        self.mesh,
+                        config.compute_top_5_error_rate,
+                    )
+                writer.write(record)
+                epoch_seconds.append(time.perf_counter() - started)
+                eta = _remaining_seconds(epoch_seconds, config.total_epochs - epoch)
+                print(f"{_format_record(record)}  eta {_clock(eta)}", flush=True)
+                finished = epoch == config.total_epochs
+                if epoch % config.save_ckpt_every_n_epochs == 0 or finished:
+                    self.checkpoints.save(
+                        state,
+                        self.train_iterator,
+                        {"epoch": epoch, "finished": finished, "final_metrics": record},
+                    )
+        finally:
+            preemption.restore()
+        return record
 
     def train(
         self, state: TrainState, epoch: int, resume_step: int, preemption: PreemptionGuard

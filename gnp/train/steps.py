@@ -11,6 +11,16 @@ BatchNorm normalizes by each device's own batch statistics (as the released code
 A run compiles one step per kind (``STEP_KINDS``), each on first use: ``plain`` (one pass),
 ``gnp`` (the configured GNP variant; with reuse, its full step) and ``gnp_reuse`` (a reuse
 step: the clean pass only, ``gnp.reuse_period`` > 1).
+
+Sharded parameters (``shard_params``): each device gathers the parameters, computes its
+gradient as it would replicated, and keeps its shard of the device mean; the optimizer updates
+the shards. Per-device perturbations are unchanged; synced ones are computed on the shards.
+
+The norms logged have one meaning on every kind of step and any number of devices
+(``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the optimizer
+(averaged over devices, clipped), ``clean_gradient_norm`` is ‖∇L(θ)‖ of the whole global batch
+at the clean point (equal to the unclipped ‖ḡ‖ on a plain step), ``update_norm`` the
+optimizer's update, ``param_norm`` θ after the update.
 """
 
 from __future__ import annotations
@@ -76,6 +86,66 @@ def clip_by_norm(grads: PyTree, norm: jax.Array, limit: float, sharded: bool) ->
     return grads, jnp.minimum(norm, limit)  # ‖clip(g)‖ = min(‖g‖, c)
 
 
+def on_shards(options: gnp.GNPOptions, layout: ParamLayout) -> bool:
+    """Synced perturbations of sharded parameters: both passes return their shard of the device-
+    mean gradient, and the GNP math runs on the shards (the cheaper variants take the whole)."""
+    return layout.sharded and options.axis_name is not None and not options.cheaper
+
+
+def step_gradient(
+    state: TrainState,
+    clean: Any,
+    perturbed: Any,
+    params: PyTree,
+    *,
+    kind: str,
+    gr: GRSchedule,
+    options: gnp.GNPOptions,
+    layout: ParamLayout,
+) -> tuple[efficient.StepGradient, bool]:
+    """The gradient of a step of ``kind`` from its two passes, and whether its gradients are
+    the device mean already (computed on the shards, ``on_shards``)."""
+    if kind == "plain":
+        value, grads = clean(params)
+        return efficient.StepGradient(value, grads, grads, state.reuse), False
+    r, alpha = gr.values(state.step)
+    if on_shards(options, layout):
+        options = options.replace(axis_name=None)  # the passes average already
+
+        def clean_shards(shards: PyTree) -> tuple[Any, PyTree]:
+            value, grads = clean(layout.gather(shards))
+            return value, layout.device_mean(grads)
+
+        result = efficient.step_gradient(
+            clean_shards,
+            lambda shards: layout.device_mean(perturbed(layout.gather(shards))),
+            state.params,
+            options,
+            r=r,
+            alpha=alpha,
+            norm=layout.norm,
+        )
+        return result._replace(state=state.reuse), True
+    direction = (  # MSAM perturbs towards the next update: minus the momentum
+        jax.tree.map(jnp.negative, layout.gather(momentum_of(state.opt_state)))
+        if options.direction == "momentum"
+        else None
+    )
+    result = efficient.step_gradient(
+        clean,
+        perturbed,
+        params,
+        options,
+        r=r,
+        alpha=alpha,
+        state=state.reuse,
+        direction=direction,
+        state_axis_name=AXIS,
+        full=kind == "gnp",
+    )
+    return result, False
+
+
 def make_train_step(
     *,
     model: nn.Module,
@@ -103,15 +173,7 @@ def make_train_step(
     statistics follow them; a model without BatchNorm is unchanged.
     ``state_specs``: the state's ``PartitionSpec`` tree when its parameters and optimizer
     state are sharded over ``data`` (``gnp.train.distributed.state_specs``); None: replicated.
-    Sharded, each device gathers the parameters, computes its gradient as it would
-    replicated, and keeps its shard of the device mean; the optimizer updates the shards.
-    Per-device perturbations are unchanged; synced ones are computed on the shards.
-
-    The norms logged have one meaning on every kind of step and any number of devices
-    (``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the
-    optimizer (averaged over devices, clipped), ``clean_gradient_norm`` is ‖∇L(θ)‖ of
-    the whole global batch at the clean point (equal to the unclipped ‖ḡ‖ on a plain
-    step), ``update_norm`` the optimizer's update, ``param_norm`` θ after the update.
+    The metrics are the module docstring's.
     """
     penalized = check_choice(kind, STEP_KINDS, "kind") != "plain"
     if sync_batch_norm:
@@ -119,51 +181,6 @@ def make_train_step(
     loss_fn = make_loss_fn(model, loss_config)
     layout = ParamLayout(None if state_specs is None else state_specs.params)
     synced = gnp_options.axis_name is not None
-    # Synced perturbations of sharded parameters: both passes return their shard of the device-
-    # mean gradient, and the GNP math runs on the shards (the cheaper variants take the whole).
-    on_shards = layout.sharded and synced and not gnp_options.cheaper
-    options = gnp_options.replace(axis_name=None) if on_shards else gnp_options
-
-    def gradient(state: TrainState, clean: Any, perturbed: Any, params: PyTree) -> tuple:
-        """(the step's ``StepGradient``, whether its gradients are the device mean already)."""
-        if not penalized:
-            value, grads = clean(params)
-            return efficient.StepGradient(value, grads, grads, state.reuse), False
-        r, alpha = gr.values(state.step)
-        if on_shards:
-
-            def clean_shards(shards: PyTree) -> tuple[Any, PyTree]:
-                value, grads = clean(layout.gather(shards))
-                return value, layout.device_mean(grads)
-
-            result = efficient.step_gradient(
-                clean_shards,
-                lambda shards: layout.device_mean(perturbed(layout.gather(shards))),
-                state.params,
-                options,
-                r=r,
-                alpha=alpha,
-                norm=layout.norm,
-            )
-            return result._replace(state=state.reuse), True
-        direction = (  # MSAM perturbs towards the next update: minus the momentum
-            jax.tree.map(jnp.negative, layout.gather(momentum_of(state.opt_state)))
-            if options.direction == "momentum"
-            else None
-        )
-        result = efficient.step_gradient(
-            clean,
-            perturbed,
-            params,
-            options,
-            r=r,
-            alpha=alpha,
-            state=state.reuse,
-            direction=direction,
-            state_axis_name=AXIS,
-            full=kind == "gnp",
-        )
-        return result, False
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
         rng = jax.random.fold_in(
@@ -180,7 +197,9 @@ def make_train_step(
             accumulation_steps=accumulation_steps,
             true_gradient_first=penalized and supports_true_gradient(model),
         )
-        result, averaged = gradient(state, clean, perturbed, params)
+        result, averaged = step_gradient(
+            state, clean, perturbed, params, kind=kind, gr=gr, options=gnp_options, layout=layout
+        )
         _, (batch_stats, metrics) = result.value
         grads = result.grads
         if layout.sharded:
