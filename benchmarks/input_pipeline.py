@@ -28,12 +28,17 @@ from PIL import Image
 from gnp.data import InputPipeline, build_input_pipeline, cifar
 
 
-def write_cifar10(root: Path) -> None:
+def write_cifar10(root: Path, per_file: int = 10_000, learnable: bool = False) -> None:
+    """The official archive of random images; ``learnable`` tints each image by its class, so
+    that a short training has something to learn (gpu_check.py)."""
     rng = np.random.default_rng(0)
+    tints = rng.integers(0, 128, size=(10, 3072))
     with tarfile.open(root / cifar.CIFAR10.archive, "w:gz", compresslevel=1) as tar:
         for name in (*cifar.CIFAR10.train_files, *cifar.CIFAR10.test_files):
-            data = rng.integers(0, 256, size=(10_000, 3072), dtype=np.uint8)
-            labels = rng.integers(0, 10, size=10_000).tolist()
+            labels = rng.integers(0, 10, size=per_file)
+            data = rng.integers(0, 256 - 128 * learnable, size=(per_file, 3072))
+            data = (data + learnable * tints[labels]).astype(np.uint8)
+            labels = labels.tolist()
             payload = pickle.dumps({b"data": data, b"labels": labels}, protocol=2)
             info = tarfile.TarInfo(f"{cifar.CIFAR10.folder}/{name}")
             info.size = len(payload)
