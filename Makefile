@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast cuda benchmark benchmark-gpu clean
+.PHONY: train test test-fast cuda benchmark benchmark-gpu gpu-check gpu-wheels clean
 
 # (PYTHONWARNINGS=ignore: setuptools warns about every editable install; this one is intended.)
 $(STAMP): requirements.lock pyproject.toml
@@ -45,6 +45,22 @@ benchmark-gpu: $(STAMP)
 	@$(PY) -c "import jax, sys; sys.exit(jax.default_backend() == 'cpu')" || { echo "jax sees no GPU: run 'make cuda' first"; exit 1; }
 	$(PY) benchmarks/step_time.py --models WideResNet_28_10,ViT_S16 --dtypes float32,bfloat16 \
 		--batch 128 --steps 20 $$($(PY) -c "import torch" 2>/dev/null && echo --torch)
+
+# The GPU acceptance run (benchmarks/gpu_check.py, under 8 minutes): writes
+# benchmarks/results/gpu-check-DEVICE-DATE/. GPU_PYTHON: the device machine's Python 3.12 with
+# jax[cuda] already there; the packages it lacks come from .gpu-wheels/ (make gpu-wheels, here).
+GPU_PYTHON ?= python3
+gpu-check:
+	@$(GPU_PYTHON) -c "import jax, sys; sys.exit(jax.default_backend() == 'cpu')" 2>/dev/null || { echo "error: jax sees no GPU here; on a CPU machine run 'python benchmarks/gpu_check.py --smoke'"; exit 1; }
+	test ! -d .gpu-wheels || $(GPU_PYTHON) -m pip install --quiet --no-index --find-links .gpu-wheels grain==0.2.18 ml_collections==1.1.0 tensorboardX==2.6.5 mnist1d==0.0.2.post1
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu_check.py
+
+# Run here, with network: the cp312 manylinux wheels gpu-check installs on the device machine.
+gpu-wheels:
+	$(PY) -m pip download --quiet --dest .gpu-wheels --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		grain==0.2.18 ml_collections==1.1.0 tensorboardX==2.6.5 mnist1d==0.0.2.post1
+	rm -f .gpu-wheels/numpy-* .gpu-wheels/scipy-*  # jax brings them; under the 64 MiB a run carries
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
