@@ -33,6 +33,7 @@ import json
 import math
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,8 +60,10 @@ class Sizes:
     train_batch: int = 128
     train_per_file: int = 2_560  # 5 files: 12,800 images, 100 steps an epoch at batch 128
     train_epochs: int = 3
+    train_workers: int = -1  # grain workers; -1: from the CPU count
     loader_per_file: int = 10_000
     loader_seconds: float = 5.0
+    loader_workers: int = -1  # -1: one per host core
     imagenet_per_class: int = 40
     probe_model: str = "WideResNet_28_10"
     probe_start: int = 256
@@ -82,8 +85,10 @@ SMOKE = Sizes(
     train_batch=16,
     train_per_file=32,
     train_epochs=2,
+    train_workers=0,
     loader_per_file=64,
     loader_seconds=0.3,
+    loader_workers=0,
     imagenet_per_class=2,
     probe_model="SmallCNN",
     probe_start=8,
@@ -149,7 +154,10 @@ def train_config(sizes: Sizes, data_dir: str, dtype: str) -> Any:
 
     config = get_base_config()
     config.dataset.dataset_name, config.dataset.data_dir = "cifar10", data_dir
-    config.dataset.image_level_augmentations, config.dataset.num_workers = "basic", 0
+    config.dataset.image_level_augmentations, config.dataset.num_workers = (
+        "basic",
+        sizes.train_workers,
+    )
     config.model.model_name, config.model.dtype = sizes.train_model, dtype
     config.batch_size, config.total_epochs = sizes.train_batch, sizes.train_epochs
     config.warmup_epochs = 0
@@ -245,7 +253,7 @@ def part_loader(sizes: Sizes, out: Path) -> dict[str, Any]:
 
     from gnp.data import build_input_pipeline
 
-    workers = len(os.sched_getaffinity(0)) if sizes.loader_seconds >= 1 else 0
+    workers = len(os.sched_getaffinity(0)) if sizes.loader_workers < 0 else sizes.loader_workers
     cases = {
         "CIFAR-10 basic, batch 128": ({"image_level_augmentations": "basic"}, 128),
         "CIFAR-10 autoaugment, batch 128": ({"image_level_augmentations": "autoaugment"}, 128),
@@ -352,9 +360,12 @@ def part_memory(sizes: Sizes, out: Path) -> dict[str, Any]:
 # --- the run: parts in their own processes, under their boxes -------------------------------
 
 
-def run_part(part: str, args: argparse.Namespace, out: Path, box: float) -> dict[str, Any]:
-    """Runs one part in a fresh process (its own XLA flags, its memory given back after)."""
-    env = dict(os.environ)
+def run_part(
+    part: str, args: argparse.Namespace, out: Path, box: float, cache: str
+) -> dict[str, Any]:
+    """Runs one part in a fresh process (its own XLA flags, its memory given back after). The
+    parts share a compilation cache: the train part's resumed run compiles nothing again."""
+    env = {"JAX_COMPILATION_CACHE_DIR": cache, **os.environ}
     if part == "train" and args.gpu:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {DETERMINISTIC}".strip()
     if part == "table":
@@ -382,19 +393,15 @@ def header(args: argparse.Namespace) -> dict[str, str]:
     import jax
     from step_time import device_name, load
 
-    driver = (
-        subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-        )
-        if args.gpu
-        else None
-    )
+    smi = shutil.which("nvidia-smi")
+    text = subprocess.run([smi], capture_output=True, text=True).stdout if smi else ""
+    driver = re.search(r"Driver Version:\s*(\S+)", text)
+    cuda = re.search(r"CUDA Version:\s*(\S+)", text)
     return {
         "device": device_name(),
-        "driver": driver.stdout.strip() if driver and driver.returncode == 0 else "none",
-        "cuda": str(getattr(jax.devices()[0], "compute_capability", "none")),
+        "driver": driver[1] if driver else "none",
+        "cuda": f"{cuda[1] if cuda else 'none'} (compute capability "
+        f"{getattr(jax.devices()[0], 'compute_capability', 'none')})",
         "software": f"Python {sys.version.split()[0]}, jax {jax.__version__}, jaxlib "
         f"{jax.lib.__version__}, flax {flax.__version__}",
         "host": f"{len(os.sched_getaffinity(0))} cores, load average {load()}",
@@ -465,7 +472,8 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     head = header(args)
     boxes = {part: getattr(args.sizes, f"box_{part}") for part in PARTS}
-    parts = {part: run_part(part, args, out, box) for part, box in boxes.items()}
+    with tempfile.TemporaryDirectory() as cache:
+        parts = {part: run_part(part, args, out, box, cache) for part, box in boxes.items()}
     if "images_per_second_last_epoch" in parts["speed"] and "xla_flags" in parts["train"]:
         parts["train"]["deterministic_cost"] = (
             parts["speed"]["images_per_second_last_epoch"]
