@@ -374,10 +374,14 @@ def run_part(
         command = [sys.executable, __file__, f"--part={part}", f"--out={out}", *args.size_argv]
     started = time.perf_counter()
     with (out / f"{part}.log").open("w") as log:
+        # A session of its own, so that a part past its box goes with its grain workers.
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
         try:
-            code = subprocess.run(command, env=env, stdout=log, stderr=log, timeout=box).returncode
+            code = process.wait(timeout=box)
             status = "ok" if code == 0 else f"failed (exit {code}; see {part}.log)"
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
             status = f"timed out after {box:.0f} s"
     record: dict[str, Any] = {"status": status, "seconds": time.perf_counter() - started}
     if part == "table":
@@ -425,7 +429,11 @@ def summary(head: dict[str, str], parts: dict[str, dict[str, Any]]) -> str:
         elif part == "loader":
             lines += [f"- {v}" for v in loader_verdicts(record, parts["table"]["rows"])]
         else:
-            lines += [f"- {k}: {json.dumps(v)}" for k, v in record.items() if k != "status"]
+            lines += [
+                f"- {k}: {json.dumps(v)}"
+                for k, v in record.items()
+                if k not in ("status", "seconds")
+            ]
         lines.append("")
     return "\n".join(lines)
 
