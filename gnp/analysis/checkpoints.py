@@ -84,7 +84,7 @@ def read_checkpoint(
     for _ in range(ATTEMPTS):
         candidates = [s for s in reversed(kept_steps(directory)) if s not in damaged]
         vanished = False
-        for candidate in candidates:
+        for position, candidate in enumerate(candidates):
             try:
                 return _read(directory, candidate)
             except FileNotFoundError:  # rotated away by the training run: look again
@@ -92,9 +92,12 @@ def read_checkpoint(
                 break
             except Exception as error:
                 damaged.add(candidate)
+                then = (
+                    "reading the previous one" if position + 1 < len(candidates) else "none older"
+                )
                 say(
-                    f"checkpoint {directory / str(candidate)} is damaged ({one_line(error)}); "
-                    "reading the previous one"
+                    f"checkpoint {directory / str(candidate)} is damaged "
+                    f"({one_line(error)}); {then}"
                 )
         if not vanished:
             break
