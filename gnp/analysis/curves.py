@@ -209,7 +209,8 @@ def _title(run: RunRecords) -> str:
 
 def plot_runs(runs: Sequence[RunRecords], png_path: str | Path, *, with_json: bool = True) -> Path:
     """The curves of ``runs`` on one figure (one colour per run when there are several; train
-    solid, test dashed), with the numbers drawn in a JSON beside the PNG (``with_json``)."""
+    solid, test and the optimizer's gradient norm dashed), with the numbers drawn in a JSON
+    beside the PNG (``with_json``)."""
     panels = _panels(runs)
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
@@ -220,12 +221,13 @@ def plot_runs(runs: Sequence[RunRecords], png_path: str | Path, *, with_json: bo
     for ax, (title, scale, factor, curves) in zip(axes, panels, strict=False):
         for index, run in enumerate(runs):
             color = {"color": f"C{index}"} if len(runs) > 1 else {}
-            for key, label in curves:
+            for position, (key, label) in enumerate(curves):
                 if key == "gradient_norm":
                     label = clipping_label(run.config)
                 if len(runs) > 1:
                     label = f"{run.name}: {label}"
-                dashed = {"linestyle": "--"} if key.startswith("test_") and len(runs) > 1 else {}
+                # One colour per run: a panel's second curve (test, or the optimizer's norm) dashed.
+                dashed = {"linestyle": "--"} if position and len(runs) > 1 else {}
                 drawn = _draw(ax, run, key, factor, label, **color, **dashed)
                 partial_drawn |= "partial_epoch_points" in drawn
                 numbers["runs"].setdefault(run.name, {})[drawn["key"]] = drawn
