@@ -1,9 +1,11 @@
 """Analysis of training runs: ``python -m gnp.analyze SUBCOMMAND --working_dir=RUN [...]``.
 
-Also installed as ``gnp-analyze``. Each subcommand reads a run's ``config.json``
-and latest checkpoint, measures it with ``gnp.analysis`` and writes a PNG and a
-JSON of the same stem (the numbers drawn, plus where they came from) to
-``RUN/analysis/``:
+Also installed as ``gnp-analyze``. Each measuring subcommand reads a run's ``config.json``
+and a checkpoint (``--step``, default the newest that restores: a damaged one is passed over
+in one line), measures it with ``gnp.analysis`` and writes a PNG and a JSON of the same stem
+(the numbers drawn, plus where they came from) to ``RUN/analysis/``, named by what tells two
+analyses apart: ``<kind>_<split>_step<N>`` then, where they apply, ``_cross_entropy``,
+``_batches<B>``, ``_seed<S>`` and ``_vs_<RUN2>_step<M>``.
 
   gradient-norm  ‖∇L(θ)‖ over a whole split, and the per-batch norms
   hessian        top-k Hessian eigenvalues (Lanczos) with their residuals ‖Hv − λv‖
@@ -13,13 +15,16 @@ JSON of the same stem (the numbers drawn, plus where they came from) to
   landscape      the loss along 1 or 2 filter-normalized random directions
                  (attention kernels: one filter per projection and head)
   interpolate    the loss on the segment between two runs' checkpoints, BatchNorm
-                 statistics re-estimated at each point (or blended: see --help)
+                 statistics re-estimated at each point (or blended: see --help);
+                 the grid always holds t = 0 and t = 1, the two runs themselves
+  curves         several runs' curves.png on one figure (RUN1 RUN2 ...)
   alpha-sweep    train one config per α (and r), then plot the clean mini-batch
                  gradient norm (an epoch mean, not ‖∇L(θ)‖) and the test error per
                  epoch for each (Figure 3 of the 2022 paper)
 
 The loss measured is the run's training objective without its randomness:
-mean cross-entropy (with the run's label smoothing) plus the run's L2 term,
+mean cross-entropy (with the run's label smoothing) plus the run's L2 term
+(``--loss=cross_entropy`` drops it; gradient-norm and landscape print both terms at θ),
 BatchNorm in inference mode (its running statistics), no dropout, no
 augmentation. A fixed function of θ is what a gradient norm, a Hessian or a
 landscape is defined for; the per-step numbers in ``metrics.jsonl`` are not.
@@ -28,8 +33,8 @@ landscape is defined for; the per-step numbers in ``metrics.jsonl`` are not.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,7 +46,9 @@ import numpy as np
 from absl import logging
 
 from gnp import analysis
+from gnp.analysis.curves import plot_runs, read_run_records
 from gnp.analysis.plots import clean_gradient_norm_key, json_ready
+from gnp.files import read_json, write_json_atomically
 from gnp.train.config import normalize_argv, read_config
 from gnp.train.loop import train_and_evaluate
 from gnp.train.run import (
@@ -70,6 +77,11 @@ BATCHNORM_MODES = {
     "interpolate": "BatchNorm statistics interpolated between the two checkpoints' running ones",
     "none": "no BatchNorm statistics (the model has none)",
 }
+# What ``--loss`` measures.
+LOSS_CHOICES = {
+    "objective": LOSS_DEFINITION,
+    "cross_entropy": LOSS_DEFINITION.replace(" + the run's L2 term", " (no L2 term)"),
+}
 # Interpolation goes this far past each run: the loss just outside shows whether a run sits
 # at the bottom of its basin.
 INTERPOLATION_MARGIN = 0.5
@@ -84,44 +96,109 @@ def _output_dir(args: argparse.Namespace) -> Path:
     return directory
 
 
-def _write_json(path: Path, numbers: dict[str, Any]) -> None:
-    path.write_text(json.dumps(json_ready(numbers), indent=1) + "\n")
+def _output_path(args: argparse.Namespace, kind: str, run: Run, other: Run | None = None) -> Path:
+    """``RUN/analysis/<kind>_<split>_step<N>[...].png``: named by everything that tells two
+    analyses of a run apart (split, checkpoint, loss, batches, seed, the other run and its
+    checkpoint), so that one never overwrites another."""
+    parts = [kind, args.split, f"step{run.step}"]
+    if args.loss != "objective":
+        parts.append(args.loss)
+    if args.max_batches is not None:
+        parts.append(f"batches{args.max_batches}")
+    if args.seed != 0:
+        parts.append(f"seed{args.seed}")
+    if other is not None:
+        parts += ["vs", other.working_dir.resolve().name, f"step{other.step}"]
+    return _output_dir(args) / ("_".join(parts) + ".png")
 
 
 def _add_to_json(png: Path, results: dict[str, Any]) -> None:
     """Adds ``results`` to the JSON the plot wrote beside ``png``: one file per figure."""
     path = png.with_suffix(".json")
-    _write_json(path, json.loads(path.read_text()) | results)
+    numbers = read_json(path, "rerun the analysis to write it again")
+    write_json_atomically(path, json_ready(numbers | results))
 
 
-def _measurement(run: Run, split: str, batches: list[Batch]) -> dict[str, Any]:
+def _load(working_dir: str, step: int | None) -> Run:
+    """The run at ``step`` (default: its newest readable checkpoint)."""
+    print(f"reading {working_dir} ...", flush=True)
+    run = load_run(working_dir, step)
+    print(f"  checkpoint step {run.step} (epoch {run.epoch})", flush=True)
+    return run
+
+
+def _measured(run: Run, args: argparse.Namespace) -> Run:
+    """``run`` with the loss the user chose: ``cross_entropy`` drops the L2 term."""
+    if args.loss == "objective":
+        return run
+    config = run.config.copy_and_resolve_references()
+    config.l2_regularization = 0.0
+    return dataclasses.replace(run, config=config)
+
+
+def _loss_terms(run: Run, batches: list[Batch]) -> dict[str, float]:
+    """The cross-entropy and the L2 term of the run's objective apart, over ``batches``."""
+    config = run.config.copy_and_resolve_references()
+    l2 = config.l2_regularization
+    config.l2_regularization = 0.0
+    cross_entropy = analysis.mean_loss(
+        params_loss(dataclasses.replace(run, config=config)), run.params, batches
+    )
+    config.l2_regularization = l2
+    objective = analysis.mean_loss(
+        params_loss(dataclasses.replace(run, config=config)), run.params, batches
+    )
+    return {"cross_entropy": cross_entropy, "l2_term": objective - cross_entropy}
+
+
+def _print_loss_terms(run: Run, args: argparse.Namespace, batches: list[Batch]) -> dict[str, Any]:
+    terms = _loss_terms(run, batches)
+    print(
+        f"at θ: cross-entropy {terms['cross_entropy']:.6g} + L2 term {terms['l2_term']:.6g} "
+        f"over the {args.split} split; measured: {LOSS_CHOICES[args.loss]}",
+        flush=True,
+    )
+    return {"loss_terms_at_theta": terms}
+
+
+def _measurement(run: Run, args: argparse.Namespace, batches: list[Batch]) -> dict[str, Any]:
     examples = sum(analysis.default_weight(batch) for batch in batches)
     return {
         **run.provenance(),
-        "split": split,
+        "split": args.split,
         "num_examples": int(examples),
         "num_batches": len(batches),
-        "loss_definition": LOSS_DEFINITION,
+        "loss": args.loss,
+        "loss_definition": LOSS_CHOICES[args.loss],
     }
+
+
+def _batches(run: Run, args: argparse.Namespace) -> list[Batch]:
+    batches = split_batches(run.pipeline, args.split, args.max_batches)
+    print(f"  {len(batches)} batches of the {args.split} split", flush=True)
+    return batches
 
 
 # Subcommands.
 
 
 def gradient_norm(args: argparse.Namespace) -> None:
-    run = load_run(args.working_dir)
-    batches = split_batches(run.pipeline, args.split, args.max_batches)
-    result = analysis.full_gradient_norm(params_loss(run), run.params, batches)
+    run = _load(args.working_dir, args.step)
+    batches = _batches(run, args)
+    terms = _print_loss_terms(run, args, batches)
+    print("  the gradient over the whole split ...", flush=True)
+    result = analysis.full_gradient_norm(params_loss(_measured(run, args)), run.params, batches)
     png = analysis.plot_batch_gradient_norms(
         result.batch_norms,
         result.norm,
-        _output_dir(args) / "gradient_norm.png",
-        title=f"{run.working_dir.name}, {args.split} split",
+        _output_path(args, "gradient_norm", run),
+        title=f"{run.working_dir.name}, step {run.step}, {args.split} split",
     )
     _add_to_json(
         png,
         {
-            **_measurement(run, args.split, batches),
+            **_measurement(run, args, batches),
+            **terms,
             **result.summary(),
             "batch_sizes": result.batch_weights,
         },
@@ -134,8 +211,9 @@ def _hessian_of(
     run: Run, args: argparse.Namespace, keys: tuple[jax.Array, jax.Array]
 ) -> tuple[list[Batch], analysis.Eigenpairs, analysis.TraceEstimate | None, int]:
     """Lanczos and Hutchinson on one run; the same ``keys`` give every run the same probes."""
-    batches = split_batches(run.pipeline, args.split, args.max_batches)
-    operator = analysis.hessian_operator(params_loss(run), run.params, batches)
+    batches = _batches(run, args)
+    operator = analysis.hessian_operator(params_loss(_measured(run, args)), run.params, batches)
+    print(f"  Lanczos for the top {args.k} eigenvalues ...", flush=True)
     top = analysis.top_eigenvalues(
         operator,
         args.k,
@@ -143,6 +221,8 @@ def _hessian_of(
         num_iterations=args.lanczos_iterations,
         tolerance=args.tolerance,
     )
+    if args.trace_probes:
+        print(f"  Hutchinson trace with {args.trace_probes} probes ...", flush=True)
     trace = (
         analysis.hessian_trace(operator, key=keys[1], num_probes=args.trace_probes)
         if args.trace_probes
@@ -175,14 +255,14 @@ def _print_hessian(
 
 
 def hessian(args: argparse.Namespace) -> None:
-    run = load_run(args.working_dir)
-    other = load_run(args.other) if args.other else None
+    run = _load(args.working_dir, args.step)
+    other = _load(args.other, args.other_step) if args.other else None
     if other is not None:
         _check_same_model(run, other)
     keys = tuple(jax.random.split(jax.random.key(args.seed)))
     batches, top, trace, size = _hessian_of(run, args, keys)
     results = {
-        **_measurement(run, args.split, batches),
+        **_measurement(run, args, batches),
         "num_parameters": size,
         "lanczos_iterations": top.num_iterations,
         **_trace_numbers(trace),
@@ -215,9 +295,25 @@ def hessian(args: argparse.Namespace) -> None:
                 f"trace difference {difference.mean:.6g} ± {difference.standard_error:.2g} "
                 f"(paired; {difference.unpaired_standard_error:.2g} with independent probes)"
             )
-    png = analysis.plot_eigenvalues(series, _output_dir(args) / "hessian.png", title=title)
+    png = analysis.plot_eigenvalues(series, _output_path(args, "hessian", run, other), title=title)
     _add_to_json(png, results)
     print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+def interpolation_grid(points: int) -> np.ndarray:
+    """About ``points`` values of t over [-margin, 1 + margin] that always hold t = 0 and
+    t = 1 (the two runs themselves): 0 and 1 split the range's points in proportion, so the
+    grid is even on each of its three pieces and exactly even when the counts allow."""
+    low, high = -INTERPOLATION_MARGIN, 1 + INTERPOLATION_MARGIN
+    step = (high - low) / max(points - 1, 1)
+    inside = max(1, round(1 / step))  # intervals between 0 and 1
+    outside = max(0, round(INTERPOLATION_MARGIN / step))  # intervals on each side
+    middle = np.linspace(0.0, 1.0, inside + 1)
+    if outside == 0:
+        return middle
+    before = np.linspace(low, 0.0, outside + 1)[:-1]
+    after = np.linspace(1.0, high, outside + 1)[1:]
+    return np.concatenate([before, middle, after])
 
 
 def symmetric_grid(span: float, points: int) -> np.ndarray:
@@ -227,9 +323,10 @@ def symmetric_grid(span: float, points: int) -> np.ndarray:
 
 
 def landscape(args: argparse.Namespace) -> None:
-    run = load_run(args.working_dir)
-    batches = split_batches(run.pipeline, args.split, args.max_batches)
-    loss = params_loss(run)
+    run = _load(args.working_dir, args.step)
+    batches = _batches(run, args)
+    terms = _print_loss_terms(run, args, batches)
+    loss = params_loss(_measured(run, args))
     coordinates = symmetric_grid(args.span, args.points)
     keys = jax.random.split(jax.random.key(args.seed), args.dims)
     images = jax.ShapeDtypeStruct(batches[0]["image"].shape, jnp.float32)
@@ -237,9 +334,11 @@ def landscape(args: argparse.Namespace) -> None:
     directions = [
         analysis.filter_normalized_direction(key, run.params, filters=filters) for key in keys
     ]
-    png = _output_dir(args) / f"landscape_{args.dims}d.png"
+    png = _output_path(args, f"landscape_{args.dims}d", run)
+    print(f"  the loss at {args.points**args.dims} points ...", flush=True)
     results = {
-        **_measurement(run, args.split, batches),
+        **_measurement(run, args, batches),
+        **terms,
         "seed": args.seed,
         "filters": FILTER_RULE,
     }
@@ -252,7 +351,7 @@ def landscape(args: argparse.Namespace) -> None:
             values,
             png,
             xlabel="t (along a filter-normalized random direction)",
-            title=run.working_dir.name,
+            title=f"{run.working_dir.name}, step {run.step}",
             marks={"θ": 0.0},
         )
     else:
@@ -293,11 +392,12 @@ def _batchnorm_mode(run: Run, requested: str | None) -> str:
 
 
 def interpolate(args: argparse.Namespace) -> None:
-    run, other = load_run(args.working_dir), load_run(args.other)
+    run = _load(args.working_dir, args.step)
+    other = _load(args.other, args.other_step)
     _check_same_model(run, other)
-    batches = split_batches(run.pipeline, args.split, args.max_batches)
-    coordinates = np.linspace(-INTERPOLATION_MARGIN, 1 + INTERPOLATION_MARGIN, args.points)
-    loss = variables_loss(run)
+    batches = _batches(run, args)
+    coordinates = interpolation_grid(args.points)
+    loss = variables_loss(_measured(run, args))
     mode = _batchnorm_mode(run, args.batchnorm_statistics)
     results: dict[str, Any] = {}
     at_point = None
@@ -318,7 +418,8 @@ def interpolate(args: argparse.Namespace) -> None:
     values = analysis.linear_interpolation(
         loss, run.variables, other.variables, batches, coordinates=coordinates, at_point=at_point
     )
-    png = _output_dir(args) / f"interpolation_{other.working_dir.resolve().name}.png"
+    print(f"  the loss at {coordinates.size} points on the line ...", flush=True)
+    png = _output_path(args, "interpolation", run, other)
     analysis.plot_loss_curve(
         coordinates,
         values,
@@ -328,7 +429,7 @@ def interpolate(args: argparse.Namespace) -> None:
         marks={run.working_dir.name: 0.0, other.working_dir.name: 1.0},
     )
     results |= {
-        **_measurement(run, args.split, batches),
+        **_measurement(run, args, batches),
         "other": other.provenance(),
         "batchnorm_statistics": BATCHNORM_MODES[mode].format(n=args.bn_batches),
         "note": "t=0 is working_dir, t=1 is other; params interpolated; "
@@ -372,6 +473,33 @@ def alpha_sweep(args: argparse.Namespace) -> None:
         print(
             f"{label}: epoch {last['epoch']}, {key} {last[key]:.4g} (epoch mean of mini-batch "
             f"norms), test error {last.get('test_error_rate', float('nan')):.4f}"
+        )
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+
+
+def curves(args: argparse.Namespace) -> None:
+    runs = []
+    for directory in args.runs:
+        if not (Path(directory) / "metrics.jsonl").is_file():
+            raise RunError(
+                f"{Path(directory) / 'metrics.jsonl'} does not exist: {directory} is not a "
+                "training run's --working_dir, or it has not finished an epoch"
+            )
+        print(f"reading {Path(directory) / 'metrics.jsonl'} ...", flush=True)
+        runs.append(read_run_records(directory))
+    if args.output:
+        png = Path(args.output)
+        png.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        names = "_".join(run.name for run in runs)
+        png = Path(args.runs[0]) / "analysis" / f"curves_{names}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+    plot_runs(runs, png)
+    for run in runs:
+        last = run.records[-1] if run.records else {}
+        print(
+            f"{run.name}: {len(run.records)} epochs, last test error "
+            f"{last.get('test_error_rate', float('nan')):.4f}"
         )
     print(f"wrote {png} and {png.with_suffix('.json')}")
 
@@ -431,7 +559,30 @@ def _measured_run_flags() -> argparse.ArgumentParser:
         "--output_dir", default=None, help="where outputs go (default: WORKING_DIR/analysis)"
     )
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for random vectors")
+    parser.add_argument(
+        "--step",
+        type=_at_least(0),
+        default=None,
+        help="the checkpoint's training step (default: the newest that restores); an unknown "
+        "step is refused listing the kept ones",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=tuple(LOSS_CHOICES),
+        default="objective",
+        help="what is measured: the training objective, cross-entropy + L2 term (the default), "
+        "or the cross-entropy alone; gradient-norm and landscape print both terms at θ",
+    )
     return parser
+
+
+def _other_step_flag(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--other_step",
+        type=_at_least(0),
+        default=None,
+        help="the other run's checkpoint step (default: its newest that restores)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -484,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a second run of the same model, measured with the same vectors; adds the "
         "paired standard error of the trace difference",
     )
+    _other_step_flag(sub)
     sub.add_argument(
         "--trace_probes",
         type=int,
@@ -509,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     sub.add_argument("--other", required=True, help="the other run's directory (t=1)")
+    _other_step_flag(sub)
     sub.add_argument(
         "--points", type=_at_least(2), default=21, help="points on the line (default: 21)"
     )
@@ -524,6 +677,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_at_least(1),
         default=8,
         help="training batches to re-estimate BatchNorm statistics on (default: 8)",
+    )
+    sub = add(
+        "curves",
+        curves,
+        "Several runs' curves.png on one figure (SAM against GNP, one α against another): "
+        "loss, error rate, gradient norms and the sharpness diagnostics, one colour per run.",
+    )
+    sub.add_argument("runs", nargs="+", metavar="RUN", help="training runs' working directories")
+    sub.add_argument(
+        "--output",
+        default=None,
+        metavar="PNG",
+        help="where the figure goes, its JSON beside it "
+        "(default: RUN1/analysis/curves_<RUN1>_<RUN2>...png)",
     )
     sub = add(
         "alpha-sweep",

@@ -77,9 +77,15 @@ def read_json(path):
     return json.loads(path.read_text())
 
 
+def only(directory, pattern):
+    """The one file of ``directory`` that matches ``pattern``."""
+    (path,) = directory.glob(pattern)
+    return path
+
+
 def test_gradient_norm_equals_a_direct_computation(run_dir):
     analyze.main(["gradient-norm", f"--working_dir={run_dir}", "--split=test"])
-    numbers = read_json(run_dir / "analysis" / "gradient_norm.json")
+    numbers = read_json(run_dir / "analysis" / "gradient_norm_test_step10.json")
     loss, params = hand_loss(run_dir)
     value, gradient = jax.value_and_grad(loss)(params)
     expected = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(gradient)))
@@ -87,14 +93,14 @@ def test_gradient_norm_equals_a_direct_computation(run_dir):
     assert numbers["loss"] == pytest.approx(float(value), rel=1e-5)
     assert numbers["gradient_norm"] == pytest.approx(float(expected), rel=1e-4)
     assert len(numbers["batch_gradient_norms"]) == numbers["num_batches"] == 2
-    assert (run_dir / "analysis" / "gradient_norm.png").stat().st_size > 0
+    assert (run_dir / "analysis" / "gradient_norm_test_step10.png").stat().st_size > 0
 
 
 def test_hessian_lanczos_agrees_with_power_iteration(run_dir):
     analyze.main(
         ["hessian", f"--working_dir={run_dir}", "--split=test", "--k=2", "--trace_probes=4"]
     )
-    numbers = read_json(run_dir / "analysis" / "hessian.json")
+    numbers = read_json(run_dir / "analysis" / "hessian_test_step10.json")
     eigenvalues = numbers["eigenvalues"]["eigenvalues"]
     assert len(eigenvalues) == 2 and eigenvalues[0] >= eigenvalues[1]
     assert len(numbers["trace_samples"]) == 4
@@ -115,11 +121,11 @@ def test_landscape_at_zero_is_the_loss_at_theta(run_dir):
     for dims in (1, 2):
         flags = ["--split=test", f"--dims={dims}", "--points=3", "--span=0.5"]
         analyze.main(["landscape", f"--working_dir={run_dir}", *flags])
-    curve = read_json(run_dir / "analysis" / "landscape_1d.json")
+    curve = read_json(run_dir / "analysis" / "landscape_1d_test_step10.json")
     assert curve["coordinates"] == [-0.5, 0.0, 0.5]
     assert curve["losses"]["loss"][1] == pytest.approx(at_theta, rel=1e-5)
     assert curve["split"] == "test" and curve["checkpoint_step"] == 10
-    plane = read_json(run_dir / "analysis" / "landscape_2d.json")
+    plane = read_json(run_dir / "analysis" / "landscape_2d_test_step10.json")
     assert plane["values"][1][1] == pytest.approx(at_theta, rel=1e-5)
     # A filter-normalized step of half of every filter's norm raises the loss.
     assert min(curve["losses"]["loss"][0], curve["losses"]["loss"][2]) > at_theta
@@ -164,7 +170,9 @@ def test_interpolation_ends_are_the_two_runs(sweep_dir):
     run_a, run_b = sweep_dir / "alpha_0_r_0.05", sweep_dir / "alpha_1_r_0.05"
     flags = ["--split=test", "--points=5", "--bn_batches=3"]
     analyze.main(["interpolate", f"--working_dir={run_a}", f"--other={run_b}", *flags])
-    numbers = read_json(run_a / "analysis" / "interpolation_alpha_1_r_0.05.json")
+    numbers = read_json(
+        only(run_a / "analysis", "interpolation_test_step*_vs_alpha_1_r_0.05_step*.json")
+    )
     assert numbers["coordinates"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
     assert "re-estimated at each point on 3 training batches" in numbers["batchnorm_statistics"]
     losses = numbers["losses"]["loss"]
@@ -179,7 +187,9 @@ def test_interpolation_ends_are_the_two_runs(sweep_dir):
     # Blending the saved statistics instead: the ends are the checkpoints exactly as saved.
     blend = [*flags[:2], "--batchnorm_statistics=interpolate"]
     analyze.main(["interpolate", f"--working_dir={run_a}", f"--other={run_b}", *blend])
-    numbers = read_json(run_a / "analysis" / "interpolation_alpha_1_r_0.05.json")
+    numbers = read_json(
+        only(run_a / "analysis", "interpolation_test_step*_vs_alpha_1_r_0.05_step*.json")
+    )
     assert "interpolated" in numbers["batchnorm_statistics"]
     losses = numbers["losses"]["loss"]
     for index, run in ((1, run_a), (3, run_b)):
@@ -191,7 +201,7 @@ def test_hessian_of_two_runs_pairs_their_trace_probes(sweep_dir):
     run_a, run_b = sweep_dir / "alpha_0_r_0.05", sweep_dir / "alpha_1_r_0.05"
     flags = ["--split=test", "--k=2", "--trace_probes=6", f"--other={run_b}"]
     analyze.main(["hessian", f"--working_dir={run_a}", *flags])
-    numbers = read_json(run_a / "analysis" / "hessian.json")
+    numbers = read_json(only(run_a / "analysis", "hessian_test_step*_vs_alpha_1_r_0.05_step*.json"))
     assert sorted(numbers["eigenvalues"]) == ["alpha_0_r_0.05", "alpha_1_r_0.05"]
     assert sorted(numbers["residual_norms"]) == ["alpha_0_r_0.05", "alpha_1_r_0.05"]
     a, b = np.array(numbers["trace_samples"]), np.array(numbers["other"]["trace_samples"])
@@ -266,5 +276,99 @@ def test_the_documented_commands_run(run_dir, sweep_dir, tmp_path, monkeypatch):
         cheaper = ["--k=2", "--trace_probes=5"] if argv[1] == "hessian" else []
         analyze.main([*argv[1:], "--max_batches=1", *cheaper])
     written = {path.name for path in (tmp_path / "runs" / "default" / "analysis").iterdir()}
-    assert {"gradient_norm.json", "hessian.png", "landscape_2d.png"} <= written
-    assert (tmp_path / "runs" / "sgd" / "analysis" / "interpolation_alpha_1_r_0.05.png").exists()
+    assert {
+        "gradient_norm_test_step10_batches1.json",
+        "hessian_train_step10_batches1.png",
+        "landscape_2d_train_step10_batches1.png",
+    } <= written
+    assert only(
+        tmp_path / "runs" / "sgd" / "analysis",
+        "interpolation_train_*_batches1_vs_alpha_1_r_0.05_*.png",
+    )
+
+
+def test_analyses_of_two_splits_or_steps_keep_both_results(run_dir):
+    """Each output is named by its split and checkpoint: none overwrites another, and --step
+    reads the checkpoint asked for (the tiny run keeps steps 5 and 10)."""
+    for flags in (["--split=test"], ["--split=train"], ["--split=test", "--step=5"]):
+        analyze.main(["gradient-norm", f"--working_dir={run_dir}", "--max_batches=1", *flags])
+    analysis_dir = run_dir / "analysis"
+    names = {"test_step10", "train_step10", "test_step5"}
+    numbers = {n: read_json(analysis_dir / f"gradient_norm_{n}_batches1.json") for n in names}
+    assert {n: (v["split"], v["checkpoint_step"]) for n, v in numbers.items()} == {
+        "test_step10": ("test", 10),
+        "train_step10": ("train", 10),
+        "test_step5": ("test", 5),
+    }
+    assert numbers["test_step5"]["gradient_norm"] != numbers["test_step10"]["gradient_norm"]
+
+
+def test_an_unknown_step_is_refused_listing_the_kept_steps(run_dir):
+    with pytest.raises(SystemExit, match=r"^error: no checkpoint of step 7 .*kept steps: 5, 10$"):
+        analyze.main(["landscape", f"--working_dir={run_dir}", "--step=7"])
+
+
+def test_the_loss_prints_cross_entropy_and_l2_apart_and_measures_either(run_dir, capsys):
+    """Against the hand loss: cross-entropy and ½·λ‖θ‖² at θ, and --loss=cross_entropy
+    measures the first alone."""
+    loss, params = hand_loss(run_dir)
+    squares = sum(
+        float(np.sum(np.square(np.asarray(p, np.float64)))) for p in jax.tree.leaves(params)
+    )
+    l2_term = 0.5 * L2 * squares
+    flags = ["--split=test", "--dims=1", "--points=3", "--span=0.5"]
+    analyze.main(["landscape", f"--working_dir={run_dir}", *flags, "--loss=cross_entropy"])
+    out = capsys.readouterr().out
+    assert "cross-entropy" in out and "L2 term" in out
+    numbers = read_json(run_dir / "analysis" / "landscape_1d_test_step10_cross_entropy.json")
+    terms = numbers["loss_terms_at_theta"]
+    assert terms["l2_term"] == pytest.approx(l2_term, rel=1e-3)
+    assert terms["cross_entropy"] == pytest.approx(float(loss(params)) - l2_term, rel=1e-5)
+    assert numbers["losses"]["loss"][1] == pytest.approx(terms["cross_entropy"], rel=1e-5)
+
+
+@pytest.mark.parametrize("points", [2, 5, 11, 21, 30])
+def test_the_interpolation_grid_holds_both_runs(points):
+    grid = analyze.interpolation_grid(points)
+    assert 0.0 in grid and 1.0 in grid
+    assert (grid[0] == pytest.approx(-0.5) and grid[-1] == pytest.approx(1.5)) or points == 2
+    assert np.all(np.diff(grid) > 0) and abs(grid.size - points) <= 1
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("analysis"))
+    (copy / "checkpoints" / "10" / "meta" / "metadata").write_text('{"epoch": 2, "fini')
+    analyze.main(["gradient-norm", f"--working_dir={copy}", "--split=test", "--max_batches=1"])
+    out = capsys.readouterr().out
+    (notice,) = [line for line in out.splitlines() if " is damaged " in line]
+    assert notice.startswith(f"checkpoint {copy / 'checkpoints' / '10'} is damaged (")
+    assert notice.endswith("); reading the previous one") and "checkpoint step 5" in out
+    assert read_json(copy / "analysis" / "gradient_norm_test_step5_batches1.json")
+    assert (copy / "checkpoints" / "10").is_dir()  # analysis reads; it never renames
+    with pytest.raises(SystemExit, match=r"^error: checkpoint .*10 is damaged .*kept steps: 5, 10"):
+        analyze.main(["gradient-norm", f"--working_dir={copy}", "--step=10"])
+
+
+def test_a_step_that_vanishes_while_read_is_looked_up_again(run_dir, tmp_path, monkeypatch):
+    """A run rotating its checkpoints deletes the newest-but-one as analysis reads it."""
+    import shutil
+
+    from gnp.analysis import checkpoints
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir / "checkpoints", copy)
+    real_read, calls = checkpoints._read, []
+
+    def rotating_read(directory, step):
+        calls.append(step)
+        if len(calls) == 1:  # the trainer deletes step 10 (the test plays it) mid-read
+            shutil.rmtree(directory / str(step))
+            raise FileNotFoundError(directory / str(step))
+        return real_read(directory, step)
+
+    monkeypatch.setattr(checkpoints, "_read", rotating_read)
+    _, meta = checkpoints.read_checkpoint(copy, say=pytest.fail)
+    assert calls == [10, 5] and meta["epoch"] == 1

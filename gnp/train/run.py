@@ -25,10 +25,10 @@ import ml_collections
 import numpy as np
 
 from gnp.analysis.batchnorm import BatchStatsUpdate
+from gnp.analysis.checkpoints import read_checkpoint
 from gnp.analysis.data import LossFn
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.train.build import build_model, loss_config
-from gnp.train.checkpoint import Checkpoints
 from gnp.train.config import validate_config
 from gnp.train.objective import model_variables, objective, rng_streams
 
@@ -85,31 +85,25 @@ def _read_config(working_dir: Path) -> ml_collections.ConfigDict:
     return validate_config(ml_collections.ConfigDict(json.loads(path.read_text())))
 
 
-def _read_latest_state(working_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_state(working_dir: Path, step: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     directory = working_dir / "checkpoints"
-    missing = RunError(
-        f"no checkpoint in {directory}: the run has not saved one yet "
-        "(it saves every save_ckpt_every_n_epochs epochs and at the end)"
-    )
     if not directory.is_dir():
-        raise missing
-    checkpoints = Checkpoints(str(directory), read_only=True)
-    try:
-        if checkpoints.latest_step() is None:
-            raise missing
-        return checkpoints.load_latest()
-    finally:
-        checkpoints.close()
+        raise RunError(
+            f"no checkpoint in {directory}: the run has not saved one yet "
+            "(it saves every save_ckpt_every_n_epochs epochs and at the end)"
+        )
+    return read_checkpoint(directory, step)
 
 
-def load_run(working_dir: str | Path) -> Run:
-    """The run in ``working_dir`` with its latest checkpoint's params and BatchNorm statistics.
+def load_run(working_dir: str | Path, step: int | None = None) -> Run:
+    """The run in ``working_dir`` with the params and BatchNorm statistics of checkpoint
+    ``step`` (default: the newest that restores; see ``gnp.analysis.checkpoints``).
 
     Arrays come back to the host, so a run trained on several devices is read on one.
     """
     working_dir = Path(working_dir)
     config = _read_config(working_dir)
-    state, progress = _read_latest_state(working_dir)
+    state, progress = _read_state(working_dir, step)
     pipeline = build_input_pipeline(config)
     variables = {
         "params": jax.tree.map(np.asarray, state["params"]),
