@@ -75,3 +75,29 @@ def test_sync_batch_norm_defaults_off_and_is_the_only_way_to_set_the_batch_norm_
     config.model.model_params.batch_norm_axis_name = "data"
     with pytest.raises(ValueError, match=r"use model\.sync_batch_norm=True"):
         validate_config(config)
+
+
+def test_a_typo_in_a_config_file_is_refused_with_the_key_it_meant(tmp_path):
+    # The case: `c.gnp.alfa = 0.5` in a config file trained at α = 0.8 silently.
+    path = tmp_path / "typo.py"
+    path.write_text(
+        "from gnp.configs import default\n\n"
+        "def get_config():\n"
+        "    c = default.get_config()\n"
+        "    c.gnp.alfa = 0.5\n"
+        "    return c\n"
+    )
+    from gnp.train.config import load_config_file
+
+    with pytest.raises(ValueError, match=r"unknown config key 'gnp.alfa'.*did you mean 'alpha'"):
+        validate_config(load_config_file(str(path)))
+
+
+def test_a_models_fields_and_the_schedule_arguments_are_the_users_own():
+    config = default.get_config()
+    config.hybrid_config.warm_steps = 10  # a keyword of the user's own schedule_function
+    config.model.model_params.width = 8
+    validate_config(config)
+    config.top_level_typo = 1
+    with pytest.raises(ValueError, match=r"unknown config key 'top_level_typo'"):
+        validate_config(config)

@@ -26,14 +26,14 @@ from ml_collections import config_flags
 
 from gnp import models
 from gnp.choices import check_choice
-from gnp.config_keys import ignored_key_notices
+from gnp.config_keys import get_base_config, ignored_key_notices
 from gnp.data import dataset_names
 from gnp.errors import one_line
 from gnp.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
 from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import has_momentum, learning_rate_schedule, optimizer_kwargs
 from gnp.train import build
-from gnp.train.workdir import flatten
+from gnp.train.workdir import flatten, plain
 
 # Reading a config file.
 
@@ -171,6 +171,44 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+# Keys whose children are the user's own: a model's fields (checked by the model's
+# constructor, build.build_model), and the keyword arguments of schedule_function.
+OPEN_SECTIONS = ("model.model_params.", "hybrid_config.")
+
+
+def check_known_keys(config: Any) -> None:
+    """Every key of ``config`` is one the trainer reads (``gnp.config_keys``): a typo in a
+    config file (``c.gnp.alfa = 0.5``) would otherwise train at the default, silently."""
+    known = flatten(get_base_config().to_dict())
+    for key in flatten(config.to_dict()):
+        if key in known or key.startswith(OPEN_SECTIONS):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
+        hint = difflib.get_close_matches(leaf, siblings, n=1)
+        raise ValueError(
+            f"unknown config key {key!r} in the config"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; valid keys of {parent or 'the config'}: {', '.join(siblings)}"
+        )
+
+
+def config_from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A run's config.json as this version reads it: keys added since at their default (the
+    run was trained with it), keys this version no longer has left out, as resuming does
+    (``workdir.check_resume`` reports them)."""
+    tree = plain(get_base_config().to_dict())
+    known = flatten(tree)
+    for key, value in flatten(saved).items():
+        if key in known or key.startswith(OPEN_SECTIONS):
+            *parents, leaf = key.split(".")
+            node = tree
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+    return ml_collections.ConfigDict(tree)
+
+
 def check_ranges(config: Any) -> None:
     """Every number finite, and every key of ``RANGES`` inside its range; the error names
     the key and the range."""
@@ -225,6 +263,7 @@ def _check_sync_batch_norm(model_config: Any) -> None:
 def validate_config(config: Any) -> Any:
     """Returns a copy with derived defaults filled in (eval batch size); raises ValueError."""
     config = config.copy_and_resolve_references()
+    check_known_keys(config)
     check_ranges(config)
     check_choice(config.model.model_name, models.names(), "model.model_name")
     check_choice(config.dataset.dataset_name, dataset_names(), "dataset.dataset_name")

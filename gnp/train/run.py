@@ -29,7 +29,7 @@ from gnp.analysis.checkpoints import read_checkpoint
 from gnp.analysis.data import LossFn
 from gnp.data import InputPipeline, build_input_pipeline
 from gnp.train.build import build_model, loss_config
-from gnp.train.config import validate_config
+from gnp.train.config import config_from_saved, validate_config
 from gnp.train.objective import model_variables, objective, rng_streams
 
 PyTree = Any
@@ -82,7 +82,7 @@ def _read_config(working_dir: Path) -> ml_collections.ConfigDict:
             f"{path} does not exist: {working_dir} is not a training run's --working_dir "
             "(the trainer writes config.json when it starts)"
         )
-    return validate_config(ml_collections.ConfigDict(json.loads(path.read_text())))
+    return validate_config(config_from_saved(json.loads(path.read_text())))
 
 
 def _read_state(working_dir: Path, step: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
