@@ -130,3 +130,54 @@ def test_the_later_follow_up_tables_are_their_results(mode):
     assert len(found) == 4
     for key, r in found:
         assert chosen[key] == float(r), key
+
+
+def _sqrt_nu_ratio(group, variant):
+    """Per step, the seed mean of a variant's mean √ν̂ over Adam's (the doc's ratios)."""
+
+    def seed_mean(name):
+        runs = [
+            r["adam"]
+            for r in RESULTS["icml2024"]["runs"]
+            if r["stage"] == "final" and r["group"] == group and r["variant"] == name
+        ]
+        steps = zip(*([s["mean_sqrt_nu"] for s in run] for run in runs), strict=True)
+        return [sum(values) / len(values) for values in steps]
+
+    return [v / a for v, a in zip(seed_mean(variant), seed_mean("adam"), strict=True)]
+
+
+def _quoted(number, places):
+    return f"{number:.{places}f}"
+
+
+def test_the_prose_numbers_the_review_found_wrong_are_the_results():
+    """Issue 26's four prose numbers, recomputed from results.json: the doc must quote these."""
+    groups = ("width32", "width64")
+    warmups = [
+        q for g in groups for v in ("gr_warmup_r", "gr_warmup_lambda") for q in _sqrt_nu_ratio(g, v)
+    ]
+    gr = [q for g in groups for q in _sqrt_nu_ratio(g, "gr")]
+    phrase = (
+        f"within {_quoted(min(warmups), 2)}–{_quoted(max(warmups), 2)}× of Adam's over\n"
+        f"  the 300 steps (GR: {_quoted(min(gr) + 1e-9, 2)}–{_quoted(max(gr), 2)}×)"
+    )
+    assert phrase in DOC, phrase
+
+    zero = [_sqrt_nu_ratio(g, "gr_warmup_zero") for g in groups]
+    identical = min(next(i for i, q in enumerate(ratios) if q != 1.0) for ratios in zero)
+    after = max(max(ratios) for ratios in zero)
+    assert f"Adam itself until step {identical}" in DOC
+    assert f"within {_quoted(after, 2)}× after" in DOC
+
+    holm = sorted({row["holm_p"] for row in RESULTS["contrasts"]})[0]
+    assert holm == pytest.approx(len(RESULTS["contrasts"]) * 2 / 1024)
+    assert f"({_quoted(holm, 4)} after Holm over\ntwelve)" in DOC
+
+    clean = [
+        r for r in RESULTS["icml2022"]["runs"] if r["stage"] == "final" and r["group"] == "noise0"
+    ]
+    sgd = min(r["full_gradient_norm"] for r in clean if r["variant"] == "sgd")
+    penalized = max(r["full_gradient_norm"] for r in clean if r["variant"] != "sgd")
+    assert penalized > sgd  # so "lower for every penalized run" would be wrong
+    assert f"run's is\n  {_quoted(penalized, 3)}, SGD's smallest {_quoted(sgd, 3)})" in DOC

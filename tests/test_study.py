@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gnp.files import DamagedFile
 from gnp.optim import learning_rate_schedule
 from gnp.study import main as study_main
 from gnp.study import measure, plan
@@ -92,6 +93,14 @@ def test_finished_runs_are_skipped_and_the_report_rebuilt(smoke_2022):
     again = study_main.main(["--mode=smoke", "--only=icml2022", "--variants=sgd", f"--out={out}"])
     assert metrics.stat().st_mtime_ns == written
     assert again["icml2022"]["runs"][0] == results["icml2022"]["runs"][0]
+    assert results["plan_commit"] == again["plan_commit"] == plan.plan_commit()
+
+
+def test_a_torn_results_file_is_refused_naming_it_and_the_fix(smoke_2022, tmp_path):
+    (tmp_path / "results.json").write_text('{"mode": "sm')
+    argv = ["--mode=smoke", "--only=icml2022", "--variants=sgd", f"--out={tmp_path}"]
+    with pytest.raises(DamagedFile, match=r"results\.json is damaged .*delete it"):
+        study_main.main(argv)
 
 
 def test_one_seed_tables_show_no_zero_spread(smoke_2022):

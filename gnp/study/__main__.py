@@ -2,6 +2,10 @@
 
 import sys
 
+from gnp.files import DamagedFile
 from gnp.study.main import main
 
-main(sys.argv[1:])
+try:
+    main(sys.argv[1:])
+except DamagedFile as error:  # a torn results file: one line naming it and the fix
+    sys.exit(f"error: {error}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import jax
 
 from gnp.analysis.plots import json_ready
+from gnp.files import read_json, write_json_atomically
 from gnp.study import __doc__ as study_doc
 from gnp.study.plan import (
     DECLARED,
@@ -23,6 +23,7 @@ from gnp.study.plan import (
     choose_r,
     default_r,
     final_runs,
+    plan_commit,
     tuning_runs,
 )
 from gnp.study.report import write_report
@@ -101,8 +102,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     progress = Progress(tuning + [s for finals in planned_finals.values() for s in finals], out)
     print(f"{args.mode} study: {progress.total} runs in {out} ({progress.done} done before)")
     path = out / "results.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    fix = "delete it: the study rebuilds it from the finished runs"
+    results: dict[str, Any] = read_json(path, fix) if path.exists() else {}
     results["mode"] = args.mode
+    results["plan_commit"] = plan_commit()
     results["scale"] = dataclasses.asdict(scale)
     for part in parts:
         started = time.perf_counter()
@@ -128,6 +131,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "icml2024": {v.key: v.label for v in ICML2024_VARIANTS},
     }
     report = write_report(results, out, declared=DECLARED, labels=labels)
-    path.write_text(json.dumps(json_ready(results | report), indent=1) + "\n")
+    write_json_atomically(path, json_ready(results | report))
     print(report["markdown"])
-    return json.loads(path.read_text())
+    return read_json(path, fix)

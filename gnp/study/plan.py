@@ -5,6 +5,7 @@ they make and how a variant's r is chosen from its tuning runs (see ``gnp.study`
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from gnp.configs.default import get_config as default_config
 from gnp.study.report import validation_errors
 
 PARTS = ("icml2022", "icml2024")
+# The confirmatory study's plan (issue 26), committed before any of its runs.
+PLAN_FILE = Path(__file__).resolve().parents[2] / "docs" / "study" / "plan.md"
 RUN_FILE = "study_run.json"
 
 
@@ -293,3 +296,19 @@ def choose_r(tuning: Sequence[dict[str, Any]]) -> dict[tuple[str, str], float]:
 def default_r(scale: Scale) -> float:
     """The r of a variant that is not tuned (SGD: irrelevant) or of a one-value grid."""
     return scale.r_grid[0] if len(scale.r_grid) == 1 else 0.05
+
+
+def plan_commit(plan_file: Path = PLAN_FILE) -> str | None:
+    """The git commit that last changed ``docs/study/plan.md`` (recorded in the results, so
+    they show which declared plan they ran); None outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "--", plan_file.name],
+            cwd=plan_file.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip() or None
