@@ -1,12 +1,13 @@
 # Two commands set up and run everything on a fresh machine with Python 3.11:
 #   make train   create .venv, install the pinned dependencies, train the default config
-#   make test    same set-up, then the whole test suite (make test-fast: without slow cases)
+#   make test    same set-up, then the test suite without the end-to-end cases marked slow
+#                (make test-slow: those; make test-all: both, as CI runs them)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast cuda benchmark benchmark-gpu gpu-check gpu-wheels clean
+.PHONY: train test test-slow test-all cuda benchmark benchmark-gpu gpu-check gpu-wheels clean
 
 # (PYTHONWARNINGS=ignore: setuptools warns about every editable install; this one is intended.)
 $(STAMP): requirements.lock pyproject.toml
@@ -23,11 +24,14 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check gnp tests benchmarks
 	$(PY) -m ruff format --check gnp tests benchmarks
-	$(PY) -m pytest
-
-# The suite without the end-to-end cases marked slow: for a quick check while developing.
-test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The end-to-end cases over ~10 s each (multi-process runs, every model's training steps, the
+# GPU check's smoke mode): CI runs them after make test.
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+test-all: test test-slow
 
 # NVIDIA GPUs: the CUDA plugin of the pinned jax (CUDA=13 for the CUDA 13 wheels).
 CUDA ?= 12

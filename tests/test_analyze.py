@@ -249,6 +249,7 @@ def test_help_shows_no_docstring_markup(capsys):
     assert "``" not in out and "gradient-norm" in out and "'gnp-analyze'" in out
 
 
+@pytest.mark.slow
 def test_the_documented_commands_run(run_dir, sweep_dir, tmp_path, monkeypatch):
     """docs/analysis.md's gnp-analyze commands on runs/default, runs/sgd and runs/gnp, as
     written, with the tiny runs above in those places. Appended, for the suite's time: one

@@ -101,3 +101,29 @@ def test_a_models_fields_and_the_schedule_arguments_are_the_users_own():
     config.top_level_typo = 1
     with pytest.raises(ValueError, match=r"unknown config key 'top_level_typo'"):
         validate_config(config)
+
+
+DEFAULT_ARGV = ["gnp-train", "--config=gnp/configs/default.py"]
+
+
+def test_a_models_field_is_set_from_the_command_line_as_its_type():
+    from gnp.train.build import build_model
+    from gnp.train.config import read_config
+
+    config = validate_config(read_config([*DEFAULT_ARGV, "--config.model.model_params.width=8"]))
+    assert config.model.model_params.width == 8
+    assert build_model(config, num_classes=10).width == 8
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("widht=8", r"widht is not a field of SmallCNN \(did you mean 'width'\?\); its fields"),
+        ("width=8.5", r"width=8.5: the field needs an integer \(its default is 32\)"),
+    ],
+)
+def test_a_misspelt_or_mistyped_model_field_is_the_users_error(flag, message):
+    from gnp.train.config import read_config
+
+    with pytest.raises(ValueError, match=message):
+        validate_config(read_config([*DEFAULT_ARGV, f"--config.model.model_params.{flag}"]))

@@ -231,6 +231,7 @@ def assert_same_metrics(a, b):
                 assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_training_on_four_devices_matches_one_device(tmp_path):
     finish(run(1, [(tmp_path / "one", RUN)]))
     from gnp.train.loop import train_and_evaluate
@@ -239,6 +240,7 @@ def test_training_on_four_devices_matches_one_device(tmp_path):
     assert_same_metrics(metrics(tmp_path / "four"), metrics(tmp_path / "one"))
 
 
+@pytest.mark.slow
 def test_two_processes_with_synced_batch_norm_match_one_device(tmp_path):
     """2 processes × 2 devices, BatchNorm statistics and perturbations synced across both hosts,
     with the parameters replicated and then sharded over the 4 devices of both hosts (saved,

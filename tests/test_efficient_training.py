@@ -41,6 +41,7 @@ def compiled_convolutions(*, penalized: bool = True, full: bool = True, **gnp: o
     return len(re.findall(r"= \S+ convolution\(", text))
 
 
+@pytest.mark.slow
 def test_gradient_passes_in_the_compiled_trainer_step():
     plain = compiled_convolutions(alpha=0.8, penalized=False)
     assert plain > 0

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_part_and_records_a_timed_out_one(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -69,6 +69,7 @@ def norm(tree):
     return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", [mlp_problem, conv_problem], ids=["tanh_mlp", "conv"])
 def test_exact_equals_double_backprop(problem):
     with jax.enable_x64(True):

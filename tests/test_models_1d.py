@@ -50,6 +50,7 @@ def test_parameter_count_by_hand(name, expected):
         assert 10_000 <= expected <= 30_000  # the size the study asks for: 19,562
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_shape_and_dtype(name):
     module = models.get_model(name, num_classes=10)
@@ -101,6 +102,7 @@ def test_batchnorm_eval_is_per_example_and_train_is_per_batch():
     assert not np.allclose(in_batch, in_half, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_vit1d_dropout_draws_follow_the_rng():
     module = models.get_model("ViT1D_32", num_classes=10, dropout_rate=0.3)
     signals = jax.random.normal(jax.random.key(4), (2, 40, 1))

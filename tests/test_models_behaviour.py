@@ -219,6 +219,7 @@ def test_drop_path_drops_whole_examples():
     assert abs(float((per_example[:, 0] == 0).mean()) - 0.25) < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", SMALL)
 def test_forward_train_eval_and_a_few_sgd_steps(family):
     """Shapes and dtypes, what tells training from eval, and that SGD reduces the loss."""
@@ -319,6 +320,7 @@ def test_classifier_init_scales_by_the_number_of_outputs():
     np.testing.assert_allclose(np.var(kernel), bound**2 / 3, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_cnn_heads_start_uniform_over_plus_minus_one_over_root_classes():
     for name, kwargs in [
         ("ResNet18", dict(stage_sizes=(1,), width=8)),

@@ -43,6 +43,7 @@ def point_at(config, data_dirs):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_dry_run_of_every_config(path, data_dirs, capsys):
     config = point_at(load_config_file(str(path)), data_dirs)

@@ -195,6 +195,7 @@ def tmpfs(path, options):
         subprocess.run(["umount", str(path)], check=True)
 
 
+@pytest.mark.slow
 def test_read_only_working_dir(tmp_path):
     with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
         result = gnp_main(f"--config={DEFAULT}", f"--working_dir={mount}")

@@ -236,6 +236,7 @@ print(jax.device_count(), state_digest(state) == meta["state_sha256"])
 """
 
 
+@pytest.mark.slow
 def test_a_run_resumes_sharded_from_a_replicated_checkpoint_and_back(tmp_path):
     """Epoch 1 replicated, 2 sharded, 3 replicated again: the metrics of one uninterrupted run
     (the checkpoint restores into either layout, and its SHA-256 verifies in both). The sharded

@@ -170,6 +170,7 @@ def read_jsonl_after(config, working_dir):
     return read_jsonl(working_dir)
 
 
+@pytest.mark.slow
 def test_hybrid_p_zero_is_plain_training_and_p_one_is_gnp(tmp_path):
     base = dict(total_epochs=2, evaluate_every_n_epochs=2, save_ckpt_every_n_epochs=2)
     train_and_evaluate(tiny_config(**base, **{"gnp.alpha": 0.0}), str(tmp_path / "plain"))
@@ -212,6 +213,7 @@ def test_config_errors_name_the_valid_choices(tmp_path, key, value, match):
         train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_the_resumed_run_equals_the_uninterrupted(
     tmp_path, monkeypatch
 ):

@@ -19,7 +19,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gnp.errors import one_line
-from gnp.train.config import check_override_keys, normalize_argv
+from gnp.train.config import (
+    check_override_keys,
+    normalize_argv,
+    set_model_fields,
+    split_model_fields,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -156,7 +161,7 @@ def dry_run(config: Any) -> None:
     print("model fields: " + ", ".join(f"{k}: {v}" for k, v in model_fields(model).items()))
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], model_fields_set: dict[str, str] | None = None) -> None:
     if len(argv) > 1:
         raise ValueError(
             f"unexpected arguments {argv[1:]}: every flag starts with --, and a path with a "
@@ -169,6 +174,7 @@ def main(argv: list[str]) -> None:
     if config is None:
         raise ValueError("--config=PATH is required (e.g. --config=gnp/configs/default.py)")
     apply_released_flags(config)
+    set_model_fields(config, model_fields_set or {})
     from gnp.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -254,8 +260,11 @@ def run() -> None:
     if not debug:
         sys.unraisablehook = _drop_closed_loop_errors
     try:
+        # Out of sys.argv too: config_flags reads its override flags from there.
+        sys.argv, fields = split_model_fields(argv)
+        argv = sys.argv
         check_override_keys(argv)
-        app.run(main, argv=argv)
+        app.run(lambda args: main(args, fields), argv=argv)
     except SystemExit:
         raise
     except BaseException as error:

@@ -8,6 +8,8 @@ all build from here, so a config means one set of objects wherever it is read.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from typing import Any
 
 import flax.linen as nn
@@ -37,10 +39,33 @@ WRN_SKIP_KEY = "use_additional_skip_connections_in_wrn"  # released top-level Wi
 WRN_SKIP_FIELD = "use_additional_skip_connections"
 
 
+def model_defaults(config: Any, names: list[str]) -> dict[str, Any]:
+    """The chosen model's default value of each field in ``names``; a name that is not one of
+    its fields is refused with the fields it has and the closest one."""
+    model = models.get_model(
+        config.model.model_name, num_classes=2, dtype=models.DTYPES[config.model.dtype]
+    )
+    fields = {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in ("parent", "name", "num_classes", "dtype", BATCH_NORM_AXIS_FIELD)
+    }
+    for name in names:
+        if name not in fields:
+            hint = difflib.get_close_matches(name, list(fields), n=1)
+            raise ValueError(
+                f"model.model_params.{name} is not a field of {config.model.model_name}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; its fields: {', '.join(sorted(fields))}"
+            )
+    return {name: fields[name] for name in names}
+
+
 def build_model(config: Any, num_classes: int) -> nn.Module:
     """The configured model; ``model.model_params`` override its fields (e.g. a smaller ViT),
     and the released top-level ``use_additional_skip_connections_in_wrn`` sets the WideResNet
     field of that name."""
+    model_defaults(config, list(config.model.get("model_params", {})))
     model = models.get_model(
         config.model.model_name,
         num_classes=num_classes,

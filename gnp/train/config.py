@@ -12,6 +12,7 @@ names the key and the fix.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import logging
@@ -115,6 +116,55 @@ def check_override_keys(argv: list[str]) -> None:
             node = node[key]
 
 
+MODEL_FIELD_FLAG = "--config.model.model_params."
+
+
+def split_model_fields(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``argv`` without its ``--config.model.model_params.FIELD=V`` flags, and those as
+    ``FIELD: V``: absl can only override keys the config file has, and a model's fields are
+    the model's to name (``model_fields`` parses and checks them once the model is known)."""
+    rest, fields = [], {}
+    for arg in argv:
+        if arg.startswith(MODEL_FIELD_FLAG) and "=" in arg:
+            name, text = arg[len(MODEL_FIELD_FLAG) :].split("=", 1)
+            fields[name] = text
+        else:
+            rest.append(arg)
+    return rest, fields
+
+
+def _parse_field(name: str, text: str, default: Any) -> Any:
+    """``text`` as the type of the field's default (a bool from true/false, a tuple from its
+    Python form); the error names the flag and the type it needs."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if isinstance(default, int | float):
+            return type(default)(text)
+        if isinstance(default, str):
+            return text
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        kinds = {bool: "True or False", int: "an integer", float: "a number"}
+        kind = kinds.get(type(default), f"a Python literal like {default!r}")
+        raise ValueError(
+            f"{MODEL_FIELD_FLAG}{name}={text}: the field needs {kind} (its default is {default!r})"
+        ) from None
+
+
+def set_model_fields(config: Any, fields: dict[str, str]) -> None:
+    """Sets ``model.model_params`` from the command line's ``FIELD: text``, each parsed as the
+    chosen model's field of that name (an unknown one refused by ``build.model_defaults``)."""
+    if not fields:
+        return
+    defaults = build.model_defaults(config, list(fields))
+    with config.model.model_params.unlocked():
+        for name, text in fields.items():
+            config.model.model_params[name] = _parse_field(name, text, defaults[name])
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """Joins ``--config.a.b = 0.3`` (the released scripts' spaced form) into ``--config.a.b=0.3``.
 
@@ -139,13 +189,16 @@ def normalize_argv(argv: list[str]) -> list[str]:
 def read_config(argv: list[str]) -> ml_collections.ConfigDict:
     """The config file of ``argv`` with its ``--config.KEY=VALUE`` overrides, as ``gnp-train``
     reads it, for a command line that trains without owning absl's global flags."""
+    argv, fields = split_model_fields(argv)
     check_override_keys(argv)
     flag_values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file(
         "config", None, "config file", flag_values=flag_values, sys_argv=argv
     )
     flag_values(argv)
-    return holder.value
+    config = holder.value
+    set_model_fields(config, fields)
+    return config
 
 
 # Checking a config.
