@@ -127,3 +127,8 @@ def test_a_misspelt_or_mistyped_model_field_is_the_users_error(flag, message):
 
     with pytest.raises(ValueError, match=message):
         validate_config(read_config([*DEFAULT_ARGV, f"--config.model.model_params.{flag}"]))
+
+
+def test_an_unknown_model_name_suggests_the_registered_one_case_aside():
+    with pytest.raises(ValueError, match=r"'resnet18' \(did you mean 'ResNet18'\?\); choose one"):
+        validate_config(config_with("model.model_name", "resnet18"))
