@@ -132,3 +132,22 @@ def test_a_misspelt_or_mistyped_model_field_is_the_users_error(flag, message):
 def test_an_unknown_model_name_suggests_the_registered_one_case_aside():
     with pytest.raises(ValueError, match=r"'resnet18' \(did you mean 'ResNet18'\?\); choose one"):
         validate_config(config_with("model.model_name", "resnet18"))
+
+
+@pytest.mark.parametrize(
+    "changes,line",
+    [
+        ({}, "r = 0.05, α = 0.8 (λ = α·r = 0.04)"),
+        (
+            {"gnp.r": 0.5, "gnp.alpha": 1.0, "gnp.norm_perturbations": True},
+            "r = 0.5, α = 1.0 (λ = α·r = 0.5), gnp.norm_perturbations: True",
+        ),
+        ({"gnp.alpha": 0.0}, "plain (r = 0 or α = 0: one pass, no penalty)"),
+    ],
+)
+def test_the_dry_runs_gradient_line_names_r_alpha_and_each_changed_option(changes, line):
+    from gnp.main import main
+
+    config = default.get_config()
+    config.update_from_flattened_dict(changes)
+    assert main.describe_gradient(validate_config(config)) == line

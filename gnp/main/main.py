@@ -111,6 +111,37 @@ def describe_batch_norm(config: Any, variables: dict[str, Any]) -> str:
     return "BatchNorm statistics per device"
 
 
+def describe_gradient(config: Any) -> str:
+    """The step's gradient as the trainer will compute it: r, α and λ = α·r always (the
+    config dump buries them), then each GNP option away from its default."""
+    import dataclasses
+
+    from gnp.options import GNPOptions
+    from gnp.train.build import GNP_KEYS, gnp_options
+
+    options = gnp_options(config)
+    if not options.penalized:
+        return "plain (r = 0 or α = 0: one pass, no penalty)"
+    default = GNPOptions()
+    others = [
+        f"gnp.{GNP_KEYS.get(f.name, f.name)}: "
+        + str(True if f.name == "axis_name" else getattr(options, f.name))
+        for f in dataclasses.fields(options)
+        if f.name not in ("r", "alpha") and getattr(options, f.name) != getattr(default, f.name)
+    ]
+    lam = float(options.r) * float(options.alpha)
+    warmup = config.gr_warmup_strategy
+    return ", ".join(
+        [f"r = {options.r}, α = {options.alpha} (λ = α·r = {lam:.4g})", *others]
+        + ([f"GR warmup: {warmup} over {config.warmup_epochs} epochs"] if warmup != "none" else [])
+        + (
+            [f"hybrid: GNP with probability {config.hybrid_config.p}"]
+            if config.use_hybrid_training
+            else []
+        )
+    )
+
+
 def describe_state_memory(config: Any, params: Any, opt_state: Any, devices: int) -> str:
     """What each device stores of the parameters and optimizer state (``shard_params``)."""
     import jax
@@ -151,6 +182,7 @@ def dry_run(config: Any) -> None:
     print(config)
     print(f"data: {pipeline.info}")
     print(f"optimizer: {describe_optimizer(config)}")
+    print(f"gradient: {describe_gradient(config)}")
     batch_norm = describe_batch_norm(config, variables)
     print(f"model: {config.model.model_name}, {count:,} parameters, {batch_norm}")
     schedule = learning_rate_schedule(config, pipeline.steps_per_epoch)
