@@ -53,7 +53,20 @@ def test_run_writes_every_output(tmp_path, capsys):
     assert len(epochs) == 3 and lines[epochs[-1]].endswith("eta 0:00:00")
     assert all(" eta " in lines[i] for i in epochs)
     assert any(line.startswith("compiling") for line in lines[: epochs[0]])
+    # A line every log_every_n_steps = 2 steps of each 5-step epoch (1437 // 256), at the
+    # epoch's steps 2 and 4; the first one's rate leaves out the step that compiled.
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split(":")[0] for line in steps[:3]] == [
+        "step 2 (epoch 1)",
+        "step 4 (epoch 1)",
+        "step 7 (epoch 2)",
+    ]
+    assert len(steps) == 6 and all("loss=" in line and "img_s=" in line for line in steps)
     lines = read_jsonl(tmp_path)
+    # Compilation is timed apart: only the first epoch compiles the train step.
+    assert lines[0]["compile_seconds"] > 0
+    assert [m["compile_seconds"] for m in lines[1:]] == [0.0, 0.0]
+    assert all(m["images_per_second"] > 0 for m in lines)
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     for m in lines:
         for key in (
@@ -244,6 +257,13 @@ def test_eta_uses_the_median_epoch_after_the_compiling_one():
     assert _remaining_seconds([30.0, 10.0, 12.0, 11.0], 5) == 55.0  # median of 10, 12, 11
     assert _remaining_seconds([30.0], 2) == 60.0  # only the first epoch measured so far
     assert _clock(3725.4) == "1:02:05" and _clock(0.0) == "0:00:00"
+
+
+def test_throughput_counts_only_the_steps_that_did_not_compile():
+    from gnp.train.loop import throughput
+
+    assert throughput(batch_size=128, steps=4, seconds=2.0) == 256.0
+    assert throughput(batch_size=128, steps=0, seconds=0.0) is None  # every step compiled
 
 
 def test_curves_title_gives_r_and_alpha_and_the_range_of_a_warmup():

@@ -235,6 +235,9 @@ class _Epochs:
     eval_step: Any
     on_step: Callable[[int, TrainState], None] | None
     gnp_taken: int  # GNP steps so far: every reuse_period-th is a full one
+    # Step kinds called once in this process: a kind's first call compiles it, and is timed
+    # apart so that images_per_second and the ETA measure training, not XLA.
+    compiled: set[str] = dataclasses.field(default_factory=set)
 
     def run(self, state: TrainState, first_epoch: int, writer: MetricWriter) -> dict[str, Any]:
         """Every epoch from ``first_epoch`` (a preempted run restarts mid-epoch, at the state's
@@ -257,7 +260,9 @@ class _Epochs:
                         config.compute_top_5_error_rate,
                     )
                 writer.write(record)
-                epoch_seconds.append(time.perf_counter() - started)
+                epoch_seconds.append(
+                    time.perf_counter() - started - record.get("compile_seconds", 0.0)
+                )
                 eta = _remaining_seconds(epoch_seconds, config.total_epochs - epoch)
                 print(f"{_format_record(record)}  eta {_clock(eta)}", flush=True)
                 finished = epoch == config.total_epochs
@@ -289,6 +294,10 @@ class _Epochs:
             leave=False,
             dynamic_ncols=True,
         )
+        # The steps that compiled (each kind's first call) and their seconds, left out of the
+        # rate; off a terminal (a log file, SLURM, nohup) a line stands in for the bar.
+        compiled_steps, compiling = 0, 0.0
+        log_lines = jax.process_index() == 0 and not sys.stderr.isatty()
         for i in bar:
             step = first_step + i
             if preemption.reached(step, self.checkpoints):
@@ -299,7 +308,16 @@ class _Epochs:
             )
             self.gnp_taken += kind != "plain"
             batch = shard_batch(next(self.train_iterator), self.mesh)
-            state, metrics = self.train_steps[kind](state, batch["image"], batch["label"])
+            if kind in self.compiled:
+                state, metrics = self.train_steps[kind](state, batch["image"], batch["label"])
+            else:
+                paused = time.perf_counter()
+                jax.block_until_ready(state)  # the steps before it stay in the measured time
+                state, metrics = self.train_steps[kind](state, batch["image"], batch["label"])
+                jax.block_until_ready(metrics)
+                compiling += time.perf_counter() - paused
+                compiled_steps += 1
+                self.compiled.add(kind)
             if self.on_step is not None:
                 self.on_step(step, state)
             step_metrics.append(metrics)
@@ -308,18 +326,32 @@ class _Epochs:
                 latest = jax.device_get(metrics)
                 if first_non_finite([latest]) is not None:
                     break
-                images_per_second = (i + 1) * config.batch_size / (time.perf_counter() - started)
-                bar.set_postfix(
-                    loss=f"{latest['train_loss']:.4f}",
-                    err=f"{latest['train_error_rate']:.3f}",
-                    img_s=f"{images_per_second:.0f}",
+                measured = throughput(
+                    config.batch_size,
+                    len(kinds) - compiled_steps,
+                    time.perf_counter() - started - compiling,
                 )
+                progress = {
+                    "loss": f"{latest['train_loss']:.4f}",
+                    "err": f"{latest['train_error_rate']:.3f}",
+                    "img_s": "compiling" if measured is None else f"{measured:.0f}",
+                }
+                bar.set_postfix(progress)
+                if log_lines:  # a log file (SLURM, nohup): the bar is off, a line stands in
+                    fields = " ".join(f"{k}={v}" for k, v in progress.items())
+                    print(f"step {step + 1} (epoch {epoch}): {fields}", flush=True)
         bar.close()
         fetched = jax.device_get(step_metrics)
         seconds = time.perf_counter() - started
         _raise_if_non_finite(fetched, first_step, epoch, self.checkpoints)
         end_step = first_step + steps_per_epoch
-        return state, _epoch_record(config, self.gr, epoch, end_step, fetched, kinds, seconds)
+        timing = {
+            "compile_seconds": compiling,
+            "images_per_second": throughput(
+                config.batch_size, len(kinds) - compiled_steps, seconds - compiling
+            ),
+        }
+        return state, _epoch_record(config, self.gr, epoch, end_step, fetched, kinds, timing)
 
     def _stop(self, state: TrainState, step: int, epoch: int, preemption: PreemptionGuard) -> None:
         """Saves the state before ``step`` and ends the run as asked (SIGTERM, Ctrl-C)."""
@@ -360,10 +392,11 @@ def _epoch_record(
     end_step: int,
     fetched: list[dict[str, Any]],
     kinds: list[str],
-    seconds: float,
+    timing: dict[str, float | None],
 ) -> dict[str, Any]:
     """One epoch's line of ``metrics.jsonl`` (before evaluation), from its steps' metrics and
-    kinds; ``end_step`` is the step count at the epoch's end."""
+    kinds; ``end_step`` is the step count at the epoch's end; ``timing``: the seconds spent
+    compiling and the rate of the other steps (None, and left out, if every step compiled)."""
     gnp_steps = [m for m, kind in zip(fetched, kinds, strict=True) if kind != "plain"]
     # The r and α of the epoch's last GNP step, as that step used them (0, 0: none in it).
     coefficients = {
@@ -384,7 +417,7 @@ def _epoch_record(
         "gnp_step_fraction": len(gnp_steps) / len(fetched),
         # The value in force at the epoch's last step (the released log).
         **({"probability": gr.probability(end_step - 1)} if config.use_hybrid_training else {}),
-        "images_per_second": len(fetched) * config.batch_size / seconds,
+        **{key: value for key, value in timing.items() if value is not None},
     }
 
 
@@ -405,9 +438,15 @@ def _report_changes(
         )
 
 
+def throughput(batch_size: int, steps: int, seconds: float) -> float | None:
+    """Images per second over ``steps`` steps that took ``seconds``; None when no step was
+    measured (each one compiled) rather than a rate that is really XLA's compile time."""
+    return steps * batch_size / seconds if steps > 0 and seconds > 0 else None
+
+
 def _remaining_seconds(epoch_seconds: list[float], epochs_left: int) -> float:
-    """The rest of the run at the median epoch's pace; the first epoch of a start compiles the
-    steps, so it counts only while it is the only one measured."""
+    """The rest of the run at the median epoch's pace (compile time already taken out; the
+    first epoch also compiles the evaluation, so it counts only while it is the only one)."""
     measured = epoch_seconds[1:] or epoch_seconds
     return float(np.median(measured)) * epochs_left
 
