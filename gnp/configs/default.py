@@ -1,4 +1,5 @@
-"""The default run: GNP on the embedded digits set with a small conv net, in a few minutes on CPU.
+"""The default run: GNP on the embedded digits set with a small conv net, in seconds
+on CPU (8 s on an idle 2-core machine, docs/training.md).
 
 python -m gnp.main --config=gnp/configs/default.py --working_dir=runs/default
 """

@@ -51,7 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="full",
         help="full: the study (2.5 h of CPU; two --shard processes on 2 cores took 1 h 26 min, "
         "docs/reproduction.md); pilot: every step on fewer runs (about 25 min of CPU); smoke: "
-        "the digits set, a 2-minute check of the machinery; wide_r: the follow-up with r up "
+        "the digits set, a check of the machinery (2 min on an idle 2-core machine, 7 on a shared "
+        "one); wide_r: the follow-up with r up "
         "to 0.5 on flipped labels (icml2022 only); wider_r: the second, r up to 1.4; "
         "widest_r: r up to 2.8; wider_r_clean: r up to 1.0 on "
         "clean labels",

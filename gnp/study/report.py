@@ -385,7 +385,14 @@ def write_report(
     if report.get("gate"):
         result = report["gate"]
         values = ", ".join(f"{100 * v:.2f}" for v in result["flipped_train_error_rate"])
-        verdict = "passed" if result["passed"] else "FAILED: widen the model or train longer"
+        verdict = (
+            "passed"
+            if result["passed"]
+            # The smoke mode's tiny runs check the machinery; memorizing needs the real scale.
+            else "not reached, as expected of the smoke mode's tiny runs"
+            if results.get("mode") == "smoke"
+            else "FAILED: widen the model or train longer"
+        )
         sections.append(
             f"Gate ({result['group']}): SGD's train error on the flipped labels, per seed "
             f"(%): {values}; must stay under {100 * GATE_THRESHOLD:g} %: {verdict}.\n"

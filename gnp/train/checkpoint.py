@@ -146,10 +146,15 @@ def _tree_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str
     )
 
 
-def _not_read_only_notice(record: logging.LogRecord) -> bool:
-    """orbax warns "Given directory is read only" whenever a manager is opened read-only, which
-    is what the analysis and the study ask for: a warning after every one of their runs."""
-    return not record.getMessage().startswith("Given directory is read only")
+# orbax's warnings about what gnp does on purpose, which read as failures in a run's log:
+# "Given directory is read only" whenever a manager is opened read-only (the analysis and the
+# study ask for that after every run), and "Waiting for previous save to complete took 1.3
+# seconds" when an epoch ends before the previous epoch's asynchronous save has (short epochs).
+_ROUTINE_NOTICES = ("Given directory is read only", "Waiting for previous save to complete")
+
+
+def _not_routine_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_ROUTINE_NOTICES)
 
 
 class Checkpoints:
@@ -162,12 +167,9 @@ class Checkpoints:
             if read_only
             else ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
-        absl_logger = logging.getLogger("absl")  # orbax logs through absl's logger
-        absl_logger.addFilter(_not_read_only_notice)
-        try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
-        finally:
-            absl_logger.removeFilter(_not_read_only_notice)
+        # orbax logs through absl's logger; a filter already there is not added twice.
+        logging.getLogger("absl").addFilter(_not_routine_notice)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
