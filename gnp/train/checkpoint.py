@@ -38,7 +38,7 @@ import gnp
 from gnp.errors import one_line
 from gnp.train.state import TrainState
 from gnp.train.stops import NonFiniteError
-from gnp.train.workdir import how_to_start_over
+from gnp.train.workdir import how_to_start_over, run_id
 
 
 def _whole(leaf: Any) -> np.ndarray:
@@ -203,6 +203,7 @@ class Checkpoints:
                         | {
                             "state_sha256": state_digest(state.as_dict()),
                             "gnp_version": gnp_version(),
+                            "run_id": run_id(os.path.dirname(self.directory)),
                         }
                     ),
                 ),
@@ -224,6 +225,7 @@ class Checkpoints:
         as it is), NoUsableCheckpoint when every one is damaged."""
         wanted = template.as_dict()
         wanted_arrays = _arrays(wanted)
+        this_run = run_id(os.path.dirname(self.directory))
         skipped: list[str] = []
         listed = set(self._manager.all_steps())
         for name in sorted(os.listdir(self.directory)):
@@ -243,6 +245,8 @@ class Checkpoints:
             except Exception as error:  # unreadable metadata or meta: damage
                 skipped.append(self._set_aside(step, one_line(error)))
                 continue
+            if meta.get("run_id") not in (None, this_run):  # None: before run ids
+                self._refuse_foreign(step, meta["run_id"], this_run)
             if differences := _tree_differences(saved_arrays, wanted_arrays):
                 self._refuse(step, meta, differences)
             # Read in the checkpoint's own tree (its containers may differ from this version's:
@@ -296,6 +300,16 @@ class Checkpoints:
             f"and holds another train state than this version builds ({'; '.join(differences)}); "
             "it is kept as it is. Resume the run with the gnp that wrote it, or start a new "
             "run with another --working_dir"
+        )
+
+    def _refuse_foreign(self, step: int, theirs: str, ours: str | None) -> None:
+        working_dir = os.path.dirname(self.directory)
+        this = f"this run's is {ours}" if ours else f"{working_dir} records none"
+        raise CheckpointMismatch(
+            f"checkpoint {os.path.join(self.directory, str(step))} belongs to another run (its "
+            f"run id is {theirs}; {this}, in run.json): it was copied here from another "
+            "--working_dir. Nothing was changed: move it out of "
+            f"{self.directory} to resume this run, or resume that run in its own --working_dir"
         )
 
     def _set_aside(self, step: int, reason: str) -> str:

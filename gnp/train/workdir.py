@@ -21,6 +21,15 @@ paths) is the function of that name; a key this version no longer has is ignored
 when it was unset (None or empty), and refused by name when it was set, since this version
 cannot train the run as it was.
 
+A config.json that was deleted falls back to the last start in ``config_history.jsonl``, so
+that a resume is still checked. Every rewrite (``config.json``, ``metrics.jsonl`` cut back on
+resume, ``run.json``) goes to a temporary file renamed into place (``gnp.files``): a full disk
+or a kill during it leaves the old file whole, and the failure is one line naming the file.
+
+``run.json`` holds the run's id, made at its first start and written into each checkpoint's
+meta: a checkpoint of another run copied into the directory is refused on restore, not resumed
+as this run's (``Checkpoints.restore``).
+
 ``metrics.jsonl`` is the record; the TensorBoard events are derived from it. On resume both are
 cut back to the restored epoch: the lines past it are dropped, and the event files are written
 afresh from the kept lines, because TensorBoard would otherwise show the redone steps twice.
@@ -28,6 +37,7 @@ afresh from the kept lines, because TensorBoard would otherwise show the redone 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import glob
@@ -36,10 +46,12 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Collection
+import uuid
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from gnp.config_keys import get_base_config
+from gnp.files import DamagedFile, read_json, write_json_atomically, write_text_atomically
 from gnp.gr_schedule import current_path, function_path
 
 log = logging.getLogger("gnp")
@@ -246,17 +258,33 @@ def retired(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_saved(working_dir: str) -> dict[str, Any] | None:
+    """The config the run in ``working_dir`` was trained with: ``config.json``, or when that
+    was deleted, the config of the last start in ``config_history.jsonl``; None for a new run."""
     path = os.path.join(working_dir, "config.json")
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        try:
+            return read_json(
+                path,
+                "it records the config this run was trained with: restore it, or delete it to "
+                "check against the last start in config_history.jsonl, or train in another "
+                "--working_dir",
+            )
+        except DamagedFile as error:
+            raise ConfigChanged(str(error)) from None
+    starts = _history(working_dir)
+    if not starts:
         return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as error:
-        raise ConfigChanged(
-            f"{path} is not valid JSON ({error}); it records the config this run was trained "
-            "with: restore it, or train in another --working_dir"
-        ) from None
+    print(
+        f"notice: {path} is missing; checking the config against the last start in "
+        "config_history.jsonl"
+    )
+    return starts[-1]["config"]
+
+
+def _history(working_dir: str) -> list[dict[str, Any]]:
+    """The starts recorded in ``config_history.jsonl`` (a torn last line dropped)."""
+    path = os.path.join(working_dir, "config_history.jsonl")
+    return [s for s in read_metrics(path) if isinstance(s.get("config"), dict)]
 
 
 def check_resume(
@@ -317,17 +345,65 @@ def check_resume(
 def record(
     working_dir: str, current: dict[str, Any], *, step: int, changes: dict[str, tuple[Any, Any]]
 ) -> None:
-    """Writes ``config.json`` and appends this start to ``config_history.jsonl``."""
-    with open(os.path.join(working_dir, "config.json"), "w") as f:
-        json.dump(plain(current), f, indent=2)
+    """Replaces ``config.json`` (atomically: a full disk leaves the old one whole) and appends
+    this start to ``config_history.jsonl``, with the run's id."""
+    path = os.path.join(working_dir, "config.json")
     entry = {
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
         "start_step": step,
+        "run_id": ensure_run_id(working_dir),
         "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()},
         "config": plain(current),
     }
-    with open(os.path.join(working_dir, "config_history.jsonl"), "a") as f:
+    with _not_written(path):
+        write_text_atomically(path, json.dumps(plain(current), indent=2))
+    history = os.path.join(working_dir, "config_history.jsonl")
+    with _not_written(history), open(history, "a") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+@contextlib.contextmanager
+def _not_written(path: str) -> Iterator[None]:
+    """An OSError while writing ``path`` (a full disk) as one line naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise NotWritable(
+            f"could not write {path} ({error.strerror or error}); the file is as it was before: "
+            "free space or fix the location, then run the same command to resume"
+        ) from None
+
+
+# The run's id: a fingerprint that each checkpoint carries, so that checkpoints copied in from
+# another working directory are refused instead of resumed as this run's.
+
+RUN_FILE = "run.json"
+
+
+def run_id(working_dir: str) -> str | None:
+    """The id of the run in ``working_dir`` (``run.json``, else the last start recorded in
+    ``config_history.jsonl``); None for a new run or one started by a gnp before run ids."""
+    path = os.path.join(working_dir, RUN_FILE)
+    if os.path.exists(path):
+        saved = read_json(path, "it holds the run's id: restore it, or delete it")
+        if isinstance(saved, dict) and isinstance(saved.get("run_id"), str):
+            return saved["run_id"]
+        raise DamagedFile(f"{path} has no run_id; restore it, or delete it")
+    ids = [s["run_id"] for s in _history(working_dir) if isinstance(s.get("run_id"), str)]
+    return ids[-1] if ids else None
+
+
+def ensure_run_id(working_dir: str) -> str:
+    """The run's id, made at its first start (or the first by this gnp) and kept in
+    ``run.json``."""
+    current = run_id(working_dir)
+    path = os.path.join(working_dir, RUN_FILE)
+    if current is None or not os.path.exists(path):
+        current = current or uuid.uuid4().hex
+        created = datetime.datetime.now().isoformat(timespec="seconds")
+        with _not_written(path):
+            write_json_atomically(path, {"run_id": current, "created": created})
+    return current
 
 
 # Metrics.
@@ -364,9 +440,11 @@ class MetricWriter:
         self._tensorboard = None
         if not enabled:
             return
-        kept = [m for m in read_metrics(self.path) if m.get("epoch", 0) <= resume_epoch]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in kept)
+        records = read_metrics(self.path)
+        kept = [m for m in records if m.get("epoch", 0) <= resume_epoch]
+        if os.path.exists(self.path):  # replaced in one rename: a full disk leaves it whole
+            with _not_written(self.path):
+                write_text_atomically(self.path, "".join(json.dumps(m) + "\n" for m in kept))
         from tensorboardX import SummaryWriter
 
         tensorboard_dir = os.path.join(working_dir, "tensorboard")
@@ -385,7 +463,7 @@ class MetricWriter:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with _not_written(self.path), open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self._add_scalars(record)
         self._tensorboard.flush()
