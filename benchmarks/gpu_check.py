@@ -455,8 +455,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.smoke:
         os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, str(HERE))  # step_time, timing, input_pipeline
@@ -495,4 +495,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -6,7 +6,6 @@ copied for each case, so that each case damages or resumes its own copy.
 
 import glob
 import json
-import logging
 import os
 import shutil
 import signal
@@ -318,4 +317,3 @@ def test_opening_checkpoints_read_only_logs_no_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         Checkpoints(str(tmp_path / "checkpoints"), read_only=True).close()
     assert not [r for r in caplog.records if "read only" in r.getMessage()]
-    assert not logging.getLogger("absl").filters  # the filter is gone after the constructor

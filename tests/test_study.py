@@ -38,6 +38,7 @@ def smoke_2022(tmp_path_factory):
     return out, study_main.main(argv)
 
 
+@pytest.mark.slow
 def test_numbers_come_from_the_runs(smoke_2022):
     out, results = smoke_2022
     assert json.loads((out / "results.json").read_text()) == results
@@ -65,6 +66,7 @@ def test_numbers_come_from_the_runs(smoke_2022):
         assert run["curve"][-1]["clean_gradient_norm"] == clean
 
 
+@pytest.mark.slow
 def test_train_errors_on_flipped_labels_by_hand(smoke_2022):
     out, results = smoke_2022
     run = results["icml2022"]["runs"][0]
@@ -80,6 +82,7 @@ def test_train_errors_on_flipped_labels_by_hand(smoke_2022):
     assert run["train_error_rate_eval"] == pytest.approx((predicted != noisy).mean())
 
 
+@pytest.mark.slow
 def test_shared_trace_probes_pair_the_runs(smoke_2022):
     _, results = smoke_2022
     sgd, sam = results["icml2022"]["runs"]
@@ -89,6 +92,7 @@ def test_shared_trace_probes_pair_the_runs(smoke_2022):
     assert results["contrasts"] == []  # no declared pair ran (GNP did not): none is made up
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped_and_the_report_rebuilt(smoke_2022):
     out, results = smoke_2022
     metrics = out / "icml2022" / "final" / "noise0.3" / "sgd" / "r0.05" / "seed0" / "metrics.jsonl"
@@ -106,6 +110,7 @@ def test_a_torn_results_file_is_refused_naming_it_and_the_fix(smoke_2022, tmp_pa
         study_main.main(argv)
 
 
+@pytest.mark.slow
 def test_one_seed_tables_show_no_zero_spread(smoke_2022):
     out, _ = smoke_2022
     text = (out / "results.md").read_text()
