@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from analysis_problems import masked_mlp_loss, mlp_params, quadratic, uneven_batches
 from jax.flatten_util import ravel_pytree
 
@@ -64,6 +65,7 @@ def test_lanczos_and_hutchinson_in_float32_on_the_known_spectrum():
     assert abs(trace.mean - SPECTRUM.sum()) < 3 * trace.standard_error
 
 
+@pytest.mark.slow
 def test_gradient_norm_hessian_and_slices_of_a_float32_mlp():
     truth = float64_truth()
     params, batches = truth["params"], truth["batches"]
