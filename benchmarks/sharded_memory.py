@@ -93,7 +93,7 @@ def main() -> None:
                 mesh=mesh,
                 gr=build.gr_schedule(config, steps_per_epoch=1),
                 state_specs=specs,
-            )[True, True]
+            )["gnp"]
             compiled = step.lower(placed, batch["image"], batch["label"]).compile()
             memory = compiled.memory_analysis()
             count = sum(x.size for x in jax.tree.leaves(state.params))

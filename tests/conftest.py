@@ -10,6 +10,8 @@ again, which is most of the suite's time on a 2-core machine.
 import os
 from pathlib import Path
 
+import pytest
+
 _CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -17,3 +19,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 # Cache every program that took noticeable time to compile; tiny ones cost more to store.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-epoch run of test_train's tiny config, checkpoints at steps 5 and 10 (the
+    run-safety tests copy it and damage the copy). Imports inside: JAX must load after the
+    environment above is set."""
+    from test_train import tiny_config
+
+    from gnp.train.loop import train_and_evaluate
+
+    working_dir = tmp_path_factory.mktemp("finished") / "run"
+    train_and_evaluate(tiny_config(total_epochs=2), str(working_dir))
+    return working_dir

@@ -30,14 +30,6 @@ from gnp.train.workdir import ConfigChanged, NotWritable, RunLock, RunLocked, re
 STEPS_PER_EPOCH = 1437 // 256  # 5
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished 2-epoch run with checkpoints at steps 5 and 10."""
-    working_dir = tmp_path_factory.mktemp("finished") / "run"
-    train_and_evaluate(tiny_config(total_epochs=2), str(working_dir))
-    return working_dir
-
-
 @pytest.fixture
 def run_copy(finished_run, tmp_path):
     copy = tmp_path / "run"

@@ -19,14 +19,6 @@ from gnp.train.loop import train_and_evaluate
 from gnp.train.workdir import ConfigChanged, NotWritable, run_id
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished 2-epoch run with checkpoints at steps 5 and 10."""
-    working_dir = tmp_path_factory.mktemp("finished") / "run"
-    train_and_evaluate(tiny_config(total_epochs=2), str(working_dir))
-    return working_dir
-
-
 @pytest.fixture
 def interrupted(finished_run, tmp_path):
     """A copy of the run as if it had been killed after epoch 2's metrics line but before its
