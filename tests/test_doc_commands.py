@@ -218,7 +218,7 @@ def test_every_doc_command_is_found() -> None:
     texts = {str(c) for c in COMMANDS}
     for expected in (
         "README.md:14: make train",
-        "README.md:26: source .venv/bin/activate",
+        "README.md:31: source .venv/bin/activate",
         "gnp-analyze interpolate --working_dir=runs/sgd --other=runs/gnp",
         "gnp-analyze hessian --working_dir=0/alpha_0_r_0.2 --other=0/alpha_0_r_0.2",
         "python -m gnp.study --mode=full --shard=1/2",
