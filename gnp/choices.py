@@ -15,13 +15,14 @@ def check_choice(value: T, choices: Iterable[T], key: str) -> T:
     choices = list(choices)
     if value not in choices:
         raise ValueError(
-            f"unknown {key} {value!r}{_closest(value, choices)}; choose one of {choices}"
+            f"unknown {key} {value!r}{did_you_mean(value, choices)}; choose one of {choices}"
         )
     return value
 
 
-def _closest(value: object, choices: list[T]) -> str:
-    """`` (did you mean 'X'?)`` for the choice nearest ``value`` by spelling, or nothing."""
+def did_you_mean(value: object, choices: list[T]) -> str:
+    """`` (did you mean 'X'?)`` for the choice nearest ``value`` by spelling, case aside, or
+    nothing: the one hint every unknown name gets (choices, config keys, model fields)."""
     if not isinstance(value, str) or not all(isinstance(c, str) for c in choices):
         return ""
     folded = {str(c).lower(): c for c in choices}

@@ -89,16 +89,10 @@ def apply_released_flags(config: Any) -> None:
 
 
 def model_fields(model: Any) -> dict[str, Any]:
-    """The flax module's dataclass fields in force (defaults and overrides alike); types (the
-    dtype) by name. Not the BatchNorm axis: the train step sets it (``model.sync_batch_norm``)."""
-    from gnp.models.layers import BATCH_NORM_AXIS_FIELD
+    """The model's fields in force (``build.model_fields``), types (the dtype) by name."""
+    from gnp.train.build import model_fields as fields
 
-    values = {
-        f.name: getattr(model, f.name)
-        for f in dataclasses.fields(model)
-        if f.name not in ("parent", "name", BATCH_NORM_AXIS_FIELD)
-    }
-    return {k: v.__name__ if isinstance(v, type) else v for k, v in values.items()}
+    return {k: v.__name__ if isinstance(v, type) else v for k, v in fields(model).items()}
 
 
 def describe_batch_norm(config: Any, variables: dict[str, Any]) -> str:
@@ -114,8 +108,6 @@ def describe_batch_norm(config: Any, variables: dict[str, Any]) -> str:
 def describe_gradient(config: Any) -> str:
     """The step's gradient as the trainer will compute it: r, α and λ = α·r always (the
     config dump buries them), then each GNP option away from its default."""
-    import dataclasses
-
     from gnp.options import GNPOptions
     from gnp.train.build import GNP_KEYS, gnp_options
 

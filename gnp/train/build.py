@@ -9,7 +9,6 @@ all build from here, so a config means one set of objects wherever it is read.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from gnp import models
+from gnp.choices import did_you_mean
 from gnp.gr_schedule import GRSchedule, hybrid_probability
 from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import build_optimizer, learning_rate_schedule
@@ -45,20 +45,25 @@ def model_defaults(config: Any, names: list[str]) -> dict[str, Any]:
     model = models.get_model(
         config.model.model_name, num_classes=2, dtype=models.DTYPES[config.model.dtype]
     )
-    fields = {
-        f.name: getattr(model, f.name)
-        for f in dataclasses.fields(model)
-        if f.name not in ("parent", "name", "num_classes", "dtype", BATCH_NORM_AXIS_FIELD)
-    }
+    # num_classes and dtype come from the data set and model.dtype, not model_params.
+    fields = {k: v for k, v in model_fields(model).items() if k not in ("num_classes", "dtype")}
     for name in names:
         if name not in fields:
-            hint = difflib.get_close_matches(name, list(fields), n=1)
             raise ValueError(
                 f"model.model_params.{name} is not a field of {config.model.model_name}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; its fields: {', '.join(sorted(fields))}"
+                f"{did_you_mean(name, list(fields))}; its fields: {', '.join(sorted(fields))}"
             )
     return {name: fields[name] for name in names}
+
+
+def model_fields(model: nn.Module) -> dict[str, Any]:
+    """The flax module's dataclass fields in force (defaults and overrides alike). Not the
+    BatchNorm axis: the train step sets it (``model.sync_batch_norm``)."""
+    return {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in ("parent", "name", BATCH_NORM_AXIS_FIELD)
+    }
 
 
 def build_model(config: Any, num_classes: int) -> nn.Module:

@@ -13,7 +13,6 @@ names the key and the fix.
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import logging
 import math
@@ -26,7 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gnp import models
-from gnp.choices import check_choice
+from gnp.choices import check_choice, did_you_mean
 from gnp.config_keys import get_base_config, ignored_key_notices
 from gnp.data import dataset_names
 from gnp.errors import one_line
@@ -107,11 +106,9 @@ def check_override_keys(argv: list[str]) -> None:
             if not hasattr(node, "keys") or key not in node:
                 valid = sorted(node.keys()) if hasattr(node, "keys") else []
                 where = ".".join(keys[:depth]) or "the config"
-                hint = difflib.get_close_matches(key, valid, n=1)
                 raise ValueError(
-                    f"unknown config key {'.'.join(keys)!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                    + f"; valid keys of {where}: {', '.join(valid)}"
+                    f"unknown config key {'.'.join(keys)!r}{did_you_mean(key, valid)}"
+                    f"; valid keys of {where}: {', '.join(valid)}"
                 )
             node = node[key]
 
@@ -122,7 +119,7 @@ MODEL_FIELD_FLAG = "--config.model.model_params."
 def split_model_fields(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     """``argv`` without its ``--config.model.model_params.FIELD=V`` flags, and those as
     ``FIELD: V``: absl can only override keys the config file has, and a model's fields are
-    the model's to name (``model_fields`` parses and checks them once the model is known)."""
+    the model's to name (``set_model_fields`` parses and checks them once the model is known)."""
     rest, fields = [], {}
     for arg in argv:
         if arg.startswith(MODEL_FIELD_FLAG) and "=" in arg:
@@ -224,8 +221,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
-# Keys whose children are the user's own: a model's fields (checked by the model's
-# constructor, build.build_model), and the keyword arguments of schedule_function.
+# Keys whose children are the user's own: a model's fields (checked against the model by
+# build.model_defaults), and the keyword arguments of schedule_function.
 OPEN_SECTIONS = ("model.model_params.", "hybrid_config.")
 
 
@@ -238,11 +235,9 @@ def check_known_keys(config: Any) -> None:
             continue
         parent, _, leaf = key.rpartition(".")
         siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
-        hint = difflib.get_close_matches(leaf, siblings, n=1)
         raise ValueError(
-            f"unknown config key {key!r} in the config"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + f"; valid keys of {parent or 'the config'}: {', '.join(siblings)}"
+            f"unknown config key {key!r} in the config{did_you_mean(leaf, siblings)}"
+            f"; valid keys of {parent or 'the config'}: {', '.join(siblings)}"
         )
 
 

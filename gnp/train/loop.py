@@ -308,12 +308,12 @@ class _Epochs:
             )
             self.gnp_taken += kind != "plain"
             batch = shard_batch(next(self.train_iterator), self.mesh)
-            if kind in self.compiled:
-                state, metrics = self.train_steps[kind](state, batch["image"], batch["label"])
-            else:
-                paused = time.perf_counter()
+            first_call = kind not in self.compiled
+            if first_call:
                 jax.block_until_ready(state)  # the steps before it stay in the measured time
-                state, metrics = self.train_steps[kind](state, batch["image"], batch["label"])
+                paused = time.perf_counter()
+            state, metrics = self.train_steps[kind](state, batch["image"], batch["label"])
+            if first_call:
                 jax.block_until_ready(metrics)
                 compiling += time.perf_counter() - paused
                 compiled_steps += 1
