@@ -1,6 +1,7 @@
 """Every config value that cannot mean anything is refused up front, naming the key."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,21 @@ def test_the_dry_runs_gradient_line_names_r_alpha_and_each_changed_option(change
     config = default.get_config()
     config.update_from_flattened_dict(changes)
     assert main.describe_gradient(validate_config(config)) == line
+
+
+def test_the_parameter_counts_docs_training_md_gives_for_model_params_width():
+    import jax
+    import jax.numpy as jnp
+
+    from gnp.train.build import build_model
+    from gnp.train.config import read_config
+
+    def count(argv):
+        model = build_model(validate_config(read_config([*DEFAULT_ARGV, *argv])), num_classes=10)
+        images = jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32)
+        shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+        return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+    small, default_count = count(["--config.model.model_params.width=8"]), count([])
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    assert f"SmallCNN {small:,} parameters instead of\n  {default_count:,}" in text
