@@ -37,8 +37,11 @@ def float64_truth():
         params = mlp_params(0)
         batches, full = uneven_batches(1)
         flat, unravel = ravel_pytree(params)
-        hessian = np.asarray(jax.hessian(lambda f: masked_mlp_loss(unravel(f), full))(flat))
-        gradient = ravel_pytree(jax.grad(masked_mlp_loss)(params, full))[0]
+        # Jitted: run op by op, the dense Hessian compiles hundreds of tiny programs.
+        hessian = np.asarray(
+            jax.jit(jax.hessian(lambda f: masked_mlp_loss(unravel(f), full)))(flat)
+        )
+        gradient = ravel_pytree(jax.jit(jax.grad(masked_mlp_loss))(params, full))[0]
         return {
             "params": as_float32(params),
             "batches": as_float32(batches),

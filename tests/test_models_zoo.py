@@ -8,6 +8,8 @@ by layer, so the derivation says what differs.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,10 +18,16 @@ import pytest
 from gnp import models
 
 
-def count_params(name: str, *, size: int, num_classes: int, **kwargs) -> int:
-    module = models.get_model(name, num_classes=num_classes, **kwargs)
+@functools.cache  # the large models are traced by several tests; tracing is the cost
+def abstract_init(name: str, size: int, num_classes: int, kwargs: tuple = ()) -> tuple:
+    """Shapes and dtypes of the model's logits and variables on a (1, size, size, 3) input."""
+    module = models.get_model(name, num_classes=num_classes, **dict(kwargs))
     images = jnp.zeros((1, size, size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), images, train=False))
+    return jax.eval_shape(lambda: module.init_with_output(jax.random.key(0), images, train=False))
+
+
+def count_params(name: str, *, size: int, num_classes: int, **kwargs) -> int:
+    _, variables = abstract_init(name, size, num_classes, tuple(sorted(kwargs.items())))
     return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
 
 
@@ -179,10 +187,8 @@ def test_released_general_classes_build_the_named_sizes(general):
 def test_every_registered_name_initializes(name):
     size = 224 if name.endswith("_224") else 32
     module = models.get_model(name, num_classes=10, **GENERAL.get(name, (None, {}))[1])
-    images = jnp.zeros((1, size, size, 3), jnp.float32)
-    logits, variables = jax.eval_shape(
-        lambda: module.init_with_output(jax.random.key(0), images, train=False)
-    )
+    sizes = tuple(sorted(GENERAL.get(name, (None, {}))[1].items()))
+    logits, variables = abstract_init(name, size, 10, sizes)
     assert logits.shape == (1, 10) and logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
     if "batch_stats" in variables:  # model.sync_batch_norm can reach its BatchNorm
