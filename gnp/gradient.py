@@ -222,7 +222,8 @@ def penalized_gradient(
 
     Args:
       clean_value_and_grad: ``θ ↦ (value, ∇L(θ))``; ``value`` is passed through.
-      gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point.
+      gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point (``(loss, ∇L(θ'))`` with
+        ``diagnose``).
       options: the step (``gnp.GNPOptions``); ``fields`` (``r=``, ``alpha=``, ``method=``, ...,
         as in ``value_and_grad``) replace some of its fields, or give them all without it. A
         trainer passes its options whole and this step's (traced) ``r`` and ``alpha``.

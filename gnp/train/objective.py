@@ -3,7 +3,7 @@
 ``objective`` is the loss written once: the trainer differentiates it, and the analysis of a
 finished run (``gnp.train.run``) measures it, so that the function whose gradient norm or
 Hessian is measured is the one that was trained. ``gradient_passes`` turns it into the clean
-pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ ∇L(θ')`` of one step, over
+pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ (L(θ'), ∇L(θ'))`` of one step, over
 micro-batches when the gradient is accumulated.
 """
 
