@@ -7,7 +7,9 @@ is the training framework built on it.
 
 from gnp import efficient
 from gnp.gradient import (
+    Diagnostics,
     ascent_direction,
+    diagnostics,
     global_norm,
     mix,
     penalized_gradient,
@@ -17,9 +19,11 @@ from gnp.gradient import (
 from gnp.options import GNPOptions, OptionError
 
 __all__ = [
+    "Diagnostics",
     "GNPOptions",
     "OptionError",
     "ascent_direction",
+    "diagnostics",
     "efficient",
     "global_norm",
     "mix",

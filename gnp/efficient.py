@@ -256,12 +256,14 @@ class StepGradient(NamedTuple):
     reference: ∇L(θ) the perturbation came from (averaged over ``axis_name`` if one is
       set); None on a one-pass step, which has no clean gradient.
     state: the variant's state, as the dict it came in (``{}`` for a variant without one).
+    perturbed: the second pass ``(L(θ + ε), g2)``, this device's, when asked for (``diagnose``).
     """
 
     value: Any
     grads: PyTree
     reference: PyTree | None
     state: Mapping[str, Any]
+    perturbed: tuple[Any, PyTree] | None = None
 
 
 def step_gradient(
@@ -275,6 +277,7 @@ def step_gradient(
     norm: Norm = global_norm,
     state_axis_name: str | None = None,
     full: bool | None = None,
+    diagnose: bool = False,
     **fields: Any,
 ) -> StepGradient:
     """The GNP gradient of whichever variant ``options`` names: one call for a trainer.
@@ -282,7 +285,8 @@ def step_gradient(
     GNP (``penalized_gradient``), reuse (``reuse_penalized_gradient``, its ``ReuseState`` as a
     dict in ``state``; ``state_axis_name`` and ``full`` as there), or along ``direction``
     (one pass where ``options.one_pass``). ``fields`` (this step's r and α) replace the
-    options' own, as in ``penalized_gradient``; ``norm`` as there.
+    options' own, as in ``penalized_gradient``; ``norm`` and ``diagnose`` as there (where
+    ``options.measures_sharpness``; the other variants ignore it).
     """
     options = with_fields(options, fields)
     state = {} if state is None else state
@@ -303,7 +307,13 @@ def step_gradient(
         )
         value, grads = clean_value_and_grad(point)
         return StepGradient(value, grads, None, state)
-    value, grads, reference = penalized_gradient(
-        clean_value_and_grad, gradient_at, params, options, direction=direction, norm=norm
+    value, grads, reference, *second = penalized_gradient(
+        clean_value_and_grad,
+        gradient_at,
+        params,
+        options,
+        direction=direction,
+        norm=norm,
+        diagnose=diagnose,
     )
-    return StepGradient(value, grads, reference, state)
+    return StepGradient(value, grads, reference, state, *second)

@@ -20,7 +20,7 @@ above), are shared with the cheaper variants in ``gnp.efficient``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +154,38 @@ def mix(
     )
 
 
+class Diagnostics(NamedTuple):
+    """What a GNP step's second pass knows beside its gradient (``docs/library.md``).
+
+    sharpness: ``L(θ + ε) − L(θ)``, the perturbed minus the clean loss (≈ r·‖g1‖ for a small
+      radius on a smooth loss; more means a sharper neighbourhood, less a flatter one).
+    gradient_cosine: ``cos(g1, g2)``; 1 where the gradient does not turn within the radius.
+    perturbed_gradient_norm: ``‖g2‖``.
+    """
+
+    sharpness: jax.Array
+    gradient_cosine: jax.Array
+    perturbed_gradient_norm: jax.Array
+
+
+def diagnostics(
+    clean_loss: jax.Array,
+    perturbed_loss: jax.Array,
+    g1: PyTree,
+    g2: PyTree,
+    norm: Norm = global_norm,
+) -> Diagnostics:
+    """The sharpness diagnostics from the two passes' losses and gradients, the one place the
+    library and the trainer compute them. The cosine takes norms only (``‖g1 − g2‖``, the
+    law of cosines), so a ``norm`` over sharded trees gives it without a dot product of its
+    own; it is 0 where either gradient is 0."""
+    clean_norm, perturbed_norm = norm(g1), norm(g2)
+    gap = norm(jax.tree.map(lambda a, b: b.astype(_norm_dtype(b.dtype)) - a, g1, g2))
+    cosine = (clean_norm**2 + perturbed_norm**2 - gap**2) / 2
+    cosine = cosine * _safe_inverse(clean_norm) * _safe_inverse(perturbed_norm)
+    return Diagnostics(perturbed_loss - clean_loss, cosine, perturbed_norm)
+
+
 def mean_over_axis(tree: PyTree, axis_name: str | None) -> PyTree:
     """The mean over a ``shard_map`` axis, or ``tree`` itself without one."""
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -174,8 +206,9 @@ def penalized_gradient(
     *,
     direction: PyTree | None = None,
     norm: Norm = global_norm,
+    diagnose: bool = False,
     **fields: Any,
-) -> tuple[Any, PyTree, PyTree]:
+) -> tuple[Any, ...]:
     """The GNP math on two gradient passes given as functions: ``(value, grads, reference)``.
 
     ``reference`` is the gradient the perturbation was computed from: ``∇L(θ)``
@@ -189,7 +222,8 @@ def penalized_gradient(
 
     Args:
       clean_value_and_grad: ``θ ↦ (value, ∇L(θ))``; ``value`` is passed through.
-      gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point.
+      gradient_at: ``θ' ↦ ∇L(θ')``, the gradient at the perturbed point (``(loss, ∇L(θ'))`` with
+        ``diagnose``).
       options: the step (``gnp.GNPOptions``); ``fields`` (``r=``, ``alpha=``, ``method=``, ...,
         as in ``value_and_grad``) replace some of its fields, or give them all without it. A
         trainer passes its options whole and this step's (traced) ``r`` and ``alpha``.
@@ -198,12 +232,23 @@ def penalized_gradient(
       norm: the norm of a whole gradient tree (see ``ascent_direction``): with passes that
         return the device-mean gradient sharded over an axis, the perturbation and its norm
         are computed on the shards, and no device holds the whole gradient.
+      diagnose: also return the second pass, ``(L(θ + ε), g2)``, fourth, for ``diagnostics``:
+        then the clean value is ``(loss, aux)`` and ``gradient_at`` returns ``(loss, ∇L(θ'))``.
+        A step without a second pass (r or α zero) returns ``(L(θ), g1)``, the values at r = 0.
     """
     options = with_fields(options, fields)
     r, alpha, axis_name = options.r, options.alpha, options.axis_name
     perturbation = (options.perturbation, options.eta, options.asam_leaves, norm)
     if options.method == "exact" and direction is not None:
         raise ValueError("method='exact' perturbs along the gradient; pass direction=None")
+    if options.method == "exact" and diagnose:
+        raise ValueError(
+            "the sharpness diagnostics come from the perturbed point, which method='exact' does "
+            "not visit; use method='finite_difference'"
+        )
+
+    def result(value: Any, grads: PyTree, reference: PyTree, second: tuple) -> tuple[Any, ...]:
+        return (value, grads, reference, second) if diagnose else (value, grads, reference)
 
     def clean_pass() -> tuple[Any, PyTree, PyTree]:
         value, g1 = clean_value_and_grad(params)
@@ -213,15 +258,18 @@ def penalized_gradient(
         """r = 0 or α = 0: the paper's mix is g1 itself; the released one, the formula's value
         with g2 = g1 (at r = 0, ∇L(θ + 0) = g1; at α = 0 g2 has weight 0), one pass."""
         value, g1, reference = clean_pass()
+        second = (value[0], g1) if diagnose else ()
         if not options.normalize_reference:
-            return value, g1, g1
-        return value, mix(g1, g1, alpha, reference, True, norm), reference
+            return result(value, g1, reference, second)
+        return result(value, mix(g1, g1, alpha, reference, True, norm), reference, second)
 
     def finite_difference() -> tuple[Any, PyTree, PyTree]:
         value, g1, reference = clean_pass()
         source = reference if direction is None else direction
-        g2 = gradient_at(perturb(params, source, r, *perturbation))
-        return value, mix(g1, g2, alpha, reference, options.normalize_reference, norm), reference
+        second = gradient_at(perturb(params, source, r, *perturbation))
+        g2 = second[1] if diagnose else second
+        grads = mix(g1, g2, alpha, reference, options.normalize_reference, norm)
+        return result(value, grads, reference, second)
 
     def exact() -> tuple[Any, PyTree, PyTree]:
         value, g1, reference = clean_pass()
@@ -252,6 +300,7 @@ def value_and_grad(
     axis_name: str | None = None,
     perturbed_loss_fn: Callable[..., Any] | None = None,
     return_clean_grad: bool = False,
+    with_diagnostics: bool = False,
 ) -> Callable[..., tuple[Any, ...]]:
     """Like ``jax.value_and_grad(loss_fn)``, but returns the GNP gradient.
 
@@ -290,10 +339,17 @@ def value_and_grad(
       return_clean_grad: also return ``∇L(θ)`` of the clean pass (averaged over
         ``axis_name`` if given), which is computed anyway: a trainer logs its
         norm without a third pass.
+      with_diagnostics: also return ``gnp.Diagnostics`` (sharpness ``L(θ+ε) − L(θ)``,
+        ``cos(g1, g2)``, ``‖g2‖``) of the passes the gradient took anyway, last; the value and
+        gradient are the same, bit for bit. With ``axis_name`` they are of the axis's
+        whole batch (the losses and g2 averaged over it, one more all-reduce of g2), else of
+        this call's. Takes ``method="finite_difference"``; where r or α is 0 (no second pass)
+        they are the values at r = 0: sharpness 0, cosine 1, ``‖g2‖ = ‖g1‖``.
 
     Returns:
-      A function with ``loss_fn``'s signature returning ``(value, grads)``, or
-      ``(value, grads, clean_grads)`` with ``return_clean_grad``.
+      A function with ``loss_fn``'s signature returning ``(value, grads)``, then
+      ``clean_grads`` with ``return_clean_grad``, then the diagnostics with
+      ``with_diagnostics``.
       With ``r == 0`` or ``alpha == 0`` (and the paper's mix) it is exactly
       ``jax.value_and_grad``.
     """
@@ -311,20 +367,34 @@ def value_and_grad(
     plain = jax.value_and_grad(loss_fn, has_aux=has_aux)
     with_aux = loss_fn if has_aux else lambda *a, **k: (loss_fn(*a, **k), None)
     clean = jax.value_and_grad(with_aux, has_aux=True)
-    exactly_plain = options.penalized is False and not normalize_reference and not return_clean_grad
+    exactly_plain = options.penalized is False and not (
+        normalize_reference or return_clean_grad or with_diagnostics
+    )
+    perturbed = jax.value_and_grad(second_loss_fn, has_aux=has_aux)
 
     def value_and_gnp_grad(params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         if exactly_plain:
             return plain(params, *args, **kwargs)
 
         def gradient_at(point: PyTree) -> PyTree:
+            if with_diagnostics:
+                loss, grads = perturbed(point, *args, **kwargs)
+                return (loss[0] if has_aux else loss), grads
             grads = jax.grad(second_loss_fn, has_aux=has_aux)(point, *args, **kwargs)
             return grads[0] if has_aux else grads
 
-        value, grads, clean_grads = penalized_gradient(
-            lambda p: clean(p, *args, **kwargs), gradient_at, params, options
+        value, grads, clean_grads, *second = penalized_gradient(
+            lambda p: clean(p, *args, **kwargs),
+            gradient_at,
+            params,
+            options,
+            diagnose=with_diagnostics,
         )
-        value = value if has_aux else value[0]
-        return (value, grads, clean_grads) if return_clean_grad else (value, grads)
+        outputs = (value if has_aux else value[0], grads)
+        outputs += (clean_grads,) if return_clean_grad else ()
+        if with_diagnostics:  # of the axis's whole batch, as the perturbation is
+            clean_loss, (perturbed_loss, g2) = mean_over_axis((value[0], second[0]), axis_name)
+            outputs += (diagnostics(clean_loss, perturbed_loss, clean_grads, g2),)
+        return outputs
 
     return value_and_gnp_grad

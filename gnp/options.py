@@ -161,6 +161,16 @@ class GNPOptions:
         return self.reuse_period > 1 or self.direction != "gradient"
 
     @property
+    def measures_sharpness(self) -> bool:
+        """Whether a step's two passes give the sharpness diagnostics (``gnp.diagnostics``):
+        GNP's finite difference on the whole batch. The exact method visits no perturbed point;
+        the cheaper variants and a perturbed subset of the rows have no L(θ + ε) of the batch
+        whose L(θ) the clean pass took."""
+        return (
+            self.method == "finite_difference" and not self.cheaper and self.perturbed_fraction == 1
+        )
+
+    @property
     def penalized(self) -> bool | None:
         """False when r or α is a concrete 0 (the step is plain), True when both are concrete
         and positive, None when either is traced."""

@@ -96,6 +96,23 @@ def test_library_md_nnx_example_with_batchnorm_runs_as_written():
     np.testing.assert_allclose(running_mean, (1 - momentum) * batch_mean, rtol=1e-4, atol=1e-6)
 
 
+def test_the_nnx_module_itself_as_argument_leaves_batch_norm_statistics_behind():
+    """What docs/library.md warns of: the module passed as the differentiated pytree runs, but
+    its running statistics are never written back (as with jax.value_and_grad); the split form
+    above is the one that updates them."""
+
+    def loss_fn(module, x):
+        return jnp.mean(module(x) ** 2)
+
+    x = jax.random.normal(jax.random.key(1), (16, 3)) + 2.0  # a batch mean far from 0
+    for value_and_grad in (jax.value_and_grad, lambda f: gnp.value_and_grad(f, r=R, alpha=0.8)):
+        module = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+        module.train()
+        _, grads = value_and_grad(loss_fn)(module, x)
+        assert isinstance(grads, nnx.BatchNorm)  # it ran, with a gradient shaped as the module
+        np.testing.assert_array_equal(module.mean[...], np.zeros(3))  # never updated
+
+
 def test_equinox_through_partition_and_combine():
     model = eqx.nn.MLP(4, 2, width_size=16, depth=1, key=jax.random.key(0))
     params, static = eqx.partition(model, eqx.is_inexact_array)

@@ -343,3 +343,96 @@ def test_unsynced_perturbation_is_mean_of_per_shard_gradients():
         got = sharded_gradient(params, x, y, synced=False)
         assert tree_max_rel_error(got, expected) < 1e-12
         assert tree_max_rel_error(got, whole) > 1e-6  # m-sharpness really differs
+
+
+# The sharpness diagnostics, on a least-squares model whose two passes are closed forms.
+
+
+def least_squares(params, x, y):
+    return 0.5 * jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+
+def least_squares_diagnostics(params, x, y, r):
+    """L(θ + ε) − L(θ), cos(g1, g2) and ‖g2‖ from the formulas, in numpy float64."""
+    x, y = np.asarray(x), np.asarray(y)
+    w, b = np.asarray(params["w"]), float(params["b"])
+
+    def loss_and_gradient(w, b):
+        residual = x @ w + b - y
+        return 0.5 * np.mean(residual**2), np.append(x.T @ residual, residual.sum()) / len(y)
+
+    loss1, g1 = loss_and_gradient(w, b)
+    eps = r * g1 / np.linalg.norm(g1)
+    loss2, g2 = loss_and_gradient(w + eps[:-1], b + eps[-1])
+    cosine = g1 @ g2 / (np.linalg.norm(g1) * np.linalg.norm(g2))
+    return loss2 - loss1, cosine, np.linalg.norm(g2)
+
+
+def least_squares_problem():
+    x, y = mlp_data(jax.random.key(3), n=12)
+    params = {"w": jax.random.normal(jax.random.key(4), (5,), jnp.float64), "b": jnp.float64(0.3)}
+    return params, x, y[:, 0]
+
+
+def test_diagnostics_match_the_closed_form_and_leave_the_gradient_bit_for_bit():
+    with jax.enable_x64(True):
+        params, x, y = least_squares_problem()
+        for r, alpha in [(0.1, 0.8), (0.5, 1.0)]:
+            default = jax.jit(gnp.value_and_grad(least_squares, r=r, alpha=alpha))
+            diagnosed = jax.jit(
+                gnp.value_and_grad(least_squares, r=r, alpha=alpha, with_diagnostics=True)
+            )
+            value, grads, got = diagnosed(params, x, y)
+            np.testing.assert_allclose(got, least_squares_diagnostics(params, x, y, r), rtol=1e-12)
+            assert got.gradient_cosine < 1 - 1e-4  # the gradient really turns
+            same_value, same_grads = default(params, x, y)
+            assert value == same_value
+            for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(same_grads), strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_diagnostics_with_aux_clean_grad_and_a_zero_radius():
+    with jax.enable_x64(True):
+        params, x, y = least_squares_problem()
+
+        def with_aux(p, x, y):
+            return least_squares(p, x, y), {"rows": len(y)}
+
+        grad_fn = gnp.value_and_grad(
+            with_aux, r=0.1, alpha=0.8, has_aux=True, return_clean_grad=True, with_diagnostics=True
+        )
+        (_, aux), _, clean, got = grad_fn(params, x, y)
+        assert aux == {"rows": 12}
+        np.testing.assert_allclose(got, least_squares_diagnostics(params, x, y, 0.1), rtol=1e-12)
+        # A traced r = 0 takes no second pass: the values at r = 0.
+        grad_fn = jax.jit(
+            lambda p, r: gnp.value_and_grad(least_squares, r=r, alpha=0.8, with_diagnostics=True)(
+                p, x, y
+            )
+        )
+        sharpness, cosine, norm = grad_fn(params, 0.0)[2]
+        assert sharpness == 0 and cosine == pytest.approx(1, abs=1e-12)
+        assert norm == pytest.approx(float(gnp.global_norm(clean)), rel=1e-12)
+        with pytest.raises(ValueError, match="method='finite_difference'"):
+            gnp.value_and_grad(
+                least_squares, r=0.1, alpha=0.8, method="exact", with_diagnostics=True
+            )(params, x, y)
+
+
+def test_synced_diagnostics_on_four_shards_are_the_whole_batch_ones():
+    with jax.enable_x64(True):
+        params, x, y = least_squares_problem()
+        mesh = jax.make_mesh((4,), ("data",))
+        grad_fn = gnp.value_and_grad(
+            least_squares, r=0.1, alpha=0.8, axis_name="data", with_diagnostics=True
+        )
+
+        def per_shard(p, x, y):
+            return grad_fn(jax.lax.pcast(p, "data", to="varying"), x, y)[2]
+
+        step = jax.jit(
+            jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P())
+        )
+        batch = jax.sharding.NamedSharding(mesh, P("data"))
+        got = step(params, jax.device_put(x, batch), jax.device_put(y, batch))
+        np.testing.assert_allclose(got, least_squares_diagnostics(params, x, y, 0.1), rtol=1e-12)

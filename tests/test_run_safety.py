@@ -110,8 +110,10 @@ def test_extending_needs_the_flag_then_continues_on_the_longer_schedule(run_copy
     assert scalars["train_loss"] == [
         (5 * m["epoch"], pytest.approx(m["train_loss"])) for m in lines
     ]
-    for tag, points in scalars.items():
-        assert [step for step, _ in points] == [5, 10, 15], tag
+    for tag, points in scalars.items():  # once each, the resumed ones too
+        want = [2, 4, 7, 9, 12, 14] if tag.startswith("step/") else [5, 10, 15]
+        assert [step for step, _ in points] == want, tag
+    assert "step/sharpness" in scalars
 
 
 def read_tensorboard(directory):
@@ -276,9 +278,26 @@ def test_a_second_run_on_the_same_dir_is_refused_naming_the_first(tmp_path):
         assert not (tmp_path / "metrics.jsonl").exists()
     finally:
         holder.communicate("")
-    # The holder is gone: its lock (the file is still there) is taken over.
+    # The holder ended: it removed the file, and the next run locks a new one.
+    assert not (tmp_path / "run.lock").exists()
     with RunLock(str(tmp_path)):
         assert f"pid {os.getpid()} " in (tmp_path / "run.lock").read_text()
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_lock_file_its_ending_holder_removed_is_known_as_gone(tmp_path):
+    """A second run that opened run.lock just before the holder removed it and unlocked would
+    lock a file no one else sees; acquire() checks that its file is still the path's."""
+    from gnp.train.workdir import _same_file
+
+    path = tmp_path / "run.lock"
+    first = RunLock(str(tmp_path))
+    first.acquire()
+    opened_before = os.open(path, os.O_RDWR)
+    assert _same_file(opened_before, str(path))
+    first.release()
+    assert not _same_file(opened_before, str(path))
+    os.close(opened_before)
 
 
 def test_an_output_location_that_is_a_file_fails_before_training(tmp_path):

@@ -62,6 +62,18 @@ def test_run_writes_every_output(tmp_path, capsys):
         "step 7 (epoch 2)",
     ]
     assert len(steps) == 6 and all("loss=" in line and "img_s=" in line for line in steps)
+    # The same steps' metrics are recorded (TensorBoard's step/ points come from them; the
+    # resume test of test_run_safety reads those back from the event files).
+    logged = [json.loads(line) for line in (tmp_path / "step_metrics.jsonl").open()]
+    assert [(m["epoch"], m["step"]) for m in logged] == [
+        (1, 2),
+        (1, 4),
+        (2, 7),
+        (2, 9),
+        (3, 12),
+        (3, 14),
+    ]
+    assert all({"train_loss", "learning_rate", "sharpness"} <= set(m) for m in logged)
     lines = read_jsonl(tmp_path)
     # Compilation is timed apart: only the first epoch compiles the train step.
     assert lines[0]["compile_seconds"] > 0
@@ -81,17 +93,24 @@ def test_run_writes_every_output(tmp_path, capsys):
             "clean_gradient_norm",
             "update_norm",
             "param_norm",
+            "sharpness",
+            "gradient_cosine",
+            "perturbed_gradient_norm",
             "test_loss",
             "test_error_rate",
         ):
             assert key in m
         assert 0 <= m["train_error_rate"] <= 1 and 0 <= m["test_error_rate"] <= 1
+        # A GNP run (r = 0.05, α = 0.8): L rises along the ascent direction, g turns a little.
+        assert 0 < m["sharpness"] < 0.05 * m["clean_gradient_norm"] * 1.5
+        assert 0.5 < m["gradient_cosine"] <= 1
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert record["test_samples"] == 360
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["model_name"] == "SmallCNN"
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+    assert not (tmp_path / "run.lock").exists()  # a run that ended names no process
 
 
 def test_evaluation_counts_every_test_sample_once(tmp_path):
@@ -111,7 +130,7 @@ def test_evaluation_counts_every_test_sample_once(tmp_path):
     assert record["test_error_rate"] == pytest.approx(np.mean(np.argmax(logits, -1) != labels))
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     config = tiny_config(total_epochs=4, save_ckpt_every_n_epochs=2)
     train_and_evaluate(config, str(tmp_path / "straight"))
 
@@ -127,7 +146,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, str(tmp_path / "resumed"))
     monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    capsys.readouterr()
     train_and_evaluate(config, str(tmp_path / "resumed"))
+    # From the checkpoint of epoch 2's end (5 steps an epoch): epoch 3 begins at step 10.
+    assert "resuming at step 10 (epoch 3)\n" in capsys.readouterr().out
 
     assert_trees_equal(final_params(tmp_path / "resumed"), final_params(tmp_path / "straight"))
     straight, resumed = read_jsonl(tmp_path / "straight"), read_jsonl(tmp_path / "resumed")
@@ -249,6 +271,13 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_equals_the_uninterrupted(
     monkeypatch.setattr(loop, "shard_batch", real_shard)
     train_and_evaluate(config, str(tmp_path / "preempted"))
     assert_trees_equal(final_params(tmp_path / "preempted"), final_params(tmp_path / "straight"))
+
+
+def test_stop_and_resume_name_a_step_and_its_epoch_alike():
+    # Stopped before step 98 of 11-step epochs (8 done), the resume begins at step 98: both
+    # say "step 98 (epoch 9)".
+    assert loop.position(98, 11) == "step 98 (epoch 9)"
+    assert loop.position(88, 11) == "step 88 (epoch 9)"  # epoch 9's first step
 
 
 def test_eta_uses_the_median_epoch_after_the_compiling_one():

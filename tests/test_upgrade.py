@@ -96,7 +96,7 @@ def test_an_old_run_extended_trains_on_and_keeps_its_history(tmp_path, capsys, m
     old_lines = (run / "metrics.jsonl").read_text().splitlines()
     config = tiny_config(total_epochs=3, save_ckpt_every_n_epochs=2)
     train_and_evaluate(config, str(run), allow_config_change=["total_epochs"])
-    assert "resuming from epoch 2 (step 10)" in capsys.readouterr().out
+    assert "resuming at step 10 (epoch 3)" in capsys.readouterr().out
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert lines[:2] == old_lines and json.loads(lines[2])["epoch"] == 3
     assert sorted(os.listdir(run / "checkpoints")) == ["10", "15"]

@@ -63,6 +63,10 @@ AVERAGED = (
     "clean_gradient_norm",
     "update_norm",
     "param_norm",
+    # A GNP step's sharpness diagnostics: over the GNP steps (docs/training.md#metrics).
+    "sharpness",
+    "gradient_cosine",
+    "perturbed_gradient_norm",
 )
 
 
@@ -140,7 +144,7 @@ def _train(
             )
             checkpoints.close()
             return progress.get("final_metrics", {})
-        print(f"resuming from epoch {progress['epoch']} (step {int(state.step)})")
+        print(f"resuming at {position(int(state.step), steps_per_epoch)}")
         _report_changes(changes, config, steps_per_epoch, int(state.step))
     if is_chief:
         workdir.record(working_dir, config.to_dict(), step=int(state.step), changes=changes)
@@ -168,7 +172,9 @@ def _train(
         on_step=on_step,
         gnp_taken=int(jax.device_get(state.reuse["count"])) if state.reuse else 0,
     )
-    writer = MetricWriter(working_dir, enabled=is_chief, resume_epoch=progress["epoch"])
+    writer = MetricWriter(
+        working_dir, enabled=is_chief, resume_epoch=progress["epoch"], resume_step=int(state.step)
+    )
 
     if is_chief:
         # The first step compiles: on a large model that is minutes with nothing else to show.
@@ -250,7 +256,7 @@ class _Epochs:
         try:
             for epoch in range(first_epoch, config.total_epochs + 1):
                 started = time.perf_counter()
-                state, record = self.train(state, epoch, resume_step, preemption)
+                state, record = self.train(state, epoch, resume_step, preemption, writer)
                 if epoch % config.evaluate_every_n_epochs == 0 or epoch == config.total_epochs:
                     record |= evaluate(
                         self.eval_step,
@@ -277,10 +283,16 @@ class _Epochs:
         return record
 
     def train(
-        self, state: TrainState, epoch: int, resume_step: int, preemption: PreemptionGuard
+        self,
+        state: TrainState,
+        epoch: int,
+        resume_step: int,
+        preemption: PreemptionGuard,
+        writer: MetricWriter,
     ) -> tuple[TrainState, dict[str, Any]]:
         """The epoch's train steps from ``resume_step`` (a preempted run restarts mid-epoch);
-        returns the state and the epoch's record before evaluation."""
+        every ``log_every_n_steps`` steps the latest step's metrics go to ``writer`` (and a
+        line to a log file). Returns the state and the epoch's record before evaluation."""
         config, steps_per_epoch = self.config, self.pipeline.steps_per_epoch
         first_step = (epoch - 1) * steps_per_epoch
         step_metrics, kinds = [], []
@@ -326,6 +338,9 @@ class _Epochs:
                 latest = jax.device_get(metrics)
                 if first_non_finite([latest]) is not None:
                     break
+                writer.write_step(
+                    {"epoch": epoch, "step": step + 1, **{k: float(v) for k, v in latest.items()}}
+                )
                 measured = throughput(
                     config.batch_size,
                     len(kinds) - compiled_steps,
@@ -358,8 +373,8 @@ class _Epochs:
         self.checkpoints.save(state, self.train_iterator, {"epoch": epoch - 1, "finished": False})
         cause = signal.Signals(preemption.signal or signal.SIGTERM).name
         raise Preempted(
-            f"stopped at step {step} (epoch {epoch}) on request ({cause}) and saved "
-            f"{self.checkpoints.describe_latest()}; run the same command to resume",
+            f"stopped at {position(step, self.pipeline.steps_per_epoch)} on request ({cause}) "
+            f"and saved {self.checkpoints.describe_latest()}; run the same command to resume",
             preemption.exit_code,
         )
 
@@ -436,6 +451,12 @@ def _report_changes(
             f"from step {step} the learning rate follows the {config.total_epochs}-epoch "
             f"schedule: {old_lr:.4g} -> {new_lr:.4g} at this step"
         )
+
+
+def position(step: int, steps_per_epoch: int) -> str:
+    """``step N (epoch E)``: where a run stops (before step N) or resumes (at step N), and the
+    epoch step N lies in, said the same way by both (epoch E has E − 1 epochs done before it)."""
+    return f"step {step} (epoch {step // steps_per_epoch + 1})"
 
 
 def throughput(batch_size: int, steps: int, seconds: float) -> float | None:

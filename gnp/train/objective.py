@@ -3,7 +3,7 @@
 ``objective`` is the loss written once: the trainer differentiates it, and the analysis of a
 finished run (``gnp.train.run``) measures it, so that the function whose gradient norm or
 Hessian is measured is the one that was trained. ``gradient_passes`` turns it into the clean
-pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ ∇L(θ')`` of one step, over
+pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ (L(θ'), ∇L(θ'))`` of one step, over
 micro-batches when the gradient is accumulated.
 """
 
@@ -139,7 +139,7 @@ def gradient_passes(
     accumulation_steps: int,
     true_gradient_first: bool,
 ) -> tuple[Callable, Callable]:
-    """The clean pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ ∇L(θ')``.
+    """The clean pass ``θ ↦ (value, ∇L)`` and the perturbed pass ``θ' ↦ (L(θ'), ∇L(θ'))``.
 
     With ``accumulation_steps`` > 1 each pass walks the micro-batches in a scan,
     so only one micro-batch's activations live at a time, and returns the mean
@@ -147,7 +147,9 @@ def gradient_passes(
     BatchNorm; with it, each micro-batch normalizes by its own statistics and
     updates the running statistics in turn, as PyTorch accumulation does).
     Micro-batch i uses the same random draws in both passes. The perturbed pass sees the
-    first ``options.perturbed_fraction`` of each (micro-)batch's rows.
+    first ``options.perturbed_fraction`` of each (micro-)batch's rows; its loss (the
+    objective, a mean over the micro-batches as the clean value's) is for the sharpness
+    diagnostics.
     """
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     fraction = options.perturbed_fraction
@@ -159,7 +161,8 @@ def gradient_passes(
             return value_and_grad(params, batch_stats, images, labels, rngs, true_gradient_first)
 
         def perturbed(params):
-            return value_and_grad(params, batch_stats, *subset, rngs, False)[1]
+            (objective, _), grads = value_and_grad(params, batch_stats, *subset, rngs, False)
+            return objective, grads
 
         return clean, perturbed
 
@@ -180,12 +183,14 @@ def gradient_passes(
     def perturbed(params):
         def body(total, xs):
             index, rows = xs
-            grads = value_and_grad(params, batch_stats, *rows, step_rngs(rng, index), False)[1]
-            return jax.tree.map(jnp.add, total, grads), None
+            (objective, _), grads = value_and_grad(
+                params, batch_stats, *rows, step_rngs(rng, index), False
+            )
+            return jax.tree.map(jnp.add, total, grads), objective
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         subsets = _leading_rows(micro, fraction, axis=1)
-        total, _ = jax.lax.scan(body, zeros, (indices, subsets))
-        return jax.tree.map(lambda g: g / accumulation_steps, total)
+        total, objectives = jax.lax.scan(body, zeros, (indices, subsets))
+        return jnp.mean(objectives), jax.tree.map(lambda g: g / accumulation_steps, total)
 
     return clean, perturbed

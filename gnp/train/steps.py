@@ -20,7 +20,8 @@ The norms logged have one meaning on every kind of step and any number of device
 (``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the optimizer
 (averaged over devices, clipped), ``clean_gradient_norm`` is ‖∇L(θ)‖ of the whole global batch
 at the clean point (equal to the unclipped ‖ḡ‖ on a plain step), ``update_norm`` the
-optimizer's update, ``param_norm`` θ after the update.
+optimizer's update, ``param_norm`` θ after the update. A GNP step also logs the sharpness
+diagnostics of its two passes (``sharpness_metrics``), of the whole global batch too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import gnp
 from gnp import efficient, models
 from gnp.choices import check_choice
 from gnp.gr_schedule import GRSchedule
+from gnp.gradient import Norm
 from gnp.optim import momentum_of
 from gnp.train.distributed import AXIS, ParamLayout
 from gnp.train.objective import (
@@ -60,17 +62,36 @@ def step_kind(gnp_step: bool, reuse_full: bool) -> str:
     return "gnp" if reuse_full else "gnp_reuse"
 
 
-def clean_gradient_norm(
+def clean_gradient_mean(
     reference: PyTree, layout: ParamLayout, *, averaged: bool, synced: bool
-) -> jax.Array:
-    """‖∇L(θ)‖ of the whole global batch, from the clean gradient the step computed: the device
-    mean already (``averaged``), the global one whole on every device (``synced``), or each
-    device's own (then its mean costs one more gradient reduction)."""
+) -> tuple[PyTree, Norm]:
+    """∇L(θ) of the whole global batch and the norm that measures it, from the clean gradient
+    the step computed: the device mean already (``averaged``), the global one whole on every
+    device (``synced``), or each device's own (then its mean costs one more gradient
+    reduction)."""
     if averaged:
-        return layout.norm(reference)
+        return reference, layout.norm
     if synced:
-        return gnp.global_norm(reference)
-    return layout.norm(layout.device_mean(reference))
+        return reference, gnp.global_norm
+    return layout.device_mean(reference), layout.norm
+
+
+def sharpness_metrics(
+    result: efficient.StepGradient,
+    clean_mean: PyTree,
+    norm: Norm,
+    layout: ParamLayout,
+    *,
+    averaged: bool,
+) -> dict[str, jax.Array]:
+    """``gnp.diagnostics`` of the whole global batch: both losses and g2 averaged over devices
+    as the gradient is (g2 is one more gradient reduction unless ``averaged`` already), so that
+    with per-device perturbations they are the m-sharpness step's means (docs/training.md)."""
+    perturbed_loss, g2 = result.perturbed
+    losses = jax.lax.pmean((result.value[0], perturbed_loss), AXIS)
+    g2 = g2 if averaged else layout.device_mean(g2)
+    found = gnp.diagnostics(*losses, clean_mean, g2, norm)
+    return {key: jnp.asarray(value, jnp.float32) for key, value in found._asdict().items()}
 
 
 def clip_by_norm(grads: PyTree, norm: jax.Array, limit: float, sharded: bool) -> tuple:
@@ -104,11 +125,13 @@ def step_gradient(
     layout: ParamLayout,
 ) -> tuple[efficient.StepGradient, bool]:
     """The gradient of a step of ``kind`` from its two passes, and whether its gradients are
-    the device mean already (computed on the shards, ``on_shards``)."""
+    the device mean already (computed on the shards, ``on_shards``). A GNP step whose options
+    ``measures_sharpness`` also returns its second pass, for ``sharpness_metrics``."""
     if kind == "plain":
         value, grads = clean(params)
         return efficient.StepGradient(value, grads, grads, state.reuse), False
     r, alpha = gr.values(state.step)
+    diagnose = options.measures_sharpness
     if on_shards(options, layout):
         options = options.replace(axis_name=None)  # the passes average already
 
@@ -116,14 +139,19 @@ def step_gradient(
             value, grads = clean(layout.gather(shards))
             return value, layout.device_mean(grads)
 
+        def perturbed_shards(shards: PyTree) -> tuple[jax.Array, PyTree]:
+            loss, grads = perturbed(layout.gather(shards))
+            return loss, layout.device_mean(grads)
+
         result = efficient.step_gradient(
             clean_shards,
-            lambda shards: layout.device_mean(perturbed(layout.gather(shards))),
+            _gradient_at(perturbed_shards, diagnose),
             state.params,
             options,
             r=r,
             alpha=alpha,
             norm=layout.norm,
+            diagnose=diagnose,
         )
         return result._replace(state=state.reuse), True
     direction = (  # MSAM perturbs towards the next update: minus the momentum
@@ -133,7 +161,7 @@ def step_gradient(
     )
     result = efficient.step_gradient(
         clean,
-        perturbed,
+        _gradient_at(perturbed, diagnose),
         params,
         options,
         r=r,
@@ -142,8 +170,15 @@ def step_gradient(
         direction=direction,
         state_axis_name=AXIS,
         full=kind == "gnp",
+        diagnose=diagnose,
     )
     return result, False
+
+
+def _gradient_at(perturbed: Any, diagnose: bool) -> Any:
+    """The perturbed pass ``θ' ↦ (L(θ'), ∇L(θ'))`` as ``efficient.step_gradient`` takes it:
+    whole for the diagnostics, else the gradient alone."""
+    return perturbed if diagnose else lambda point: perturbed(point)[1]
 
 
 def make_train_step(
@@ -210,9 +245,12 @@ def make_train_step(
         if not penalized:  # the plain step's clean gradient is the averaged one
             result, averaged = result._replace(reference=grads), True
         if result.reference is not None:  # a one-pass (MSAM) step has no clean gradient
-            metrics["clean_gradient_norm"] = clean_gradient_norm(
+            clean_mean, norm = clean_gradient_mean(
                 result.reference, layout, averaged=averaged, synced=synced
             )
+            metrics["clean_gradient_norm"] = norm(clean_mean)
+        if result.perturbed is not None:
+            metrics |= sharpness_metrics(result, clean_mean, norm, layout, averaged=averaged)
         grads, gradient_norm = clip_by_norm(
             grads, layout.norm(grads), gradient_clipping, layout.sharded
         )

@@ -6,7 +6,8 @@ fails with one line instead of at the first checkpoint, epochs later.
 
 The lock is ``fcntl.flock`` on ``working_dir/run.lock``. The kernel releases it when the
 holding process dies, however it dies, so a lock left by a killed run is taken over without
-any clean-up; the file only says who holds it now.
+any clean-up; the file only says who holds it now, and a run that ends (finished, stopped or
+failed) removes it, so that no file names a process that is gone.
 
 The config a run was trained with: ``config.json`` (the one in effect now) and
 ``config_history.jsonl`` (one line per start, with what changed). Resuming with another config
@@ -30,9 +31,11 @@ or a kill during it leaves the old file whole, and the failure is one line namin
 meta: a checkpoint of another run copied into the directory is refused on restore, not resumed
 as this run's (``Checkpoints.restore``).
 
-``metrics.jsonl`` is the record; the TensorBoard events are derived from it. On resume both are
-cut back to the restored epoch: the lines past it are dropped, and the event files are written
-afresh from the kept lines, because TensorBoard would otherwise show the redone steps twice.
+``metrics.jsonl`` (a line per epoch) and ``step_metrics.jsonl`` (the latest step's metrics every
+``log_every_n_steps`` steps) are the record; the TensorBoard events are derived from them (the
+per-step points under ``step/``). On resume both are cut back to the restored epoch and step:
+the lines past it are dropped, and the event files are written afresh from the kept lines,
+because TensorBoard would otherwise show the redone steps twice.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from gnp.config_keys import get_base_config
@@ -146,23 +149,31 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 1000).decode(errors="replace").strip() or "an unknown process"
-            os.close(fd)
-            raise RunLocked(
-                f"{self.working_dir} is in use by another run ({holder}); wait for it to end "
-                "or stop it, or train in another --working_dir"
-            ) from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 1000).decode(errors="replace").strip() or "an unknown process"
+                os.close(fd)
+                raise RunLocked(
+                    f"{self.working_dir} is in use by another run ({holder}); wait for it to "
+                    "end or stop it, or train in another --working_dir"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # locked a file its holder removed as it ended: lock the new one
         started = datetime.datetime.now().isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
+        """Removes the file, then unlocks: a run that opened it meanwhile sees it gone
+        (``_same_file``) and locks a new one."""
         if self._fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -173,6 +184,14 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (not removed or replaced since)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 # The config a run was trained with.
@@ -430,44 +449,77 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     return records
 
 
+STEP_TAGS = "step/"  # the TensorBoard tags of the per-step points: step/train_loss, ...
+
+
 class MetricWriter:
-    """Writes from process 0 only. On resume, drops lines past the restored epoch
+    """Writes from process 0 only. On resume, drops the lines past the restored epoch and step
     (they were written after the last checkpoint and are about to be redone)."""
 
-    def __init__(self, working_dir: str, *, enabled: bool = True, resume_epoch: int = 0):
+    def __init__(
+        self,
+        working_dir: str,
+        *,
+        enabled: bool = True,
+        resume_epoch: int = 0,
+        resume_step: int = 0,
+    ):
         self.path = os.path.join(working_dir, "metrics.jsonl")
+        self.steps_path = os.path.join(working_dir, "step_metrics.jsonl")
         self.enabled = enabled
         self._tensorboard = None
         if not enabled:
             return
-        records = read_metrics(self.path)
-        kept = [m for m in records if m.get("epoch", 0) <= resume_epoch]
-        if os.path.exists(self.path):  # replaced in one rename: a full disk leaves it whole
-            with _not_written(self.path):
-                write_text_atomically(self.path, "".join(json.dumps(m) + "\n" for m in kept))
+        kept = _cut_back(self.path, lambda m: m.get("epoch", 0) <= resume_epoch)
+        kept_steps = _cut_back(self.steps_path, lambda m: m.get("step", 0) <= resume_step)
         from tensorboardX import SummaryWriter
 
         tensorboard_dir = os.path.join(working_dir, "tensorboard")
         for old in glob.glob(os.path.join(tensorboard_dir, "events.out.tfevents.*")):
-            os.remove(old)  # derived from metrics.jsonl: rewritten below from the kept lines
+            os.remove(old)  # derived from the records: rewritten below from the kept lines
         self._tensorboard = SummaryWriter(tensorboard_dir)
         for record in kept:
             self._add_scalars(record)
+        for record in kept_steps:
+            self._add_scalars(record, STEP_TAGS)
         self._tensorboard.flush()
 
-    def _add_scalars(self, record: dict[str, Any]) -> None:
+    def _add_scalars(self, record: dict[str, Any], prefix: str = "") -> None:
         for key, value in record.items():
             if key not in ("epoch", "step") and isinstance(value, int | float):
-                self._tensorboard.add_scalar(key, value, record["step"])
+                self._tensorboard.add_scalar(prefix + key, value, record["step"])
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write_step(self, record: dict[str, Any]) -> None:
+        """One step's metrics (with its ``epoch`` and ``step``, the steps done after it)."""
         if not self.enabled:
             return
-        with _not_written(self.path), open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append(self.steps_path, record)
+        self._add_scalars(record, STEP_TAGS)
+        self._tensorboard.flush()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One epoch's line."""
+        if not self.enabled:
+            return
+        _append(self.path, record)
         self._add_scalars(record)
         self._tensorboard.flush()
 
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def _cut_back(path: str, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The records of ``path`` that ``keep`` keeps, the file rewritten to hold only them (in
+    one rename: a full disk leaves it whole)."""
+    kept = [m for m in read_metrics(path) if keep(m)]
+    if os.path.exists(path):
+        with _not_written(path):
+            write_text_atomically(path, "".join(json.dumps(m) + "\n" for m in kept))
+    return kept
+
+
+def _append(path: str, record: dict[str, Any]) -> None:
+    with _not_written(path), open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
