@@ -25,6 +25,7 @@ from gnp.train.config import (
     set_model_fields,
     split_model_fields,
 )
+from gnp.train.stops import describe_stop, exit_at_once_on_interrupt
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -202,6 +203,7 @@ def main(argv: list[str], model_fields_set: dict[str, str] | None = None) -> Non
     from gnp.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    check_platforms()
     if _DRY_RUN.value:
         dry_run(config)
         return
@@ -220,6 +222,26 @@ def main(argv: list[str], model_fields_set: dict[str, str] | None = None) -> Non
         print(f"test error rate {record['test_error_rate']:.4f}; outputs in {_WORKING_DIR.value}")
 
 
+def check_platforms() -> None:
+    """The devices start: with ``JAX_PLATFORMS`` naming a platform this machine lacks (cuda,
+    gpu, tpu), JAX's own failure is an AssertionError or a RuntimeError of its start-up, which
+    reads as a bug in gnp rather than a setting of the user's environment."""
+    import jax
+
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as error:
+        if not platforms:
+            raise
+        cause = f" ({one_line(error)})" if str(error) else ""
+        raise ValueError(
+            f"the environment variable JAX_PLATFORMS={platforms} names a platform that does not "
+            f"start on this machine{cause}: unset it (JAX then uses what is there), or set it "
+            "to one this machine has (e.g. cpu), or install JAX for that platform (jax[cuda12])"
+        ) from None
+
+
 def _quiet_errors(record: Any) -> bool:
     """Drops orbax's error logs (a failed save logs one traceback per thread: the trainer
     reports the failure itself, once), asyncio's "Task exception was never retrieved" for the
@@ -235,16 +257,11 @@ def _quiet_errors(record: Any) -> bool:
 def describe_failure(error: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that ended a run."""
     from gnp.train.checkpoint import CheckpointError
-    from gnp.train.stops import NonFiniteError, Preempted
+    from gnp.train.stops import NonFiniteError
     from gnp.train.workdir import RunLocked
 
-    if isinstance(error, Preempted):
-        return error.exit_code, str(error)
-    if isinstance(error, KeyboardInterrupt):
-        return 130, (
-            "interrupted (Ctrl-C); the checkpoints already in --working_dir are kept: run the "
-            "same command to resume"
-        )
+    if stop := describe_stop(error):
+        return stop
     if isinstance(error, ValueError | OSError | NonFiniteError | CheckpointError | RunLocked):
         return 1, f"error: {' '.join(str(error).split())}"
     if "RESOURCE_EXHAUSTED" in str(error) or isinstance(error, MemoryError):
@@ -297,6 +314,8 @@ def run() -> None:
         code, line = describe_failure(error)
         print(line, file=sys.stderr)
         sys.exit(code)
+    finally:  # the last line is said: a Ctrl-C now must not print a traceback after it
+        exit_at_once_on_interrupt()
 
 
 if __name__ == "__main__":

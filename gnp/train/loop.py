@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -90,7 +89,8 @@ def train_and_evaluate(
     )
     prepare_outputs(working_dir)
     is_chief = jax.process_index() == 0
-    with RunLock(working_dir) if is_chief else contextlib.nullcontext():
+    lock = RunLock(working_dir) if is_chief else contextlib.nullcontext()
+    with contextlib.closing(pipeline), lock:  # closing: the data workers stop with the run
         return _train(config, working_dir, mesh, pipeline, allow_config_change, on_step)
 
 
@@ -182,6 +182,8 @@ def _train(
     if is_chief:
         curves = workdir.read_metrics(writer.path)
         plot_training_curves(curves, os.path.join(working_dir, "curves.png"))
+    if epochs.stopped is not None:  # asked after the last step: what would follow must not run
+        raise epochs.stopped
     return record
 
 
@@ -238,6 +240,7 @@ class _Epochs:
     # Step kinds called once in this process: a kind's first call compiles it, and is timed
     # apart so that images_per_second and the ETA measure training, not XLA.
     compiled: set[str] = dataclasses.field(default_factory=set)
+    stopped: Preempted | None = None  # a stop asked for after the run's last step
 
     def run(self, state: TrainState, first_epoch: int, writer: MetricWriter) -> dict[str, Any]:
         """Every epoch from ``first_epoch`` (a preempted run restarts mid-epoch, at the state's
@@ -272,6 +275,13 @@ class _Epochs:
                         self.train_iterator,
                         {"epoch": epoch, "finished": finished, "final_metrics": record},
                     )
+            if preemption.requested:
+                self.stopped = Preempted(
+                    f"the run finished (epoch {config.total_epochs}) and saved "
+                    f"{self.checkpoints.describe_latest()}; stopped on request "
+                    f"({preemption.cause}) before what follows it: run the same command to go on",
+                    preemption.exit_code,
+                )
         finally:
             preemption.restore()
         return record
@@ -356,9 +366,8 @@ class _Epochs:
     def _stop(self, state: TrainState, step: int, epoch: int, preemption: PreemptionGuard) -> None:
         """Saves the state before ``step`` and ends the run as asked (SIGTERM, Ctrl-C)."""
         self.checkpoints.save(state, self.train_iterator, {"epoch": epoch - 1, "finished": False})
-        cause = signal.Signals(preemption.signal or signal.SIGTERM).name
         raise Preempted(
-            f"stopped at step {step} (epoch {epoch}) on request ({cause}) and saved "
+            f"stopped at step {step} (epoch {epoch}) on request ({preemption.cause}) and saved "
             f"{self.checkpoints.describe_latest()}; run the same command to resume",
             preemption.exit_code,
         )
