@@ -241,6 +241,7 @@ class InputPipeline:
             # scripts) nothing has parsed them, and grain would fail on the first batch.
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
+            _start_resource_tracker()
             iter_dataset = iter_dataset.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=num_workers),
                 worker_init_fn=_ignore_interrupts,
@@ -255,6 +256,11 @@ class InputPipeline:
         iterator = self._iterator(dataset, self.num_workers, threads)
         self._train_iterators.append(iterator)
         return iterator
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker process receives (the batch functions are bound methods): not the
+        iterators that read from the workers."""
+        return self.__dict__ | {"_train_iterators": []}
 
     def close(self) -> None:
         """Stops the train iterators' workers and frees the batches they hold in shared
@@ -271,12 +277,34 @@ class InputPipeline:
         return self._iterator(dataset, 0, min(8, _cpu_count()))
 
 
+# What a terminal sends to every process of its group (Ctrl-C, a closed terminal or ssh
+# session); the trainer answers them: it saves, then stops its workers.
+_GROUP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+
 def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
-    """In each worker: Ctrl-C reaches every process of the terminal's group, and the trainer
-    answers it (save, then stop its workers); a worker's own KeyboardInterrupt would only
-    print its traceback."""
+    """In each worker: its own KeyboardInterrupt would print a traceback, and its death by
+    SIGHUP would lose the batches it holds in shared memory."""
     del worker_index, worker_count
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in _GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker (it frees the workers' shared memory) started with
+    SIGHUP blocked: it ignores Ctrl-C on its own but dies of a SIGHUP to the group, and the
+    one relaunched in its place prints a KeyError traceback for every block it never saw."""
+    from multiprocessing import resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask") or not hasattr(signal, "SIGHUP"):
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def dataset_names() -> list[str]:
