@@ -26,7 +26,12 @@ from gnp.data import InputPipeline, build_input_pipeline
 from gnp.gr_schedule import GRSchedule
 from gnp.optim import learning_rate_schedule
 from gnp.train import build, workdir
-from gnp.train.checkpoint import CheckpointError, Checkpoints, NoUsableCheckpoint
+from gnp.train.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    NoUsableCheckpoint,
+    check_location,
+)
 from gnp.train.config import validate_config
 from gnp.train.distributed import data_mesh, place, shard_batch
 from gnp.train.state import TrainState
@@ -81,6 +86,7 @@ def train_and_evaluate(
     """
     config = validate_config(config)
     check_working_dir(working_dir)
+    check_location(working_dir)
 
     # Mesh and data: read before any output exists, so that a data error leaves nothing behind.
     mesh = data_mesh()
