@@ -269,6 +269,7 @@ class InputPipeline:
         to be N leaked shared_memory objects``)."""
         while self._train_iterators:
             self._train_iterators.pop().close()
+        _finish_shared_memory_deletes()
 
     def eval_batches(self) -> grain.DatasetIterator:
         """Every test sample exactly once; the last batch padded, with ``mask``."""
@@ -290,6 +291,23 @@ def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
     for signum in _GROUP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def _finish_shared_memory_deletes() -> None:
+    """Waits for grain's background deletes of the batches just dropped (it unlinks their
+    shared memory in a thread of its own, which a process that exits next does not wait for),
+    and deletes later ones at once. grain has no public call for this: its pool is looked up,
+    and if a later grain has none, nothing is done."""
+    import gc
+
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    gc.collect()  # the batches still referenced only from cycles
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None and hasattr(SharedMemoryArray, "_disable_async_del"):
+        SharedMemoryArray._disable_async_del()
+        pool.close()
+        pool.join()
 
 
 def _start_resource_tracker() -> None:

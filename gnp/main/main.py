@@ -311,11 +311,13 @@ def run() -> None:
     except BaseException as error:
         if debug:
             raise
+        # Said after this block, which drops the error and its frames: they hold the last
+        # batch, whose shared memory would be reported leaked if it were still held at exit.
         code, line = describe_failure(error)
-        print(line, file=sys.stderr)
-        sys.exit(code)
-    finally:  # the last line is said: a Ctrl-C now must not print a traceback after it
+    finally:  # the last line comes next: a Ctrl-C then must not print a traceback after it
         exit_at_once_on_interrupt()
+    print(line, file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
