@@ -217,3 +217,43 @@ def test_checkpoints_that_all_fail_their_checksum_are_one_line(finished_run, tmp
         result, r"^error: no checkpoint in \S+ restores: skipped damaged checkpoint .*SHA-256"
     )
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# gnp-train whose TensorBoard files meet a full disk after the first epoch's events: both in
+# tensorboardX's writer thread (its writes) and in the trainer's flush after each epoch.
+FULL_TENSORBOARD = """
+import errno, os, sys
+import tensorboardX.record_writer as record_writer
+
+Writer = record_writer.RecordWriter
+real_write, real_flush, flushes = Writer.write, Writer.flush, []
+
+def full(real):
+    def write(self, *args):
+        if len(flushes) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, *args)
+    return write
+
+Writer.write = full(real_write)
+Writer.flush = lambda self: flushes.append(1) or full(real_flush)(self)
+from gnp.main.main import run
+sys.argv = ["gnp-train", *sys.argv[1:]]
+run()
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_tensorboard_is_the_error_line_only(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_TENSORBOARD, *TINY_FLAGS, f"--working_dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert result.stderr.strip().splitlines() == [
+        "error: No space left on device while writing the run's files; free space where "
+        "--working_dir is, then run the same command to resume"
+    ], result.stderr
+    assert result.returncode == 1

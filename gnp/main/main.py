@@ -11,8 +11,10 @@ shows the traceback instead.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import sys
+import threading
 from typing import Any
 
 from absl import app, flags, logging
@@ -262,6 +264,11 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
 
     if stop := describe_stop(error):
         return stop
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and not error.filename:
+        return 1, (  # a write of the run's files (TensorBoard's, metrics): no file named
+            f"error: {error.strerror} while writing the run's files; free space where "
+            "--working_dir is, then run the same command to resume"
+        )
     if isinstance(error, ValueError | OSError | NonFiniteError | CheckpointError | RunLocked):
         return 1, f"error: {' '.join(str(error).split())}"
     if "RESOURCE_EXHAUSTED" in str(error) or isinstance(error, MemoryError):
@@ -279,10 +286,27 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
 def _drop_closed_loop_errors(unraisable: Any) -> None:
     """``sys.unraisablehook`` without the "Event loop is closed" errors of a failed save: its
     other writes (tensorstore threads) finish after orbax's event loop has closed, and each
-    reports one such error from C code through this hook. Every other one prints as usual."""
+    reports one such error from C code through this hook; nor TensorBoard's failed writes
+    (``_tensorboard_failure``). Every other one prints as usual."""
     error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    if not _tensorboard_failure(error, unraisable.object):
         sys.__unraisablehook__(unraisable)
+
+
+def _drop_tensorboard_thread_errors(failure: Any) -> None:
+    """``threading.excepthook`` without the failed writes of TensorBoard's writer thread."""
+    if not _tensorboard_failure(failure.exc_value, failure.thread):
+        sys.__excepthook__(failure.exc_type, failure.exc_value, failure.exc_traceback)
+
+
+def _tensorboard_failure(error: BaseException | None, source: Any) -> bool:
+    """An OSError of tensorboardX's writer thread or exit hook (a full disk, its queue closed
+    after that): the trainer's own flush of the same file meets the error and ends the run in
+    one line, which these tracebacks would follow."""
+    module = getattr(source, "__module__", "") or type(source).__module__
+    return isinstance(error, OSError) and module.startswith("tensorboardX")
 
 
 def _print_help() -> None:
@@ -300,6 +324,7 @@ def run() -> None:
     debug = "--debug" in argv or os.environ.get("GNP_DEBUG", "") not in ("", "0")
     if not debug:
         sys.unraisablehook = _drop_closed_loop_errors
+        threading.excepthook = _drop_tensorboard_thread_errors
     try:
         # Out of sys.argv too: config_flags reads its override flags from there.
         sys.argv, fields = split_model_fields(argv)
