@@ -256,6 +256,12 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_p
         ),
         (KeyError("x"), 1, r"^error: KeyError: 'x' \(unexpected: rerun with --debug"),
         (FileNotFoundError(2, "No such file", "/d"), 1, r"^error: \[Errno 2\] No such file"),
+        (
+            OSError(28, "No space left on device"),  # TensorBoard's flush names no file
+            1,
+            r"^error: No space left on device while writing the run's files; free space where "
+            "--working_dir is",
+        ),
         (RunLocked("d is in use by another run (pid 7)"), 1, r"^error: d is in use .*pid 7"),
         (CheckpointError("could not save\nthe checkpoint"), 1, r"^error: could not save the"),
         (Preempted("stopped at step 3", 130), 130, r"^stopped at step 3$"),
