@@ -743,13 +743,14 @@ def main(argv: Sequence[str]) -> None:
         code, line = describe_stop(e) or (1, str(e))
         print(line, file=sys.stderr)
         raise SystemExit(code) from None
-    finally:
-        exit_at_once_on_interrupt()
 
 
 def run() -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:  # the last line is said: a Ctrl-C now must not print a traceback after it
+        exit_at_once_on_interrupt()
 
 
 if __name__ == "__main__":

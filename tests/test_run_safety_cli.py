@@ -69,8 +69,12 @@ def test_a_broken_config_file_is_one_line_naming_it(tmp_path, monkeypatch, capsy
     path.write_text(source)
     argv = ["gnp-train", f"--config={path}", f"--working_dir={tmp_path / 'run'}"]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_info:
-        main.run()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)  # run() ends Ctrl-C at once while it exits
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 1
     assert stderr.count("\n") == 1 and stderr.startswith("error: ")

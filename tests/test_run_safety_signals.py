@@ -137,14 +137,10 @@ def test_alpha_sweep_ends_a_stop_in_one_line(monkeypatch, capsys, tmp_path):
         raise Preempted(line, 143)
 
     monkeypatch.setattr(analyze, "train_and_evaluate", stopped)
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            analyze.main(
-                ["alpha-sweep", f"--config={DEFAULT}", f"--working_dir={tmp_path}", "--alphas=0,1"]
-            )
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(SystemExit) as exit_:
+        analyze.main(
+            ["alpha-sweep", f"--config={DEFAULT}", f"--working_dir={tmp_path}", "--alphas=0,1"]
+        )
     assert exit_.value.code == 143
     assert capsys.readouterr().err.splitlines() == [line]
 

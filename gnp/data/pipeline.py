@@ -269,7 +269,8 @@ class InputPipeline:
         to be N leaked shared_memory objects``)."""
         while self._train_iterators:
             self._train_iterators.pop().close()
-        _finish_shared_memory_deletes()
+        if self.num_workers:
+            _finish_shared_memory_deletes()
 
     def eval_batches(self) -> grain.DatasetIterator:
         """Every test sample exactly once; the last batch padded, with ``mask``."""

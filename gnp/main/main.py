@@ -298,7 +298,7 @@ def _drop_closed_loop_errors(unraisable: Any) -> None:
 def _drop_tensorboard_thread_errors(failure: Any) -> None:
     """``threading.excepthook`` without the failed writes of TensorBoard's writer thread."""
     if not _tensorboard_failure(failure.exc_value, failure.thread):
-        sys.__excepthook__(failure.exc_type, failure.exc_value, failure.exc_traceback)
+        threading.__excepthook__(failure)
 
 
 def _tensorboard_failure(error: BaseException | None, source: Any) -> bool:
