@@ -63,7 +63,12 @@ from gnp.train.run import (
     split_batches,
     variables_loss,
 )
-from gnp.train.stops import NonFiniteError
+from gnp.train.stops import (
+    NonFiniteError,
+    Preempted,
+    describe_stop,
+    exit_at_once_on_interrupt,
+)
 from gnp.train.workdir import read_metrics
 
 FILTER_RULE = (
@@ -734,11 +739,18 @@ def main(argv: Sequence[str]) -> None:
         args.handler(args)
     except ValueError as e:  # RunError, and the trainer's config errors
         raise SystemExit(f"error: {e}") from None
+    except (Preempted, KeyboardInterrupt) as e:  # alpha-sweep's runs resume; others rerun
+        code, line = describe_stop(e) or (1, str(e))
+        print(line, file=sys.stderr)
+        raise SystemExit(code) from None
 
 
 def run() -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:  # the last line is said: a Ctrl-C now must not print a traceback after it
+        exit_at_once_on_interrupt()
 
 
 if __name__ == "__main__":

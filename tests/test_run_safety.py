@@ -173,11 +173,17 @@ def empty_newer_folder(step_dir):
     (step_dir.parent / "15").mkdir()
 
 
+# orbax stops reading at the first array that fails, while TensorStore's other reads go on;
+# each that ends after orbax's event loop has closed reports "Event loop is closed" from C code
+# as an unraisable exception (gnp-train drops them: main._drop_closed_loop_errors). They
+# filled make test's warnings summary with a 70-line traceback.
+ORBAX_LATE_READS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 # (damage done to checkpoint 10, the newest good step left)
 DAMAGES = [
     (truncate_array_file, 5),
     (flip_bits, 5),
-    (empty_manifest, 5),
+    pytest.param(empty_manifest, 5, marks=ORBAX_LATE_READS),
     (remove_state, 5),
     (break_meta_json, 5),
     (empty_newer_folder, 10),
@@ -196,7 +202,11 @@ def restore_template(finished_run):
     return state, pipeline.train_iterator()
 
 
-@pytest.mark.parametrize("damage,good_step", DAMAGES, ids=[d.__name__ for d, _ in DAMAGES])
+@pytest.mark.parametrize(
+    "damage,good_step",
+    DAMAGES,
+    ids=[getattr(d, "values", d)[0].__name__ for d in DAMAGES],
+)
 def test_a_damaged_latest_checkpoint_is_skipped_and_kept(
     finished_run, run_copy, restore_template, damage, good_step
 ):

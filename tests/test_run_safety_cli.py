@@ -69,8 +69,12 @@ def test_a_broken_config_file_is_one_line_naming_it(tmp_path, monkeypatch, capsy
     path.write_text(source)
     argv = ["gnp-train", f"--config={path}", f"--working_dir={tmp_path / 'run'}"]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_info:
-        main.run()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)  # run() ends Ctrl-C at once while it exits
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 1
     assert stderr.count("\n") == 1 and stderr.startswith("error: ")
@@ -148,38 +152,59 @@ def test_a_cifar_file_that_is_not_a_pickle(tmp_path):
 # --- Faults during a run --------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_ctrl_c_saves_says_how_to_resume_and_exits_130(tmp_path):
-    run_dir = tmp_path / "run"
-    args = [f"--config={DEFAULT}", f"--working_dir={run_dir}", "--config.total_epochs=200"]
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+def stop_after_an_epoch(args, signum, epoch_line):
+    """Runs ``gnp.main ARGS`` in a process group of its own, as a terminal does, and sends
+    ``signum`` to the whole group (the data workers too, as Ctrl-C or a closed terminal do)
+    once ``epoch_line`` is printed; returns (exit code, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "gnp.main", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
     )
     try:
         for line in process.stdout:
-            if line.startswith("epoch   1"):
+            if line.startswith(epoch_line):
                 break
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signum)
         _, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    last = stderr.strip().splitlines()[-1]
-    match = re.fullmatch(
-        r"stopped at step (\d+) \(epoch \d+\) on request \(SIGINT\) and saved (\S+); run the "
-        r"same command to resume",
-        last,
-    )
-    assert match, stderr
-    step = int(match[1])
-    assert match[2] == str(run_dir / "checkpoints" / str(step))
-    assert Checkpoints(str(run_dir / "checkpoints")).all_steps()[-1] == step
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_says_how_to_resume_and_exits_130(tmp_path):
+    """With data workers (num_workers=2): none prints a traceback, and the train iterator is
+    closed with the run (else the resumed run's exit printed "OSError: handle is closed" and
+    shared memory leaked). The resume is stopped by SIGHUP, which saves like SIGTERM."""
+    run_dir = tmp_path / "run"
+    args = [
+        f"--config={DEFAULT}",
+        f"--working_dir={run_dir}",
+        "--config.total_epochs=200",
+        "--config.dataset.num_workers=2",
+    ]
+    for signum, epoch_line, code in (
+        (signal.SIGINT, "epoch   1", 130),
+        (signal.SIGHUP, "epoch   2", 129),
+    ):
+        returncode, stderr = stop_after_an_epoch(args, signum, epoch_line)
+        assert returncode == code, stderr
+        for noise in ("Traceback", "handle is closed", "leaked", "Exception ignored"):
+            assert noise not in stderr, stderr
+        last = stderr.strip().splitlines()[-1]
+        match = re.fullmatch(
+            rf"stopped at step (\d+) \(epoch \d+\) on request \({signum.name}\) and saved (\S+); "
+            "run the same command to resume",
+            last,
+        )
+        assert match, stderr
+        step = int(match[1])
+        assert match[2] == str(run_dir / "checkpoints" / str(step))
+        assert Checkpoints(str(run_dir / "checkpoints")).all_steps()[-1] == step
 
 
 @contextlib.contextmanager
@@ -235,6 +260,12 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_p
         ),
         (KeyError("x"), 1, r"^error: KeyError: 'x' \(unexpected: rerun with --debug"),
         (FileNotFoundError(2, "No such file", "/d"), 1, r"^error: \[Errno 2\] No such file"),
+        (
+            OSError(28, "No space left on device"),  # TensorBoard's flush names no file
+            1,
+            r"^error: No space left on device while writing the run's files; free space where "
+            "--working_dir is",
+        ),
         (RunLocked("d is in use by another run (pid 7)"), 1, r"^error: d is in use .*pid 7"),
         (CheckpointError("could not save\nthe checkpoint"), 1, r"^error: could not save the"),
         (Preempted("stopped at step 3", 130), 130, r"^stopped at step 3$"),

@@ -21,6 +21,7 @@ import functools
 import importlib
 import os
 import pkgutil
+import signal
 from typing import Any
 
 import grain
@@ -128,6 +129,7 @@ class InputPipeline:
         self._scale = 1.0 / (full_scale * self.std)
         self._offset = self.mean / self.std
         self._order: tuple[int, np.ndarray] | None = None
+        self._train_iterators: list[grain.DatasetIterator] = []
 
     @property
     def steps_per_epoch(self) -> int:
@@ -239,8 +241,10 @@ class InputPipeline:
             # scripts) nothing has parsed them, and grain would fail on the first batch.
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
+            _start_resource_tracker()
             iter_dataset = iter_dataset.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=num_workers)
+                grain.MultiprocessingOptions(num_workers=num_workers),
+                worker_init_fn=_ignore_interrupts,
             )
         return iter(iter_dataset)
 
@@ -249,13 +253,77 @@ class InputPipeline:
         steps = grain.MapDataset.range(self.steps_per_epoch).repeat(None)
         dataset = steps.map_with_index(self._indexed_train_batch)
         threads = 1 if self.num_workers else min(8, _cpu_count())
-        return self._iterator(dataset, self.num_workers, threads)
+        iterator = self._iterator(dataset, self.num_workers, threads)
+        self._train_iterators.append(iterator)
+        return iterator
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker process receives (the batch functions are bound methods): not the
+        iterators that read from the workers."""
+        return self.__dict__ | {"_train_iterators": []}
+
+    def close(self) -> None:
+        """Stops the train iterators' workers and frees the batches they hold in shared
+        memory. Left to garbage collection at exit, grain's clean-up finds its queues closed
+        (``OSError: handle is closed``) and the batches leak (``resource_tracker: There appear
+        to be N leaked shared_memory objects``)."""
+        while self._train_iterators:
+            self._train_iterators.pop().close()
+        if self.num_workers:
+            _finish_shared_memory_deletes()
 
     def eval_batches(self) -> grain.DatasetIterator:
         """Every test sample exactly once; the last batch padded, with ``mask``."""
         batches = grain.MapDataset.range(self.num_eval_batches)
         dataset = batches.map_with_index(self._indexed_eval_batch)
         return self._iterator(dataset, 0, min(8, _cpu_count()))
+
+
+# What a terminal sends to every process of its group (Ctrl-C, a closed terminal or ssh
+# session); the trainer answers them: it saves, then stops its workers.
+_GROUP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+    """In each worker: its own KeyboardInterrupt would print a traceback, and its death by
+    SIGHUP would lose the batches it holds in shared memory."""
+    del worker_index, worker_count
+    for signum in _GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _finish_shared_memory_deletes() -> None:
+    """Waits for grain's background deletes of the batches just dropped (it unlinks their
+    shared memory in a thread of its own, which a process that exits next does not wait for),
+    and deletes later ones at once. grain has no public call for this: its pool is looked up,
+    and if a later grain has none, nothing is done."""
+    import gc
+
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    gc.collect()  # the batches still referenced only from cycles
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None and hasattr(SharedMemoryArray, "_disable_async_del"):
+        SharedMemoryArray._disable_async_del()
+        pool.close()
+        pool.join()
+
+
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker (it frees the workers' shared memory) started with
+    SIGHUP blocked: it ignores Ctrl-C on its own but dies of a SIGHUP to the group, and the
+    one relaunched in its place prints a KeyError traceback for every block it never saw."""
+    from multiprocessing import resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask") or not hasattr(signal, "SIGHUP"):
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def dataset_names() -> list[str]:

@@ -11,8 +11,10 @@ shows the traceback instead.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import sys
+import threading
 from typing import Any
 
 from absl import app, flags, logging
@@ -25,6 +27,7 @@ from gnp.train.config import (
     set_model_fields,
     split_model_fields,
 )
+from gnp.train.stops import describe_stop, exit_at_once_on_interrupt
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -202,6 +205,7 @@ def main(argv: list[str], model_fields_set: dict[str, str] | None = None) -> Non
     from gnp.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    check_platforms()
     if _DRY_RUN.value:
         dry_run(config)
         return
@@ -220,6 +224,26 @@ def main(argv: list[str], model_fields_set: dict[str, str] | None = None) -> Non
         print(f"test error rate {record['test_error_rate']:.4f}; outputs in {_WORKING_DIR.value}")
 
 
+def check_platforms() -> None:
+    """The devices start: with ``JAX_PLATFORMS`` naming a platform this machine lacks (cuda,
+    gpu, tpu), JAX's own failure is an AssertionError or a RuntimeError of its start-up, which
+    reads as a bug in gnp rather than a setting of the user's environment."""
+    import jax
+
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as error:
+        if not platforms:
+            raise
+        cause = f" ({one_line(error)})" if str(error) else ""
+        raise ValueError(
+            f"the environment variable JAX_PLATFORMS={platforms} names a platform that does not "
+            f"start on this machine{cause}: unset it (JAX then uses what is there), or set it "
+            "to one this machine has (e.g. cpu), or install JAX for that platform (jax[cuda12])"
+        ) from None
+
+
 def _quiet_errors(record: Any) -> bool:
     """Drops orbax's error logs (a failed save logs one traceback per thread: the trainer
     reports the failure itself, once), asyncio's "Task exception was never retrieved" for the
@@ -235,15 +259,15 @@ def _quiet_errors(record: Any) -> bool:
 def describe_failure(error: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that ended a run."""
     from gnp.train.checkpoint import CheckpointError
-    from gnp.train.stops import NonFiniteError, Preempted
+    from gnp.train.stops import NonFiniteError
     from gnp.train.workdir import RunLocked
 
-    if isinstance(error, Preempted):
-        return error.exit_code, str(error)
-    if isinstance(error, KeyboardInterrupt):
-        return 130, (
-            "interrupted (Ctrl-C); the checkpoints already in --working_dir are kept: run the "
-            "same command to resume"
+    if stop := describe_stop(error):
+        return stop
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and not error.filename:
+        return 1, (  # a write of the run's files (TensorBoard's, metrics): no file named
+            f"error: {error.strerror} while writing the run's files; free space where "
+            "--working_dir is, then run the same command to resume"
         )
     if isinstance(error, ValueError | OSError | NonFiniteError | CheckpointError | RunLocked):
         return 1, f"error: {' '.join(str(error).split())}"
@@ -262,10 +286,27 @@ def describe_failure(error: BaseException) -> tuple[int, str]:
 def _drop_closed_loop_errors(unraisable: Any) -> None:
     """``sys.unraisablehook`` without the "Event loop is closed" errors of a failed save: its
     other writes (tensorstore threads) finish after orbax's event loop has closed, and each
-    reports one such error from C code through this hook. Every other one prints as usual."""
+    reports one such error from C code through this hook; nor TensorBoard's failed writes
+    (``_tensorboard_failure``). Every other one prints as usual."""
     error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    if not _tensorboard_failure(error, unraisable.object):
         sys.__unraisablehook__(unraisable)
+
+
+def _drop_tensorboard_thread_errors(failure: Any) -> None:
+    """``threading.excepthook`` without the failed writes of TensorBoard's writer thread."""
+    if not _tensorboard_failure(failure.exc_value, failure.thread):
+        threading.__excepthook__(failure)
+
+
+def _tensorboard_failure(error: BaseException | None, source: Any) -> bool:
+    """An OSError of tensorboardX's writer thread or exit hook (a full disk, its queue closed
+    after that): the trainer's own flush of the same file meets the error and ends the run in
+    one line, which these tracebacks would follow."""
+    module = getattr(source, "__module__", "") or type(source).__module__
+    return isinstance(error, OSError) and module.startswith("tensorboardX")
 
 
 def _print_help() -> None:
@@ -283,6 +324,7 @@ def run() -> None:
     debug = "--debug" in argv or os.environ.get("GNP_DEBUG", "") not in ("", "0")
     if not debug:
         sys.unraisablehook = _drop_closed_loop_errors
+        threading.excepthook = _drop_tensorboard_thread_errors
     try:
         # Out of sys.argv too: config_flags reads its override flags from there.
         sys.argv, fields = split_model_fields(argv)
@@ -294,9 +336,13 @@ def run() -> None:
     except BaseException as error:
         if debug:
             raise
+        # Said after this block, which drops the error and its frames: they hold the last
+        # batch, whose shared memory would be reported leaked if it were still held at exit.
         code, line = describe_failure(error)
-        print(line, file=sys.stderr)
-        sys.exit(code)
+    finally:  # the last line comes next: a Ctrl-C then must not print a traceback after it
+        exit_at_once_on_interrupt()
+    print(line, file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import gnp
 from gnp.errors import one_line
 from gnp.train.state import TrainState
 from gnp.train.stops import NonFiniteError
-from gnp.train.workdir import how_to_start_over, run_id
+from gnp.train.workdir import NotWritable, how_to_start_over, run_id
 
 
 def _whole(leaf: Any) -> np.ndarray:
@@ -66,6 +66,45 @@ def state_digest(tree: Any) -> str:
 def all_finite(tree: Any) -> bool:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+# The longest path a save writes below the working directory, with room for larger steps and
+# process counts: "checkpoints/22.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/
+# ocdbt.process_0/d/<32 hex digits>" is 113 bytes (the longest in a checkpoint of step 22 is
+# 71, plus orbax's two temporary suffixes while it is written).
+_SAVE_PATH_BYTES = 160
+
+
+def check_location(working_dir: str) -> None:
+    """Refuses, before any work, a ``--working_dir`` the checkpoint layer cannot write: a name
+    that is not UTF-8 (TensorStore takes UTF-8 paths only) or one so long that the files of a
+    save would pass the system's longest path. Else each fails at the first save, an epoch in."""
+    path = os.path.abspath(working_dir)
+    try:
+        encoded = path.encode("utf-8")  # a non-UTF-8 name reaches Python as lone surrogates
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise NotWritable(
+            f"--working_dir {shown} is not valid UTF-8, and the checkpoints (TensorStore) take "
+            "UTF-8 paths only: choose a --working_dir whose name is UTF-8 (e.g. ASCII)"
+        ) from None
+    longest = _path_max(path)
+    if len(encoded) + 1 + _SAVE_PATH_BYTES > longest:
+        raise NotWritable(
+            f"--working_dir is {len(encoded)} bytes long, and a checkpoint's files below it "
+            f"would pass the system's longest path ({longest} bytes): choose a --working_dir "
+            f"of at most {longest - 1 - _SAVE_PATH_BYTES} bytes"
+        )
+
+
+def _path_max(path: str) -> int:
+    """The longest path the file system of ``path`` (its nearest existing folder) takes."""
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return os.pathconf(path, "PC_PATH_MAX")
+    except (OSError, ValueError):  # no such limit here (not POSIX): Linux's
+        return 4096
 
 
 class CheckpointError(RuntimeError):

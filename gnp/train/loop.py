@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -27,7 +26,12 @@ from gnp.data import InputPipeline, build_input_pipeline
 from gnp.gr_schedule import GRSchedule
 from gnp.optim import learning_rate_schedule
 from gnp.train import build, workdir
-from gnp.train.checkpoint import CheckpointError, Checkpoints, NoUsableCheckpoint
+from gnp.train.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    NoUsableCheckpoint,
+    check_location,
+)
 from gnp.train.config import validate_config
 from gnp.train.distributed import data_mesh, place, shard_batch
 from gnp.train.state import TrainState
@@ -86,6 +90,7 @@ def train_and_evaluate(
     """
     config = validate_config(config)
     check_working_dir(working_dir)
+    check_location(working_dir)
 
     # Mesh and data: read before any output exists, so that a data error leaves nothing behind.
     mesh = data_mesh()
@@ -94,7 +99,8 @@ def train_and_evaluate(
     )
     prepare_outputs(working_dir)
     is_chief = jax.process_index() == 0
-    with RunLock(working_dir) if is_chief else contextlib.nullcontext():
+    lock = RunLock(working_dir) if is_chief else contextlib.nullcontext()
+    with contextlib.closing(pipeline), lock:  # closing: the data workers stop with the run
         return _train(config, working_dir, mesh, pipeline, allow_config_change, on_step)
 
 
@@ -188,6 +194,8 @@ def _train(
     if is_chief:
         curves = workdir.read_metrics(writer.path)
         plot_training_curves(curves, os.path.join(working_dir, "curves.png"))
+    if epochs.stopped is not None:  # asked after the last step: what would follow must not run
+        raise epochs.stopped
     return record
 
 
@@ -244,6 +252,7 @@ class _Epochs:
     # Step kinds called once in this process: a kind's first call compiles it, and is timed
     # apart so that images_per_second and the ETA measure training, not XLA.
     compiled: set[str] = dataclasses.field(default_factory=set)
+    stopped: Preempted | None = None  # a stop asked for after the run's last step
 
     def run(self, state: TrainState, first_epoch: int, writer: MetricWriter) -> dict[str, Any]:
         """Every epoch from ``first_epoch`` (a preempted run restarts mid-epoch, at the state's
@@ -278,6 +287,13 @@ class _Epochs:
                         self.train_iterator,
                         {"epoch": epoch, "finished": finished, "final_metrics": record},
                     )
+            if preemption.requested:
+                self.stopped = Preempted(
+                    f"the run finished (epoch {config.total_epochs}) and saved "
+                    f"{self.checkpoints.describe_latest()}; stopped on request "
+                    f"({preemption.cause}) before what follows it: run the same command to go on",
+                    preemption.exit_code,
+                )
         finally:
             preemption.restore()
         return record
@@ -371,10 +387,10 @@ class _Epochs:
     def _stop(self, state: TrainState, step: int, epoch: int, preemption: PreemptionGuard) -> None:
         """Saves the state before ``step`` and ends the run as asked (SIGTERM, Ctrl-C)."""
         self.checkpoints.save(state, self.train_iterator, {"epoch": epoch - 1, "finished": False})
-        cause = signal.Signals(preemption.signal or signal.SIGTERM).name
         raise Preempted(
-            f"stopped at {position(step, self.pipeline.steps_per_epoch)} on request ({cause}) "
-            f"and saved {self.checkpoints.describe_latest()}; run the same command to resume",
+            f"stopped at {position(step, self.pipeline.steps_per_epoch)} on request "
+            f"({preemption.cause}) and saved {self.checkpoints.describe_latest()}; "
+            "run the same command to resume",
             preemption.exit_code,
         )
 

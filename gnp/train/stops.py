@@ -1,4 +1,4 @@
-"""How a run ends before its last epoch: a stop asked for (SIGTERM, Ctrl-C) and a step gone
+"""How a run ends before its last epoch: a stop asked for (SIGTERM, SIGHUP, Ctrl-C) and a step gone
 non-finite; the conditions the trainer raises and the command line turns into an exit code and
 one line (``gnp.main.main.describe_failure``).
 
@@ -8,7 +8,9 @@ can name these before JAX loads.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -24,7 +26,8 @@ class NonFiniteError(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """The run was asked to stop (SIGTERM or Ctrl-C) and saved a checkpoint at the current step.
+    """The run was asked to stop (SIGTERM, SIGHUP or Ctrl-C) and saved a checkpoint at the
+    current step (or had just finished: what would run next, the study's next run, must not).
 
     ``exit_code`` follows the shell's convention for the signal (128 + its number).
     """
@@ -43,9 +46,16 @@ def first_non_finite(step_metrics: Sequence[dict[str, Any]]) -> tuple[int, str, 
     return None
 
 
+# Each means "stop and keep the work": a cluster's preemption notice (SIGTERM), a closed
+# terminal or ssh session (SIGHUP, whose default would end the run unsaved), Ctrl-C.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)
+)
+
+
 class PreemptionGuard:
-    """Turns SIGTERM (a cluster's preemption notice) and a first Ctrl-C into "save at the
-    next step and stop"; a second Ctrl-C aborts at once, keeping the last checkpoint.
+    """Turns SIGTERM, SIGHUP and a first Ctrl-C into "save at the next step and stop"; a
+    second Ctrl-C aborts at once, keeping the last checkpoint.
 
     One process: a signal handler sets a flag. Several: JAX's preemption sync point
     (through orbax), so that every host saves at the same step.
@@ -76,13 +86,17 @@ class PreemptionGuard:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # signals go to it only
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
+
+    @property
+    def cause(self) -> str:
+        return signal.Signals(self.signal or signal.SIGTERM).name
 
     def reached(self, step: int, checkpoints: Any) -> bool:
         """Whether to save and stop before ``step``; several processes decide together (JAX's
@@ -92,3 +106,32 @@ class PreemptionGuard:
         if jax.process_count() > 1:  # every host must stop at the same step: JAX syncs them
             return checkpoints.reached_preemption(step)
         return self.requested
+
+
+def describe_stop(error: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) when ``error`` is a stop asked for (a signal, Ctrl-C), else None:
+    the same line from every command line that trains (gnp-train, the study, alpha-sweep)."""
+    if isinstance(error, Preempted):
+        return error.exit_code, str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return 128 + signal.SIGINT, (
+            "interrupted (Ctrl-C); the checkpoints already in --working_dir are kept: run the "
+            "same command to resume"
+        )
+    return None
+
+
+def exit_at_once_on_interrupt(code: int = 128 + signal.SIGINT) -> None:
+    """From here on (a command line that has said its last line and is exiting), Ctrl-C ends
+    the process at once and quietly: the run is saved or reported already, and a
+    KeyboardInterrupt inside the exit's clean-up (orbax's, JAX's, grain's atexit callbacks)
+    would print an "Exception ignored in atexit callback" traceback after that last line."""
+
+    def exit_now(signum: int, frame: Any) -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, exit_now)
