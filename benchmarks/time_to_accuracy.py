@@ -44,6 +44,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure
 from scipy.stats import ttest_1samp
 from timing import interleaved_medians  # benchmarks/ is on the path
 
@@ -357,6 +358,21 @@ def kind_runs(config: Any, kinds: Sequence[str]) -> dict[str, Callable[[], Any]]
     return {kind: make(kind) for kind in kinds}
 
 
+def weighted_seconds(
+    finals: dict[str, list[dict]], medians: dict[tuple[str, str], float]
+) -> dict[str, float]:
+    """Per variant, the mean seconds a step: each kind's median weighted by its share of the
+    steps all of the variant's final runs took."""
+    seconds = {}
+    for key, results in finals.items():
+        counts: collections.Counter[str] = collections.Counter()
+        for result in results:
+            counts.update(result["step_kinds"])
+        total = sum(counts.values())
+        seconds[key] = sum(medians[(key, kind)] * n / total for kind, n in counts.items())
+    return seconds
+
+
 def step_seconds(runs: dict[str, Any], scale: Scale) -> dict[str, Any]:
     """Per variant, the mean seconds of its steps: each kind's median over interleaved rounds
     (all variants' kinds in one process, so a slow spell hits all alike), weighted by the share
@@ -370,15 +386,8 @@ def step_seconds(runs: dict[str, Any], scale: Scale) -> dict[str, Any]:
     load_before = os.getloadavg()
     medians = interleaved_medians(calls, scale.timing_rounds)
     load_after = os.getloadavg()
-    seconds = {}
-    for key, results in finals.items():
-        counts = collections.Counter()
-        for result in results:
-            counts.update(result["step_kinds"])
-        total = sum(counts.values())
-        seconds[key] = sum(medians[(key, kind)] * n / total for kind, n in counts.items())
     return {
-        "seconds_per_step": seconds,
+        "seconds_per_step": weighted_seconds(finals, medians),
         "kind_median_seconds": {f"{key}/{kind}": s for (key, kind), s in medians.items()},
         "rounds": scale.timing_rounds,
         "load_average_before": list(load_before),
@@ -496,7 +505,9 @@ def table(summary: dict[str, Any]) -> str:
             low, high = statistics.t_interval(error)
             error_cell += f" ± {(high - low) / 2:.2f}"
         retention = f"{100 * row['retention_mean']:.0f}"
-        if row["retention_ci95"][0] is not None:
+        if key in ("plain", "GNP"):
+            retention = "— (0 and 100 by definition)"
+        elif row["retention_ci95"][0] is not None:
             low, high = row["retention_ci95"]
             retention += f" ({100 * low:.0f} to {100 * high:.0f})"
         holm, met = "—", "—"
@@ -510,6 +521,25 @@ def table(summary: dict[str, Any]) -> str:
             f"| {row['seconds_x_plain']:.2f} | {retention} | {holm} | {met} |"
         )
     return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Test error of every seed (dots) and the mean (a bar) against passes and against
+    seconds, both as multiples of plain's; the 1.3× line and GNP's mean for the target."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    gnp_mean = 100 * summary["variants"]["GNP"]["mean_test_error"]
+    for ax, cost in zip(axes, ("passes_x_plain", "seconds_x_plain"), strict=True):
+        for key, row in summary["variants"].items():
+            errors = 100 * np.asarray(row["per_seed_final_test_error"])
+            (dots,) = ax.plot([row[cost]] * len(errors), errors, ".", alpha=0.5, label=key)
+            ax.plot(row[cost], errors.mean(), "_", markersize=16, color=dots.get_color())
+        ax.axvline(TARGET_COST, color="grey", linestyle=":")
+        ax.axhline(gnp_mean, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(cost.replace("_x_plain", " × plain"))
+    axes[0].set_ylabel("final test error (%) per seed, bar: mean")
+    axes[1].legend(fontsize=7, ncol=2)
+    figure.savefig(path, dpi=110)
 
 
 def markers(json_name: str) -> tuple[str, str]:
@@ -570,8 +600,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     summary = json_ready(summary)
     write_json_atomically(json_path, summary)
+    plot(summary, json_path.with_suffix(".png"))
     print(table(summary))
-    print(f"wrote {json_path}")
+    print(f"wrote {json_path} and {json_path.with_suffix('.png').name}")
 
 
 if __name__ == "__main__":
