@@ -93,20 +93,20 @@ VARIANTS = (
         for k in (2, 5, 10)
     ),
     Variant("MSAM", {"gnp.alpha": 1.0, "gnp.perturbation_direction": "momentum"}, "gnp.r", R_GRID),
-    Variant("ESAM", {"gnp.alpha": 0.8}, "gnp.perturbed_fraction", (0.125, 0.25, 0.5), True),
+    Variant("ESAM", {"gnp.alpha": 0.8}, "gnp.perturbed_fraction", (0.125, 0.25, 0.5), gnp_r=True),
     Variant(
         "RST",
         {"gnp.alpha": 0.8, "use_hybrid_training": True},
         "hybrid_config.p",
         (0.2, 0.35, 0.5),
-        True,
+        gnp_r=True,
     ),
     Variant(
         "window",
         {"gnp.alpha": 0.8, "use_hybrid_training": True, "hybrid_config.p": 1.0},
         "window",
         ("early", "late"),
-        True,
+        gnp_r=True,
     ),
 )
 BY_KEY = {variant.key: variant for variant in VARIANTS}
@@ -579,7 +579,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     scale = SCALES["smoke" if args.smoke else "full"]
     json_path = args.json or FIGURES / f"time_to_accuracy_{scale.name}.json"
     if args.write_doc:
-        write_doc(json_path)
+        if not json_path.exists():
+            parser.error(f"{json_path} does not exist yet: run the benchmark to the end first")
+        try:
+            write_doc(json_path)
+        except (ValueError, KeyError) as error:  # a damaged JSON, or a doc without the markers
+            parser.exit(2, f"error: {error}\n")
         return
     names = [name for name in args.variants.split(",") if name]
     if unknown := sorted(set(names) - set(BY_KEY)):

@@ -202,3 +202,10 @@ def test_docs_tables_match_their_json():
         path = ROOT / "docs" / "figures" / name
         want = tta.table(read_json(path, "")) + "\n" if path.exists() else ""
         assert block == want, f"run: benchmarks/time_to_accuracy.py --write_doc --json={path}"
+
+
+def test_write_doc_before_the_json_exists_is_one_error_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tta.main(["--write_doc", f"--json={tmp_path / 'none.json'}"])
+    err = capsys.readouterr().err
+    assert "error: " in err and "does not exist yet: run the benchmark" in err
