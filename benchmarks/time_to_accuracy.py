@@ -239,6 +239,7 @@ def execute(spec: RunSpec, scale: Scale, out: Path, per_epoch: int) -> dict[str,
     if path.exists():
         return read_json(path, "delete it to train that run again")
     config = spec.config(scale, per_epoch)
+    print(f"{spec.stage} {spec.variant.key} {spec.setting} seed {spec.seed}", flush=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
         train_and_evaluate(config, str(directory))
@@ -315,8 +316,6 @@ def run_all(names: Sequence[str], scale: Scale, out: Path) -> dict[str, Any]:
             spec = RunSpec(
                 "final", variant, chosen[variant.key]["r"], chosen[variant.key]["value"], seed
             )
-            if not (spec.directory(out) / RESULT_FILE).exists():
-                print(f"final {variant.key} {spec.setting} seed {seed}", flush=True)
             finals[variant.key].append(execute(spec, scale, out, per_epoch))
     return {"chosen": chosen, "tuning": tuning, "finals": finals, "steps_per_epoch": per_epoch}
 
