@@ -8,9 +8,11 @@ Over the first ``warmup_steps`` (the learning-rate warmup):
 Hybrid training makes each step a GNP step with probability ``p(step)``, else a
 plain one. As in the released code, the config's ``schedule_function`` is called
 with the keys of ``hybrid_config`` and returns ``step ↦ p``; the released (and
-default) one is ``constant_probability``: p at every step. ``config.json`` stores
-the function by its import path (``gnp.gr_schedule.constant_probability``),
-which is also accepted in its place, so a run reads back and resumes with it.
+default) one is ``constant_probability``: p at every step. ``penalty_window`` gives p
+inside a window of steps and 0 outside it (p = 1: the penalty only early or only late).
+``config.json`` stores the function by its import path
+(``gnp.gr_schedule.constant_probability``), which is also accepted in its place, so a run
+reads back and resumes with it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ MOVED_FROM = {"gnp.train.gr_schedule.": "gnp.gr_schedule."}
 def constant_probability(p: float) -> Probability:
     """The released ``schedule_function``: every step is a GNP step with probability p."""
     return lambda step: p
+
+
+def penalty_window(p: float, start_step: int, stop_step: int) -> Probability:
+    """p for ``start_step <= step < stop_step``, 0 elsewhere: with p = 1 the penalty is on in
+    exactly those steps (only early or only late in training), with p < 1 hybrid training
+    inside them. Set ``hybrid_config.start_step`` and ``stop_step`` beside ``p``."""
+    if not 0 <= start_step <= stop_step:
+        raise ValueError(
+            f"penalty_window needs 0 <= start_step <= stop_step, got {start_step} and "
+            f"{stop_step}; set hybrid_config.start_step and hybrid_config.stop_step"
+        )
+    return lambda step: p if start_step <= step < stop_step else 0.0
 
 
 def function_path(function: Callable[..., Any]) -> str:

@@ -1,12 +1,18 @@
 """The cheaper GR variants of issue 27, each held against its formula written out by hand, and
-each at its neutral setting exactly GNP."""
+each at its neutral setting exactly GNP (reuse period 1 and MSAM's direction g1 are in
+test_efficient.py): the second pass on a subset, random steps (hybrid training), the penalty
+window."""
 
 import jax
 import pytest
 from step_harness import applied_gradient, assert_close, loss_gradient, problem
 
-from gnp.gr_schedule import GRSchedule
+from gnp.configs import default
+from gnp.gr_schedule import GRSchedule, penalty_window
 from gnp.options import GNPOptions
+from gnp.train import build
+from gnp.train.config import validate_config
+from gnp.train.steps import step_kind
 
 R, ALPHA = 0.3, 0.8
 
@@ -64,3 +70,77 @@ def test_subset_of_the_whole_batch_is_gnp_bit_for_bit():
 def test_subset_fractions_that_mean_nothing_are_refused(fields, match):
     with pytest.raises(ValueError, match=match):
         GNPOptions(**fields)
+
+
+def updates_over_steps(gr: GRSchedule, steps: range) -> list:
+    """The update of each step in ``steps``, the compiled kind picked as the loop picks it from
+    ``gr`` (no reuse: every GNP step is a full one)."""
+    with jax.enable_x64(True):
+        model, state, batch = problem(rows=16)
+        options = GNPOptions(r=R, alpha=ALPHA)
+        return [
+            applied_gradient(
+                model,
+                state,
+                batch,
+                gr=gr,
+                options=options,
+                step=step,
+                kind=step_kind(gr.is_gnp_step(step), reuse_full=True),
+            )
+            for step in steps
+        ]
+
+
+def assert_bit_for_bit(got, want) -> None:
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert (a == b).all()
+
+
+def test_hybrid_p_one_is_gnp_and_p_zero_is_plain_bit_for_bit():
+    """RST (random step training) is the trainer's hybrid training: p = 1 takes GNP's update at
+    every step, p = 0 plain SGD's, whatever the draws."""
+    steps = range(0, 40, 13)
+    gnp = updates_over_steps(GRSchedule(r=R, alpha=ALPHA), steps)
+    plain = updates_over_steps(GRSchedule(r=R, alpha=0.0), steps)
+    always = updates_over_steps(GRSchedule(r=R, alpha=ALPHA, hybrid_p=1.0, seed=5), steps)
+    never = updates_over_steps(GRSchedule(r=R, alpha=ALPHA, hybrid_p=0.0, seed=5), steps)
+    with jax.enable_x64(True):
+        model, state, batch = problem(rows=16)
+        want_plain = loss_gradient(model, state, 0)(state.params, batch["image"], batch["label"])
+    for step in range(len(steps)):
+        assert_bit_for_bit(always[step], gnp[step])
+        assert_bit_for_bit(never[step], plain[step])
+        assert_close(plain[step], want_plain)
+
+
+def window_schedule(start: int, stop: int, p: float = 1.0, steps_per_epoch: int = 10):
+    """The GR schedule the trainer builds from a config with the penalty window."""
+    config = default.get_config()
+    config.use_hybrid_training = True
+    config.schedule_function = penalty_window
+    config.hybrid_config.p = p
+    config.hybrid_config.start_step = start
+    config.hybrid_config.stop_step = stop
+    return build.gr_schedule(validate_config(config), steps_per_epoch)
+
+
+def test_penalty_window_is_on_in_exactly_its_steps():
+    """Early 50 % of 40 steps: GNP at steps 0–19; late 50 %: 20–39; GNP's update inside the
+    window and plain's outside, bit for bit."""
+    early, late = window_schedule(0, 20), window_schedule(20, 40)
+    assert [early.is_gnp_step(s) for s in range(40)] == [True] * 20 + [False] * 20
+    assert [late.is_gnp_step(s) for s in range(45)] == [False] * 20 + [True] * 20 + [False] * 5
+    steps = range(18, 23)
+    gnp = updates_over_steps(GRSchedule(r=R, alpha=ALPHA), steps)
+    plain = updates_over_steps(GRSchedule(r=R, alpha=0.0), steps)
+    windowed = updates_over_steps(
+        GRSchedule(r=R, alpha=ALPHA, hybrid_p=penalty_window(1.0, 20, 40)), steps
+    )
+    for i, step in enumerate(steps):
+        assert_bit_for_bit(windowed[i], gnp[i] if step >= 20 else plain[i])
+
+
+def test_a_window_that_means_nothing_is_a_clear_error():
+    with pytest.raises(ValueError, match="penalty_window needs 0 <= start_step <= stop_step"):
+        window_schedule(30, 20)
