@@ -14,16 +14,24 @@ import jax
 from gnp.analysis.plots import json_ready
 from gnp.files import read_json, write_json_atomically
 from gnp.study import __doc__ as study_doc
+from gnp.study.budget import BUDGET_FILE, decide
 from gnp.study.plan import (
     DECLARED,
     ICML2022_VARIANTS,
     ICML2024_VARIANTS,
     PARTS,
     SCALES,
+    VARIANTS_2022,
+    RunSpec,
+    Scale,
+    bracketed,
     choose_r,
     default_r,
+    distinct,
     final_runs,
+    lr_ablation_runs,
     plan_commit,
+    tidy,
     tuning_runs,
 )
 from gnp.study.report import write_report
@@ -78,7 +86,84 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.variants) - set(keys))
     if unknown:
         parser.error(f"unknown --variants {', '.join(unknown)}; choose from {', '.join(keys)}")
+    if args.only and args.only not in SCALES[args.mode].parts:
+        parts = ", ".join(SCALES[args.mode].parts)
+        parser.error(f"--mode={args.mode} has no part {args.only}; --only takes {parts}")
     return args
+
+
+# The lr ablation's runs the plan's cut 3 keeps (the rest are dropped if shard 1 overruns).
+LR_KEPT_BY_CUT = ("sgd", "gnp_released")
+
+
+def chosen_settings(scale: Scale, chosen: dict[tuple[str, str], float]) -> dict[str, Any]:
+    """Per tuned variant: its chosen r, the λ = α·r it stands for, and whether the grid
+    brackets it (the grid is never extended: an edge is reported as such)."""
+    settings = {}
+    for (group, key), r in sorted(chosen.items()):
+        variant = VARIANTS_2022[key]
+        if variant.tuned:
+            settings[f"{group}/{key}"] = {
+                "r": r,
+                "lambda": tidy(variant.alpha * r),
+                "bracketed": bracketed(scale, variant, r),
+            }
+    return settings
+
+
+def run_icml2022(
+    scale: Scale, args: argparse.Namespace, out: Path, progress: Progress, planned: list
+) -> dict[str, Any]:
+    """Tuning (every shard's), the final runs at the chosen r, then the lr ablation: first the
+    runs the plan's cut 3 keeps, then, unless the shard's projection (decided before any run
+    the cut drops) overruns its budget, the rest."""
+    run_all(select(tuning_runs(scale), args), out, scale, progress)
+    wait_for(select(tuning_runs(scale), args, sharded=False), out)
+    # The report covers every finished run of the part, not only this invocation's.
+    tuned = finished_runs(tuning_runs(scale), out)
+    chosen = choose_r(tuned, scale.tie_tolerance)
+    pick = lambda group, key, chosen=chosen: chosen.get((group, key), default_r(scale))
+    finals = distinct(final_runs(scale, "icml2022", pick), out)
+    kept = lr_ablation_runs(scale, pick, [k for k in scale.lr_variants if k in LR_KEPT_BY_CUT])
+    rest = lr_ablation_runs(scale, pick, [k for k in scale.lr_variants if k not in LR_KEPT_BY_CUT])
+    progress.replan(planned, select(finals + kept + rest, args))
+    run_all(select(finals + kept, args), out, scale, progress)
+    result = {
+        "tuning": [strip(run) for run in tuned],
+        "chosen_r": {f"{group}/{key}": r for (group, key), r in sorted(chosen.items())},
+    }
+    if scale.lr_grid:
+        wait_for(select(finals + kept, args, sharded=False), out)
+        shard = tuning_runs(scale) + finals + kept + rest
+        decision = decide(shard, {3: rest}, out, out / "icml2022" / BUDGET_FILE)
+        if 3 not in decision["cuts"]:
+            run_all(select(rest, args), out, scale, progress)
+        result["chosen"] = chosen_settings(scale, chosen)
+        result["lr_ablation"] = [strip(run) for run in finished_runs(kept + rest, out)]
+        result["budget"] = decision
+    result["runs"] = finished_runs(final_runs(scale, "icml2022", pick), out)
+    return result
+
+
+def run_icml2024(
+    scale: Scale, args: argparse.Namespace, out: Path, progress: Progress, planned: list
+) -> dict[str, Any]:
+    """The ViT runs (GR at r = 0.1)."""
+    pick = lambda group, key: default_r(scale)
+    finals = select(final_runs(scale, "icml2024", pick), args)
+    progress.replan(planned, finals)
+    run_all(finals, out, scale, progress)
+    runs = finished_runs(final_runs(scale, "icml2024", pick), out)
+    return {"tuning": [], "chosen_r": {}, "runs": runs}
+
+
+def planned_runs(scale: Scale, args: argparse.Namespace, out: Path, part: str) -> list[RunSpec]:
+    """A part's runs after its tuning as far as known before it (see ``planned_r``)."""
+    pick = planned_r(select(tuning_runs(scale), args, sharded=False), out, scale)
+    runs = final_runs(scale, part, pick)
+    if part == "icml2022":
+        runs = distinct(runs, out) + lr_ablation_runs(scale, pick)
+    return select(runs, args)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -95,12 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parts = [args.only] if args.only else list(scale.parts)
 
     tuning = select(tuning_runs(scale), args) if "icml2022" in parts else []
-    all_tuning = select(tuning_runs(scale), args, sharded=False)
-    planned_finals = {
-        part: select(final_runs(scale, part, planned_r(all_tuning, out, scale)), args)
-        for part in parts
-    }
-    progress = Progress(tuning + [s for finals in planned_finals.values() for s in finals], out)
+    planned = {part: planned_runs(scale, args, out, part) for part in parts}
+    progress = Progress(tuning + [s for runs in planned.values() for s in runs], out)
     print(f"{args.mode} study: {progress.total} runs in {out} ({progress.done} done before)")
     path = out / "results.json"
     fix = "delete it: the study rebuilds it from the finished runs"
@@ -110,23 +191,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["scale"] = dataclasses.asdict(scale)
     for part in parts:
         started = time.perf_counter()
-        if part == "icml2022":
-            run_all(tuning, out, scale, progress)
-            wait_for(all_tuning, out)
-        # The report covers every finished run of the part, not only this invocation's.
-        tuned = finished_runs(tuning_runs(scale) if part == "icml2022" else [], out)
-        chosen = choose_r(tuned)
-        pick = lambda group, key, chosen=chosen: chosen.get((group, key), default_r(scale))
-        final_specs = select(final_runs(scale, part, pick), args)
-        progress.replan(planned_finals[part], final_specs)
-        run_all(final_specs, out, scale, progress)
-        finals = finished_runs(final_runs(scale, part, pick), out)
-        results[part] = {
-            "tuning": [strip(run) for run in tuned],
-            "chosen_r": {f"{group}/{key}": r for (group, key), r in sorted(chosen.items())},
-            "runs": finals,
-            "wall_seconds_this_invocation": time.perf_counter() - started,
-        }
+        run_part = run_icml2022 if part == "icml2022" else run_icml2024
+        results[part] = run_part(scale, args, out, progress, planned[part])
+        results[part]["wall_seconds_this_invocation"] = time.perf_counter() - started
     labels = {
         "icml2022": {v.key: v.label for v in ICML2022_VARIANTS},
         "icml2024": {v.key: v.label for v in ICML2024_VARIANTS},

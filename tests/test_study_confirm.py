@@ -1,0 +1,139 @@
+"""The confirmatory scale (``--mode=confirm``) is the plan of docs/study/plan.md: its runs,
+their configs, the choice of λ, the matched-λ control and the budget rule."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gnp.study import budget, plan
+from gnp.study import main as study_main
+
+CONFIRM = plan.SCALES["confirm"]
+
+
+def chosen_at(r_by_key):
+    return lambda group, key: r_by_key.get(key, plan.default_r(CONFIRM))
+
+
+def test_tuning_runs_are_one_lambda_grid_on_three_seeds_of_flipped_validation():
+    runs = plan.tuning_runs(CONFIRM)
+    # (3 tuned variants × 6 λ + SGD) × 3 seeds × 2 noise levels: the plan's 114.
+    assert len(runs) == 114
+    assert Counter(s.variant.key for s in runs) == {
+        "sam": 36,
+        "gnp_paper": 36,
+        "gnp_released": 36,
+        "sgd": 6,
+    }
+    radii = {
+        key: sorted({s.r for s in runs if s.variant.key == key}) for key in ("sam", "gnp_paper")
+    }
+    assert radii["sam"] == [0.1, 0.2, 0.4, 0.56, 0.8, 1.12]  # r = λ at α = 1
+    assert radii["gnp_paper"] == [0.125, 0.25, 0.5, 0.7, 1.0, 1.4]  # r = λ / 0.8
+    assert {s.seed for s in runs} == {100, 101, 102}
+    for spec in runs:
+        config = spec.config
+        assert config.use_test_set is False and config.dataset.flip_validation_labels is True
+        assert config.dataset.mnist1d_validation_size == 4000
+        assert config.model.model_name == "CNN1D_64" and config.total_epochs == 60
+    assert {s.config.dataset.label_noise for s in runs} == {0.0, 0.3}
+
+
+def test_final_runs_hold_the_matched_lambda_control_and_the_released_term():
+    # GNP α = 0.8 chose r = 0.7 (λ 0.56): matched SAM runs at r = 0.56; SAM itself chose 0.4.
+    finals = plan.final_runs(CONFIRM, "icml2022", chosen_at({"gnp_paper": 0.7, "sam": 0.4}))
+    assert len(finals) == 6 * 10 * 2
+    by_key = {s.variant.key: s for s in finals if s.seed == 0 and s.group == "noise0.3"}
+    assert by_key["sam_matched"].r == 0.56 and by_key["sam_matched"].config.gnp.alpha == 1.0
+    assert by_key["released_term"].r == 1e-4
+    assert by_key["released_term"].config.gnp.norm_perturbations is True
+    assert by_key["released_term"].config.gnp.alpha == 0.8
+    assert {s.config.use_test_set for s in finals} == {True}
+    assert {s.config.dataset.flip_validation_labels for s in finals} == {False}
+    assert len(plan.distinct(finals, Path("x"))) == 120
+    # Where SAM chose GNP's λ itself, the matched runs are SAM's: one set of 20 runs.
+    same = plan.final_runs(CONFIRM, "icml2022", chosen_at({"gnp_paper": 0.7, "sam": 0.56}))
+    distinct = plan.distinct(same, Path("x"))
+    assert len(distinct) == 100
+    assert by_key["sam_matched"].directory(Path("x")).parts[-3] == "sam"
+
+
+def test_lr_ablation_is_at_each_variants_chosen_r_on_the_tuning_seeds():
+    runs = plan.lr_ablation_runs(CONFIRM, chosen_at({"sam": 0.4, "gnp_released": 1.4}))
+    assert len(runs) == 4 * 2 * 3 * 2  # variants × lr × seeds × noise levels: the plan's 48
+    assert {s.config.base_lr for s in runs} == {0.05, 0.2}
+    assert {s.seed for s in runs} == {100, 101, 102}
+    released = [s for s in runs if s.variant.key.startswith("gnp_released")]
+    assert {s.r for s in released} == {1.4} and {s.stage for s in runs} == {"lr"}
+    assert {s.config.use_test_set for s in runs} == {False}
+
+
+def test_ties_within_a_hundredth_of_a_point_go_to_the_smaller_lambda():
+    def tuning(errors):
+        return [
+            {"group": "noise0.3", "variant": "sam", "r": r, "error_rate": e}
+            for r, values in errors.items()
+            for e in values
+        ]
+
+    # Means over 3 seeds: r 0.4 → 0.05000, r 0.56 → 0.04993 (0.0067 pp lower): a tie.
+    near = {0.4: [0.05, 0.05, 0.05], 0.56: [0.0498, 0.05, 0.05]}
+    assert plan.choose_r(tuning(near), CONFIRM.tie_tolerance) == {("noise0.3", "sam"): 0.4}
+    # 0.0133 pp lower is not.
+    apart = {0.4: [0.05, 0.05, 0.05], 0.56: [0.0496, 0.05, 0.05]}
+    assert plan.choose_r(tuning(apart), CONFIRM.tie_tolerance) == {("noise0.3", "sam"): 0.56}
+    assert plan.choose_r(tuning(near)) == {("noise0.3", "sam"): 0.56}  # the first study's rule
+
+
+def test_an_optimum_at_the_grids_edge_is_not_bracketed():
+    sam, gnp = plan.VARIANTS_2022["sam"], plan.VARIANTS_2022["gnp_paper"]
+    assert not plan.bracketed(CONFIRM, sam, 0.1) and not plan.bracketed(CONFIRM, sam, 1.12)
+    assert plan.bracketed(CONFIRM, sam, 0.56) and plan.bracketed(CONFIRM, gnp, 0.7)
+    assert not plan.bracketed(CONFIRM, gnp, 1.4)
+
+
+def finish(spec, out, cpu_seconds):
+    path = spec.directory(out) / plan.RUN_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"cpu_seconds": cpu_seconds}))
+
+
+def test_the_budget_rule_projects_from_measured_cpu_seconds_and_cuts_once(tmp_path):
+    pick = chosen_at({})
+    tuning = plan.tuning_runs(CONFIRM)
+    finals = plan.distinct(plan.final_runs(CONFIRM, "icml2022", pick), tmp_path)
+    kept = plan.lr_ablation_runs(CONFIRM, pick, ["sgd", "gnp_released"])
+    rest = plan.lr_ablation_runs(CONFIRM, pick, ["sam", "gnp_paper"])
+    shard = tuning + finals + kept + rest
+    # Nothing measured: the plan's estimates, 35 s a tuning or ablation run, 44 s a final one.
+    assert budget.projected_seconds(shard, tmp_path) == 114 * 35 + 120 * 44 + 48 * 35
+    # Penalized tuning runs measured at 40 s, plain ones at 20 s: the others of their kind
+    # are projected at those means.
+    penalized = [s for s in tuning if s.variant.key != "sgd"]
+    for spec in penalized[:2]:
+        finish(spec, tmp_path, 40.0)
+    finish(next(s for s in tuning if s.variant.key == "sgd"), tmp_path, 20.0)
+    projected = 108 * 40 + 6 * 20 + 120 * 44 + 48 * 35
+    assert budget.projected_seconds(shard, tmp_path) == pytest.approx(projected)
+    path = tmp_path / "budget.json"
+    decision = budget.decide(shard, {3: rest}, tmp_path, path, budget=projected - 1)
+    assert decision["cuts"] == [3] and decision["projected_seconds"] == pytest.approx(projected)
+    assert decision["projected_seconds_after_cuts"] == pytest.approx(projected - 24 * 35)
+    assert decision["measured_cpu_seconds"]["icml2022/tune/CNN1D_64/penalized"] == {
+        "runs": 2,
+        "mean": 40.0,
+    }
+    # Decided once: a later, cheaper projection does not undo it.
+    assert budget.decide(shard, {3: rest}, tmp_path, path, budget=1e9) == decision
+    other = tmp_path / "other.json"
+    assert budget.decide(shard, {3: rest}, tmp_path, other, budget=projected)["cuts"] == []
+
+
+def test_confirm_has_no_2024_part_yet_and_says_so(capsys):
+    with pytest.raises(SystemExit):
+        study_main.parse_args(["--mode=confirm", "--only=icml2024"])
+    assert "--mode=confirm has no part icml2024" in capsys.readouterr().err
