@@ -91,9 +91,15 @@ def test_ties_within_a_hundredth_of_a_point_go_to_the_smaller_lambda():
 
 def test_an_optimum_at_the_grids_edge_is_not_bracketed():
     sam, gnp = plan.VARIANTS_2022["sam"], plan.VARIANTS_2022["gnp_paper"]
-    assert not plan.bracketed(CONFIRM, sam, 0.1) and not plan.bracketed(CONFIRM, sam, 1.12)
-    assert plan.bracketed(CONFIRM, sam, 0.56) and plan.bracketed(CONFIRM, gnp, 0.7)
-    assert not plan.bracketed(CONFIRM, gnp, 1.4)
+    sam_grid, gnp_grid = plan.r_grid(CONFIRM, sam), plan.r_grid(CONFIRM, gnp)
+    assert not plan.bracketed(sam_grid, 0.1) and not plan.bracketed(sam_grid, 1.12)
+    assert plan.bracketed(sam_grid, 0.56) and plan.bracketed(gnp_grid, 0.7)
+    assert not plan.bracketed(gnp_grid, 1.4)
+    chosen = {("noise0", "sam"): 1.12, ("noise0", "sgd"): 0.05, ("width64", "gr"): 0.1}
+    assert study_main.chosen_settings(CONFIRM, chosen) == {
+        "noise0/sam": {"r": 1.12, "lambda": 1.12, "bracketed": False},
+        "width64/gr": {"r": 0.1, "lambda": 0.1, "bracketed": True},
+    }
 
 
 def finish(spec, out, cpu_seconds):
@@ -133,7 +139,36 @@ def test_the_budget_rule_projects_from_measured_cpu_seconds_and_cuts_once(tmp_pa
     assert budget.decide(shard, {3: rest}, tmp_path, other, budget=projected)["cuts"] == []
 
 
-def test_confirm_has_no_2024_part_yet_and_says_so(capsys):
-    with pytest.raises(SystemExit):
-        study_main.parse_args(["--mode=confirm", "--only=icml2024"])
-    assert "--mode=confirm has no part icml2024" in capsys.readouterr().err
+def test_the_2024_part_tunes_gr_at_width_64_and_runs_the_plans_seeds():
+    tuning = plan.tuning_runs_2024(CONFIRM)
+    assert len(tuning) == 9 and {s.variant.key for s in tuning} == {"gr"}
+    assert sorted({s.r for s in tuning}) == [0.05, 0.1, 0.2]
+    assert {s.group for s in tuning} == {"width64"} and {s.seed for s in tuning} == {100, 101, 102}
+    assert {s.config.use_test_set for s in tuning} == {False}
+    assert {s.config.dataset.mnist1d_validation_size for s in tuning} == {4000}
+    finals = plan.final_runs(CONFIRM, "icml2024", lambda group, key: {"gr": 0.2}[key])
+    assert len(finals) == 120  # with the 9 tuning runs, the plan's 129
+    seeds = Counter((s.group, s.variant.key) for s in finals)
+    assert seeds == {
+        ("width64", "adam"): 20,
+        ("width64", "gr"): 20,
+        ("width64", "gr_warmup_zero"): 20,
+        ("width64", "gr_warmup_r"): 10,
+        ("width64", "gr_warmup_lambda"): 10,
+        ("width32", "adam"): 10,
+        ("width32", "gr"): 10,
+        ("width128", "adam"): 10,
+        ("width128", "gr"): 10,
+    }
+    # GR's tuned r at every width; Adam's r (unused) stays 0.1, so its runs never move.
+    assert {s.r for s in finals if s.variant.key != "adam"} == {0.2}
+    assert {s.r for s in finals if s.variant.key == "adam"} == {0.1}
+    assert {s.config.model.model_name for s in finals} == {"ViT1D_32", "ViT1D_64", "ViT1D_128"}
+    # The plan's cuts: 1 drops the warmups' seeds 5–9, 2 the small and large widths' 6–9.
+    rules = Counter(budget.cut_rule(s) for s in finals)
+    assert rules == {0: 120 - 10 - 16, 1: 10, 2: 16}
+
+
+def test_the_confirmatory_family_has_the_plans_18_rows():
+    assert plan.family_size(plan.CONFIRMATORY, CONFIRM) == 18
+    assert plan.family_size(plan.DECLARED, plan.SCALES["full"]) == 4 * 2 + 2 * 2

@@ -28,6 +28,16 @@ CNN_ESTIMATES = {"final": 44.0, "tune": 35.0, "lr": 35.0}
 BUDGET_FILE = "budget.json"
 
 
+def cut_rule(spec: RunSpec) -> int:
+    """The plan's cut that drops this ICML 2024 final run (0: none): cut 1 keeps seeds 0–4 of
+    the r- and λ-warmups, cut 2 seeds 0–5 of widths 32 and 128."""
+    if spec.variant.key in ("gr_warmup_r", "gr_warmup_lambda") and spec.seed >= 5:
+        return 1
+    if spec.group in ("width32", "width128") and spec.seed >= 6:
+        return 2
+    return 0
+
+
 def kind(spec: RunSpec) -> str:
     """Runs that cost alike: part, stage, model and whether the penalty doubles the passes."""
     penalized = spec.cost > spec.config.total_epochs

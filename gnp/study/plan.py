@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 
 from gnp.configs.default import get_config as default_config
-from gnp.study.report import validation_errors
+from gnp.study.report import tidy, validation_errors
 
 PARTS = ("icml2022", "icml2024")
 # The first study's 2022 variants (the confirmatory scale drops α = 0.5 and adds controls).
@@ -21,7 +21,6 @@ FIRST_2022 = ("sgd", "sam", "gnp_paper", "gnp_released", "gnp_alpha0.5")
 # The confirmatory study's plan (issue 26), committed before any of its runs.
 PLAN_FILE = Path(__file__).resolve().parents[2] / "docs" / "study" / "plan.md"
 RUN_FILE = "study_run.json"
-TEST_CORRECT = "test_correct.npy"  # a final run's per-signal test correctness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +52,13 @@ class Scale:
     lr_grid: tuple[float, ...] = ()
     lr_variants: tuple[str, ...] = ()
     holm_on: str = "sign_test_p"  # the p-value the Holm correction adjusts
+    contrasts: str = "declared"  # the family: DECLARED (the first study) or CONFIRMATORY
+    # The 2024 part: GR's r tuned over this grid at width ``tune_width_2024`` (empty: r = 0.1)
+    # and, where given, the final runs as (width, variant, seeds 0..n−1) instead of every
+    # variant at every width on ``seeds_2024``.
+    r_grid_2024: tuple[float, ...] = ()
+    tune_width_2024: int = 64
+    design_2024: tuple[tuple[int, str, int], ...] = ()
 
     def vit(self, width: int) -> tuple[str, dict[str, Any]]:
         """The 2024 part's model name and ``model_params`` at ``width``."""
@@ -152,7 +158,21 @@ SCALES["confirm"] = dataclasses.replace(
     lr_grid=(0.05, 0.2),
     lr_variants=("sgd", "sam", "gnp_paper", "gnp_released"),
     holm_on="t_test_p",
-    parts=("icml2022",),  # its 2024 part (plan shard 2) is not built yet
+    contrasts="confirmatory",
+    widths=(32, 64, 128),
+    seeds_2024=tuple(range(20)),
+    r_grid_2024=(0.05, 0.1, 0.2),
+    design_2024=(
+        (64, "adam", 20),
+        (64, "gr", 20),
+        (64, "gr_warmup_zero", 20),
+        (64, "gr_warmup_r", 10),
+        (64, "gr_warmup_lambda", 10),
+        (32, "adam", 10),
+        (32, "gr", 10),
+        (128, "adam", 10),
+        (128, "gr", 10),
+    ),
 )
 # The confirmatory scale's machinery on the digits set (a test's size).
 SCALES["confirm_smoke"] = dataclasses.replace(
@@ -227,15 +247,20 @@ ICML2024_VARIANTS = (
     Variant("adam_no_lr_warmup", "Adam, no lr warmup", {"gnp.alpha": 0.0, "warmup_epochs": 0}),
     Variant("gr_no_lr_warmup", "GR, no lr warmup", {"warmup_epochs": 0}),
 )
+VARIANTS_2024 = {variant.key: variant for variant in ICML2024_VARIANTS}
 
 
 @dataclasses.dataclass(frozen=True)
 class Contrast:
-    """A declared comparison: test error of ``a`` minus ``b``, paired by seed, in one group."""
+    """A declared comparison: test error of ``a`` minus ``b``, paired by seed, in each of
+    ``groups`` (empty: every group of the part); with ``versus``, the interaction
+    (a − b in group ``groups[0]``) − (a − b in group ``versus``)."""
 
     part: str
     a: str
     b: str
+    groups: tuple[str, ...] = ()
+    versus: str = ""
 
 
 # Declared before any run: every group (label-noise level, width) of its part gets each.
@@ -247,6 +272,29 @@ DECLARED = (
     Contrast("icml2024", "gr", "adam"),
     Contrast("icml2024", "gr_warmup_zero", "gr"),
 )
+# The confirmatory study's one Holm family (docs/study/plan.md, rows 1–12: 18 in all).
+# Decoupled GR (row 13) is not implemented, so it is not in the family.
+CONFIRMATORY = (
+    Contrast("icml2022", "gnp_paper", "sgd"),
+    Contrast("icml2022", "gnp_released", "sgd"),
+    Contrast("icml2022", "gnp_paper", "sam"),
+    Contrast("icml2022", "gnp_paper", "sam_matched"),
+    Contrast("icml2022", "gnp_released", "gnp_paper"),
+    Contrast("icml2022", "released_term", "sgd"),
+    Contrast("icml2024", "gr", "adam", ("width64",)),
+    Contrast("icml2024", "gr_warmup_zero", "gr", ("width64",)),
+    Contrast("icml2024", "gr_warmup_r", "gr", ("width64",)),
+    Contrast("icml2024", "gr_warmup_lambda", "gr", ("width64",)),
+    Contrast("icml2024", "gr_warmup_zero", "adam", ("width64",)),
+    Contrast("icml2024", "gr", "adam", ("width128",), versus="width32"),
+)
+
+
+def family_size(declared: Sequence[Contrast], scale: Scale) -> int:
+    """The rows a declared family has once every part ran: a contrast with no groups of its
+    own has one per label-noise level (2022) or width (2024)."""
+    every = {"icml2022": len(scale.label_noise), "icml2024": len(scale.widths)}
+    return sum(len(c.groups) or every[c.part] for c in declared)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +330,8 @@ def base_config(scale: Scale, epochs: int) -> ml_collections.ConfigDict:
     config.keep_checkpoints = 1
     config.eval_batch_size = 1000
     config.log_every_n_steps = 1000
+    if scale.validation_size:
+        config.dataset.mnist1d_validation_size = scale.validation_size
     return config
 
 
@@ -328,16 +378,8 @@ def icml2022_groups(scale: Scale) -> dict[str, Any]:
         config = icml2022_config(scale)
         config.dataset.label_noise = noise
         config.dataset.flip_validation_labels = scale.flip_validation
-        if scale.validation_size:
-            config.dataset.mnist1d_validation_size = scale.validation_size
         groups[f"noise{noise:g}"] = config
     return groups
-
-
-def tidy(value: float) -> float:
-    """``value`` to 10 significant digits: λ/α and α·r as the grid's own numbers
-    (0.56 / 0.8 is 0.7000000000000001 in floating point)."""
-    return float(f"{value:.10g}")
 
 
 def r_grid(scale: Scale, variant: Variant) -> tuple[float, ...]:
@@ -370,6 +412,10 @@ def tuning_runs(scale: Scale) -> list[RunSpec]:
     return runs
 
 
+def part_tuning_runs(scale: Scale, part: str) -> list[RunSpec]:
+    return tuning_runs(scale) if part == "icml2022" else tuning_runs_2024(scale)
+
+
 def final_r(variant: Variant, group: str, chosen_r: Callable[[str, str], float]) -> float:
     """A final run's r: the tuned one, one fixed, or the λ that ``matched_to`` chose."""
     if variant.fixed_r is not None:
@@ -396,11 +442,31 @@ def final_runs(scale: Scale, part: str, chosen_r: Callable[[str, str], float]) -
             for variant in variants_2022(scale)
         ]
     bases = {width: icml2024_config(scale, width) for width in scale.widths}
-    return [
-        make_run("icml2024", "final", f"width{width}", variant, 0.1, seed, bases[width])
-        for seed in scale.seeds_2024
+    design = scale.design_2024 or [
+        (width, variant.key, len(scale.seeds_2024))
         for width in scale.widths
         for variant in ICML2024_VARIANTS
+    ]
+    tuned_group = f"width{scale.tune_width_2024}"
+    return [
+        make_run("icml2024", "final", f"width{width}", variant, r, seed, bases[width])
+        for seed in scale.seeds_2024
+        for width, key, count in design
+        if seed < count
+        for variant in (VARIANTS_2024[key],)
+        # GR's r, tuned at one width, serves every width (untuned: 0.1); Adam's is not used.
+        for r in (chosen_r(tuned_group, "gr") if scale.r_grid_2024 and variant.alpha else 0.1,)
+    ]
+
+
+def tuning_runs_2024(scale: Scale) -> list[RunSpec]:
+    """GR over ``r_grid_2024`` at one width on the tuning seeds (none without a grid)."""
+    base = icml2024_config(scale, scale.tune_width_2024)
+    group, gr = f"width{scale.tune_width_2024}", VARIANTS_2024["gr"]
+    return [
+        make_run("icml2024", "tune", group, gr, r, seed, base)
+        for r in scale.r_grid_2024
+        for seed in scale.tune_seeds
     ]
 
 
@@ -449,10 +515,9 @@ def choose_r(
     return chosen
 
 
-def bracketed(scale: Scale, variant: Variant, r: float) -> bool:
+def bracketed(grid: Sequence[float], r: float) -> bool:
     """Whether a chosen r lies inside its grid: at an edge the optimum may lie beyond it
     (reported as "not bracketed"; the grid is not extended)."""
-    grid = r_grid(scale, variant)
     return min(grid) < r < max(grid)
 
 
