@@ -4,13 +4,17 @@ their configs, the choice of λ, the matched-λ control and the budget rule."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from gnp.analysis import statistics
 from gnp.study import budget, plan
 from gnp.study import main as study_main
+from gnp.study import report as study_report
 
 CONFIRM = plan.SCALES["confirm"]
 
@@ -172,3 +176,75 @@ def test_the_2024_part_tunes_gr_at_width_64_and_runs_the_plans_seeds():
 def test_the_confirmatory_family_has_the_plans_18_rows():
     assert plan.family_size(plan.CONFIRMATORY, CONFIRM) == 18
     assert plan.family_size(plan.DECLARED, plan.SCALES["full"]) == 4 * 2 + 2 * 2
+
+
+def final_run(out, group, variant, seed, wrong):
+    """A final run's record and its saved per-signal correctness (``wrong``: 1 = misclassified)."""
+    directory = Path("icml2024") / "final" / group / variant / f"seed{seed}"
+    (out / directory).mkdir(parents=True)
+    np.save(out / directory / "test_correct.npy", np.asarray(wrong) == 0)
+    error = float(np.mean(wrong))
+    return {
+        "part": "icml2024",
+        "group": group,
+        "variant": variant,
+        "seed": seed,
+        "error_rate": error,
+        "trace": 1.0,
+        "trace_samples": [1.0, 1.0],
+        "directory": str(directory),
+    }
+
+
+def test_family_rows_by_hand_with_the_test_signal_bootstrap(tmp_path):
+    wrong = {  # (group, variant): per seed, which of 4 test signals the model gets wrong
+        ("width64", "gr"): [[1, 0, 0, 0], [1, 1, 0, 0]],
+        ("width64", "adam"): [[0, 0, 0, 0], [0, 0, 0, 0]],
+        ("width128", "gr"): [[1, 1, 1, 0], [1, 1, 0, 0]],
+        ("width128", "adam"): [[1, 0, 0, 0], [0, 0, 0, 0]],
+        ("width32", "gr"): [[1, 0, 0, 0], [0, 0, 0, 0]],
+        ("width32", "adam"): [[0, 0, 0, 0], [0, 0, 0, 0]],
+    }
+    runs = [
+        final_run(tmp_path, group, variant, seed, values)
+        for (group, variant), per_seed in wrong.items()
+        for seed, values in enumerate(per_seed)
+    ]
+    declared = [c for c in plan.CONFIRMATORY if c.part == "icml2024" and c.a == "gr"]
+    labels = {"icml2024": {v.key: v.label for v in plan.ICML2024_VARIANTS}}
+    rows = study_report.contrasts(
+        {"icml2024": {"runs": runs}},
+        declared,
+        labels,
+        holm_on="t_test_p",
+        family_size=4,
+        out=tmp_path,
+        resamples=2_000,
+    )
+    assert [(row["group"], row.get("versus")) for row in rows] == [
+        ("width64", None),
+        ("width128", "width32"),
+    ]
+    gr, interaction = rows
+    # GR − Adam at width 64: per seed 0.25, 0.5; t = 0.375 / (0.1768/√2) = 3 on 1 degree of
+    # freedom (Cauchy): p = 1 − 2·atan(3)/π.
+    error = gr["test_error_difference"]
+    np.testing.assert_allclose(error["differences"], [0.25, 0.5])
+    assert error["t_test_p"] == pytest.approx(1 - 2 * math.atan(3) / math.pi)
+    # Per signal, mean over seeds of (wrong GR − wrong Adam): (1, 0.5, 0, 0).
+    low, high = statistics.bootstrap_interval(np.array([1.0, 0.5, 0.0, 0.0]), 2_000)
+    assert gr["test_signal_bootstrap"] == {
+        "resamples": 2_000,
+        "mean": 0.375,
+        "ci_low": low,
+        "ci_high": high,
+    }
+    # Interaction: (0.75 − 0.25) − (0.25 − 0) = 0.25 on seed 0, (0.5 − 0) − 0 = 0.5 on seed 1.
+    np.testing.assert_allclose(interaction["test_error_difference"]["differences"], [0.25, 0.5])
+    assert interaction["name"] == "(GR − Adam) width128 − width32"
+    per_signal = np.array([[0, 1, 1, 0], [1, 1, 0, 0]]) - np.array([[1, 0, 0, 0], [0, 0, 0, 0]])
+    assert interaction["test_signal_bootstrap"]["mean"] == pytest.approx(per_signal.mean())
+    # Holm over a family of 4 of which 2 ran: both p equal, the two missing count as 1.
+    p = error["t_test_p"]
+    assert [row["holm_p"] for row in rows] == pytest.approx([4 * p, 4 * p])
+    assert {row["holm_family_size"] for row in rows} == {4}
