@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "one); wide_r: the follow-up with r up "
         "to 0.5 on flipped labels (icml2022 only); wider_r: the second, r up to 1.4; "
         "widest_r: r up to 2.8; wider_r_clean: r up to 1.0 on "
-        "clean labels",
+        "clean labels; confirm: the confirmatory study of docs/study/plan.md (its shard 1 is "
+        "--only=icml2022, shard 2 --only=icml2024); confirm_smoke: its machinery on digits",
     )
     parser.add_argument("--out", default="", help="output folder (default: runs/study_<mode>)")
     parser.add_argument("--only", choices=PARTS, help="run one part only")
