@@ -150,8 +150,11 @@ def run_with_cuts(
     runs: tuple[list[RunSpec], dict[int, list[RunSpec]]],
 ) -> dict[str, Any] | None:
     """The runs no cut drops, then the plan's budget decision (once, from the shard's
-    measured cpu_seconds), then the runs of every cut it did not make, in the cuts' order."""
+    measured cpu_seconds), then the runs of every cut it did not make, in the cuts' order
+    (with ``--variants``, every run it selects: the budget is the whole plan's)."""
     core, cuts = runs
+    if args.variants:  # a hand-picked subset is outside the plan's budget: all of it runs
+        core, cuts = core + [s for rule in cuts.values() for s in rule], {}
     run_all(select(core, args), out, scale, progress)
     if not cuts:
         return None
