@@ -15,6 +15,7 @@ from gnp.analysis import statistics
 from gnp.study import budget, plan
 from gnp.study import main as study_main
 from gnp.study import report as study_report
+from gnp.train.run import load_run
 
 CONFIRM = plan.SCALES["confirm"]
 
@@ -248,3 +249,46 @@ def test_family_rows_by_hand_with_the_test_signal_bootstrap(tmp_path):
     p = error["t_test_p"]
     assert [row["holm_p"] for row in rows] == pytest.approx([4 * p, 4 * p])
     assert {row["holm_family_size"] for row in rows} == {4}
+
+
+@pytest.mark.slow
+def test_confirm_smoke_end_to_end(tmp_path):
+    """The confirm scale's machinery on digits (one epoch, one seed): flipped validation with
+    the clean error beside it, matched SAM, the lr ablation after the budget decision, and the
+    saved per-signal test correctness that the bootstrap resamples."""
+    results = study_main.main(["--mode=confirm_smoke", f"--out={tmp_path}"])
+    part = results["icml2022"]
+    assert set(part["chosen"]) == {"noise0.3/sam", "noise0.3/gnp_paper"}
+    assert results["plan_commit"] == plan.plan_commit()
+    tuned = {(run["variant"], run["r"]): run for run in part["tuning"]}
+    assert set(tuned) == {("sgd", 0.05), ("sam", 0.04), ("sam", 0.08)} | {
+        ("gnp_paper", 0.05),
+        ("gnp_paper", 0.1),
+    }
+    # The tuning run's validation error is on labels flipped at 30 %; by hand, both errors.
+    run = tuned[("sam", 0.04)]
+    loaded = load_run(tmp_path / "icml2022" / "tune" / "noise0.3" / "sam" / "r0.04" / "seed100")
+    validation = loaded.pipeline.source.test
+    images = loaded.pipeline.normalize(
+        np.stack([validation.split.split.images[i] for i in validation.split.indices])
+    )
+    predicted = np.argmax(np.asarray(loaded.model.apply(loaded.variables, images, train=False)), -1)
+    assert (validation.labels != validation.split.labels).sum() == round(0.3 * 143)
+    assert run["error_rate"] == pytest.approx((predicted != validation.labels).mean())
+    clean = (predicted != validation.split.labels).mean()
+    assert run["clean_validation_error_rate"] == pytest.approx(clean)
+    # The final runs: matched SAM at GNP's λ; every run's saved correctness gives its error.
+    finals = {run["variant"]: run for run in part["runs"]}
+    gnp_lambda = part["chosen"]["noise0.3/gnp_paper"]["lambda"]
+    assert finals["sam_matched"]["r"] == gnp_lambda and finals["released_term"]["r"] == 1e-4
+    for run in part["runs"]:
+        correct = np.load(tmp_path / run["directory"] / "test_correct.npy")
+        assert correct.shape == (360,) and correct.dtype == bool
+        assert run["error_rate"] == pytest.approx(1 - correct.mean())
+    assert {run["variant"] for run in part["lr_ablation"]} == {"sgd_lr0.05", "sam_lr0.05"}
+    assert part["budget"]["cuts"] == []  # a few seconds of CPU: nothing to cut
+    rows = results["contrasts"]
+    assert {row["holm_family_size"] for row in rows} == {
+        plan.family_size(plan.CONFIRMATORY, plan.SCALES["confirm_smoke"])
+    }
+    assert all(row["test_signal_bootstrap"]["resamples"] == 10_000 for row in rows)
