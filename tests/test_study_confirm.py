@@ -292,3 +292,37 @@ def test_confirm_smoke_end_to_end(tmp_path):
         plan.family_size(plan.CONFIRMATORY, plan.SCALES["confirm_smoke"])
     }
     assert all(row["test_signal_bootstrap"]["resamples"] == 10_000 for row in rows)
+
+
+def test_tables_in_lambda_and_the_lr_ablation_by_hand():
+    def run(variant, r, error, clean=None, group="noise0.3"):
+        entry = {"group": group, "variant": variant, "r": r, "error_rate": error}
+        return entry | ({} if clean is None else {"clean_validation_error_rate": clean})
+
+    tuning = [
+        run("sam", 0.56, 0.04, 0.02),
+        run("sam", 0.56, 0.06, 0.03),
+        run("gnp_paper", 0.7, 0.05, 0.01),
+        run("gnp_paper", 1.4, 0.07, 0.02),
+        run("sgd", 0.05, 0.10, 0.08),
+    ]
+    labels = {"sgd": "SGD", "sam": "SAM", "gnp_paper": "GNP"}
+    alphas = {v.key: v.alpha for v in plan.ICML2022_VARIANTS}
+    # GNP's r 0.7 and SAM's 0.56 are one λ (0.56); GNP's 1.4 is λ 1.12; SGD has no λ.
+    assert study_report.lambda_tuning_table(tuning, labels, alphas).splitlines() == [
+        "| group | variant | λ = 0.56 | λ = 1.12 |",
+        "|---|---|---|---|",
+        "| noise0.3 | SAM | 5.00 (2.50) | — |",
+        "| noise0.3 | GNP | 5.00 (1.00) | 7.00 (2.00) |",
+    ]
+    results = {
+        "chosen_r": {"noise0.3/sam": 0.56, "noise0.3/sgd": 0.05},
+        "tuning": tuning,
+        "lr_ablation": [run("sam_lr0.05", 0.56, 0.08), run("sgd_lr0.2", 0.05, 0.2)],
+    }
+    assert study_report.lr_table(results, labels, (0.05, 0.2)).splitlines() == [
+        "| group | variant | lr 0.05 | lr 0.1 | lr 0.2 |",
+        "|---|---|---|---|---|",
+        "| noise0.3 | SGD | — | 10.00 (1) | 20.00 (1) |",
+        "| noise0.3 | SAM | 8.00 (1) | 5.00 (2) | — |",
+    ]

@@ -277,14 +277,18 @@ def lambda_tuning_table(
                 continue
             by_lambda = {lam(key, r): r for r in flipped[(group, key)]}
             cells = [
-                f"{100 * flipped[(group, key)][by_lambda[x]]:.2f} "
-                f"({100 * clean[(group, key)][by_lambda[x]]:.2f})"
+                _with_clean(flipped[(group, key)][by_lambda[x]], clean[(group, key)][by_lambda[x]])
                 if x in by_lambda
                 else "—"
                 for x in grid
             ]
             lines.append(f"| {group} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _with_clean(error: float, clean: float) -> str:
+    """``error`` in %, the clean-label error beside it where the run measured one."""
+    return f"{100 * error:.2f}" + ("" if math.isnan(clean) else f" ({100 * clean:.2f})")
 
 
 def chosen_table(chosen: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
@@ -419,7 +423,8 @@ def confirmatory_sections(
         sections.append("Chosen settings\n\n" + chosen_table(results["chosen"], labels) + "\n")
     sections.append(
         "Validation error (%) of the tuning runs by λ = α·r, mean over the tuning seeds, on "
-        "flipped validation labels (clean in parentheses)\n\n"
+        "the validation labels flipped at the training rate (clean ones in parentheses, where "
+        "labels are flipped)\n\n"
         + lambda_tuning_table(results["tuning"], labels, confirmatory["alphas"])
         + "\n"
     )
