@@ -22,6 +22,8 @@ CUT_RULES = {
     2: "widths 32 and 128 to 6 seeds",
     3: "the lr ablation to lr ∈ {0.05, 0.2} for SGD and the released form only",
 }
+# The lr ablation's variants cut 3 keeps (with lr ∈ {0.05, 0.2}, the ablation's own grid).
+LR_KEPT_BY_CUT = ("sgd", "gnp_released")
 # The plan's cpu_seconds per run for a kind none of whose runs has finished yet.
 ESTIMATES = {"ViT1D_32": 60.0, "ViT1D_64": 110.0, "ViT1D_128": 250.0}
 CNN_ESTIMATES = {"final": 44.0, "tune": 35.0, "lr": 35.0}

@@ -14,7 +14,7 @@ import jax
 from gnp.analysis.plots import json_ready
 from gnp.files import read_json, write_json_atomically
 from gnp.study import __doc__ as study_doc
-from gnp.study.budget import BUDGET_FILE, cut_rule, decide
+from gnp.study.budget import BUDGET_FILE, LR_KEPT_BY_CUT, cut_rule, decide
 from gnp.study.plan import (
     CONFIRMATORY,
     DECLARED,
@@ -97,10 +97,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-# The lr ablation's runs the plan's cut 3 keeps (the rest are dropped if shard 1 overruns).
-LR_KEPT_BY_CUT = ("sgd", "gnp_released")
-
-
 def chosen_settings(scale: Scale, chosen: dict[tuple[str, str], float]) -> dict[str, Any]:
     """Per tuned variant: its chosen r, the λ = α·r it stands for, and whether the grid
     brackets it (the grid is never extended: an edge is reported as such)."""
@@ -123,8 +119,8 @@ def chosen_settings(scale: Scale, chosen: dict[tuple[str, str], float]) -> dict[
 
 def tune(
     scale: Scale, args: argparse.Namespace, out: Path, progress: Progress, part: str
-) -> tuple[list[dict[str, Any]], Any, dict[str, Any]]:
-    """A part's tuning runs (this shard's; then waits for every shard's): their results, the
+) -> tuple[Any, dict[str, Any]]:
+    """A part's tuning runs (this shard's; then waits for every shard's): the
     ``pick(group, key)`` of the final runs' r and the results' record of the choice."""
     run_all(select(part_tuning_runs(scale, part), args), out, scale, progress)
     wait_for(select(part_tuning_runs(scale, part), args, sharded=False), out)
@@ -138,7 +134,7 @@ def tune(
     }
     if scale.lambda_grid:
         record["chosen"] = chosen_settings(scale, chosen)
-    return tuned, pick, record
+    return pick, record
 
 
 def run_with_cuts(
@@ -199,7 +195,7 @@ def run_part(
 ) -> dict[str, Any]:
     """Tuning (every shard's), then the final runs at the chosen r (for 2022 with the lr
     ablation, on the tuning seeds) as the plan's budget rule allows."""
-    _, pick, result = tune(scale, args, out, progress, part)
+    pick, result = tune(scale, args, out, progress, part)
     split = (icml2022_runs if part == "icml2022" else icml2024_runs)(scale, pick, out)
     core, cuts = split
     progress.replan(planned, select(core + [s for rule in cuts.values() for s in rule], args))
