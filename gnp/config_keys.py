@@ -94,6 +94,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dataset.num_workers = -1  # -1: from the CPU count
     config.dataset.strict = False  # fail on a corrupt image instead of skipping it
     config.dataset.label_noise = 0.0  # fraction of training labels flipped to another class
+    # True (with use_test_set=False): the validation labels flipped at label_noise too.
+    config.dataset.flip_validation_labels = False
     # The keys one data set alone reads, declared by its module: ImageNet's RandAugment
     # (randaug_num_layers 2, randaug_magnitude 9), MNIST-1D's split sizes and generator seed
     # (mnist1d_train_size 4000, mnist1d_validation_size 2000, mnist1d_test_size 20000,

@@ -61,3 +61,40 @@ def test_test_split_untouched_and_zero_noise_is_the_clean_source():
 def test_fraction_outside_zero_one_is_a_clear_error(noise):
     with pytest.raises(ValueError, match=r"dataset.label_noise must lie in \[0, 1\)"):
         digits_pipeline(noise)
+
+
+def held_out_pipeline(noise: float, flip: bool, seed: int = 0):
+    config = get_config()
+    config.dataset.label_noise = noise
+    config.dataset.flip_validation_labels = flip
+    config.use_test_set = False
+    config.seeds = seed
+    return build_input_pipeline(config)
+
+
+def test_flipped_validation_labels_at_the_training_rate():
+    """The held-out tenth of digits' training split (143 images) flipped at 30 %, drawn apart
+    from the training flips; the clean labels stay beneath, and off means the clean split."""
+    clean = load_digits_split()["train"][1]
+    noisy = held_out_pipeline(0.3, flip=True)
+    plain = held_out_pipeline(0.3, flip=False)
+    held_out = clean[len(clean) - len(clean) // 10 :]
+    np.testing.assert_array_equal(noisy.source.test.split.labels, held_out)
+    np.testing.assert_array_equal(plain.source.test.labels, held_out)
+    changed = noisy.source.test.labels != held_out
+    assert changed.sum() == round(0.3 * 143)
+    np.testing.assert_array_equal(noisy.source.train.labels, plain.source.train.labels)
+    batch = noisy.eval_batch(0)
+    np.testing.assert_array_equal(batch["label"][batch["mask"]], noisy.source.test.labels[:128])
+    again = held_out_pipeline(0.3, flip=True).source.test.labels
+    np.testing.assert_array_equal(again, noisy.source.test.labels)
+    other = held_out_pipeline(0.3, flip=True, seed=1).source.test.labels
+    assert (other != noisy.source.test.labels).any()
+
+
+def test_flipping_the_test_labels_is_refused():
+    config = get_config()
+    config.dataset.label_noise = 0.3
+    config.dataset.flip_validation_labels = True
+    with pytest.raises(ValueError, match="test labels are never flipped; set use_test_set=False"):
+        build_input_pipeline(config)

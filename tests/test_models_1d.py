@@ -42,6 +42,7 @@ def vit1d_count(width: int) -> int:
         ("CNN1D_64", cnn1d_count(64)),
         ("ViT1D_32", vit1d_count(32)),
         ("ViT1D_64", vit1d_count(64)),
+        ("ViT1D_128", vit1d_count(128)),
     ],
 )
 def test_parameter_count_by_hand(name, expected):

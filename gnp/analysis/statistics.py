@@ -111,3 +111,38 @@ def paired_standard_error(a: Sequence[float], b: Sequence[float]) -> float:
     if len(differences) < 2:
         return math.nan
     return float(differences.std(ddof=1) / math.sqrt(len(differences)))
+
+
+def t_test_p(differences: Sequence[float]) -> float:
+    """Two-sided paired t-test of mean(differences) = 0 (Student's t, n − 1 degrees of
+    freedom); NaN for fewer than two pairs. Differences that are all equal have no spread to
+    test against: p is 1 where they are all zero, else 0."""
+    from scipy.stats import t as student_t
+
+    array = np.asarray(differences, np.float64)
+    if len(array) < 2:
+        return math.nan
+    sd = array.std(ddof=1)
+    if sd == 0:
+        return 1.0 if array.mean() == 0 else 0.0
+    statistic = array.mean() / (sd / math.sqrt(len(array)))
+    return float(2 * student_t.sf(abs(statistic), len(array) - 1))
+
+
+def bootstrap_interval(
+    values: np.ndarray, resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of mean(values) over ``resamples`` resamples of its entries with
+    replacement. With ``values`` the per-test-signal difference of two models' errors (mean
+    over seeds), it is the test set's own sampling uncertainty, which seeds do not show."""
+    values = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // len(values))  # at most 2 million indices at a time
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        indices = rng.integers(0, len(values), size=(stop - start, len(values)))
+        means[start:stop] = values[indices].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)

@@ -3,7 +3,9 @@
 Robustness studies (the ICML 2022 paper's noisy-label runs, ``docs/reproduction.md``) train on
 corrupted labels and test on clean ones. The flipped set is drawn once from the run's seed,
 never from the batch order, so every epoch, worker, process and resumed run sees the same
-noisy labels; the test split is never touched.
+noisy labels; the test split is never touched. A held-out validation split may be flipped at
+the same rate (``dataset.flip_validation_labels``): a user without clean labels tunes on
+noisy ones too.
 """
 
 from __future__ import annotations
@@ -63,3 +65,12 @@ def with_label_noise(source: Source, fraction: float, rng: np.random.Generator) 
         return source
     labels = flip_labels(source.train.labels, fraction, source.num_classes, rng)
     return dataclasses.replace(source, train=RelabeledSplit(source.train, labels))
+
+
+def with_noisy_evaluation(source: Source, fraction: float, rng: np.random.Generator) -> Source:
+    """``source`` evaluated against labels flipped at ``fraction`` (its ``test`` must be the
+    held-out validation split: test labels are never flipped; the pipeline checks that)."""
+    if fraction == 0.0:
+        return source
+    labels = flip_labels(source.test.labels, fraction, source.num_classes, rng)
+    return dataclasses.replace(source, test=RelabeledSplit(source.test, labels))

@@ -38,7 +38,7 @@ for _module in pkgutil.iter_modules([os.path.dirname(__file__)]):
 
 # Keep the seeds of different kinds of draw apart; each kind always uses the same number of
 # indices, since numpy's SeedSequence treats trailing zeros as absent.
-_ORDER, _SAMPLE, _MIX, _CUTOUT, _LABEL_NOISE = range(5)
+_ORDER, _SAMPLE, _MIX, _CUTOUT, _LABEL_NOISE, _VALIDATION_NOISE = range(6)
 _MAX_AUTO_WORKERS = 16
 
 
@@ -344,10 +344,19 @@ def build_input_pipeline(
     held_out = not config.get("use_test_set", True)
     if held_out:
         validation.check_dataset(name)
+    noisy_validation = dataset_config.get("flip_validation_labels", False)
+    if noisy_validation and not held_out:
+        raise ValueError(
+            "dataset.flip_validation_labels flips the labels of the validation split, and test "
+            "labels are never flipped; set use_test_set=False or flip_validation_labels=False"
+        )
     source = load_source(name, SourceOptions.from_config(config))
     if held_out:
         source = validation.with_validation_split(source)
     source = label_noise.with_label_noise(source, noise, _rng(config.seeds, _LABEL_NOISE))
+    if noisy_validation:
+        rng = _rng(config.seeds, _VALIDATION_NOISE)
+        source = label_noise.with_noisy_evaluation(source, noise, rng)
     return InputPipeline(
         source,
         batch_size=config.batch_size,

@@ -3,6 +3,7 @@
     python -m gnp.study --mode=full  [--out=runs/study] [--only=icml2022|icml2024]
     python -m gnp.study --mode=pilot [--out=runs/pilot]    # every step, fewer seeds and r
     python -m gnp.study --mode=smoke [--out=runs/smoke]    # digits, a 2-minute check
+    python -m gnp.study --mode=confirm --only=icml2022 [--out=runs/study2]  # plan shard 1
 
 ICML 2022 (CNN1D_64 with BatchNorm, SGD-momentum, 0 % and 30 % flipped labels): SGD, SAM,
 GNP α = 0.8 with the paper's formula, GNP α = 0.8 normalized as the released code mixes it,
@@ -25,7 +26,17 @@ A run lives in ``OUT/<part>/<stage>/<group>/<variant>/r<r>/seed<k>``; it is fini
 ``study_run.json`` exists, and a re-run skips it, so the study resumes part by part.
 ``OUT/results.json``, ``OUT/results.md`` and the PNGs are rewritten after every part.
 
+``--mode=confirm`` is the confirmatory study declared in ``docs/study/plan.md`` (its plan
+shard 1 is ``--only=icml2022``, shard 2 ``--only=icml2024``): one λ = α·r grid for every
+penalized variant, chosen on 4,000 validation signals with flipped labels over three tuning
+seeds; matched-λ SAM, the released form's term alone at r = 1e-4 and an lr ablation; GR's r
+tuned for the 2024 part, 20 seeds at width 64 and three widths; one Holm family of 18 rows
+on the paired t-test, with the exact sign test and a bootstrap over test signals (every final
+run saves which test signals it gets right) beside it; and the plan's budget rule
+(``budget``), decided once from the measured ``cpu_seconds``.
+
 The package: ``plan`` (the design: scales, variants, contrasts, runs, the choice of r), ``run``
 (running the runs resumably, in shards, with an ETA), ``measure`` (what is measured of a run),
-``report`` (tables, contrasts, figures) and ``main`` (the command line).
+``budget`` (the confirmatory plan's cut rule), ``report`` (tables, contrasts, figures) and
+``main`` (the command line).
 """

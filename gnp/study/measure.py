@@ -21,6 +21,7 @@ from gnp.data import build_input_pipeline
 from gnp.data.label_noise import RelabeledSplit
 from gnp.optim import learning_rate_schedule
 from gnp.study.plan import RUN_FILE, RunSpec, Scale
+from gnp.study.report import TEST_CORRECT
 from gnp.train.loop import train_and_evaluate
 from gnp.train.objective import model_variables
 from gnp.train.run import Run, load_run, params_loss, split_batches
@@ -79,18 +80,24 @@ def train_with_adam_trace(spec: RunSpec, directory: Path) -> list[dict[str, floa
     return trace
 
 
-def train_errors(run: Run) -> dict[str, float]:
-    """Train error (eval mode) against the labels trained on, the flipped ones and the clean."""
-    source = run.pipeline.source
-    clean = source.train.split.labels if isinstance(source.train, RelabeledSplit) else None
+def predictions(run: Run, split: str) -> np.ndarray:
+    """The model's class (eval mode) for every sample of ``split`` ("train" or "test", which
+    is the validation split in a run that does not use the test set), in the split's order."""
     variables = model_variables(run.params, run.variables["batch_stats"])
     predict = jax.jit(
         lambda images: jnp.argmax(run.model.apply(variables, images, train=False), -1)
     )
-    predictions = []
-    for batch in split_batches(run.pipeline, "train", None):
-        predictions.append(np.asarray(predict(batch["image"]))[np.asarray(batch["mask"])])
-    predicted = np.concatenate(predictions)
+    predicted = []
+    for batch in split_batches(run.pipeline, split, None):
+        predicted.append(np.asarray(predict(batch["image"]))[np.asarray(batch["mask"])])
+    return np.concatenate(predicted)
+
+
+def train_errors(run: Run) -> dict[str, float]:
+    """Train error (eval mode) against the labels trained on, the flipped ones and the clean."""
+    source = run.pipeline.source
+    clean = source.train.split.labels if isinstance(source.train, RelabeledSplit) else None
+    predicted = predictions(run, "train")
     trained_on = np.asarray(source.train.labels)
     result = {"train_error_rate_eval": float((predicted != trained_on).mean())}
     if clean is not None:
@@ -124,6 +131,23 @@ def curvature(run: Run, scale: Scale) -> dict[str, Any]:
         "trace_standard_error": trace.standard_error,
         "trace_samples": trace.samples.tolist(),
     }
+
+
+def test_correctness(run: Run, directory: Path) -> float:
+    """Saves which test signals the final model classifies right (``TEST_CORRECT``, one bool
+    per signal in the split's order: what a bootstrap over test signals resamples); returns
+    the test error they give."""
+    correct = predictions(run, "test") == np.asarray(run.pipeline.source.test.labels)
+    np.save(directory / TEST_CORRECT, correct)
+    return float(1.0 - correct.mean())
+
+
+def clean_validation_error(run: Run) -> float:
+    """Validation error against the clean labels of a run tuned on flipped ones (descriptive:
+    the flipped error is what a setting is chosen by)."""
+    split = run.pipeline.source.test
+    clean = split.split.labels if isinstance(split, RelabeledSplit) else split.labels
+    return float((predictions(run, "test") != np.asarray(clean)).mean())
 
 
 def epoch_curve(directory: Path) -> list[dict[str, float]]:
@@ -163,6 +187,9 @@ def measure(spec: RunSpec, directory: Path, scale: Scale) -> dict[str, Any]:
     if spec.stage == "final":
         run = load_run(directory)
         result |= train_errors(run) | curvature(run, scale)
+        result["saved_test_error_rate"] = test_correctness(run, directory)
+    elif spec.config.dataset.get("flip_validation_labels", False):
+        result["clean_validation_error_rate"] = clean_validation_error(load_run(directory))
     if adam is not None:
         result["adam"] = adam
     return result

@@ -13,9 +13,11 @@ from typing import Any
 import ml_collections
 
 from gnp.configs.default import get_config as default_config
-from gnp.study.report import validation_errors
+from gnp.study.report import tidy, validation_errors
 
 PARTS = ("icml2022", "icml2024")
+# The first study's 2022 variants (the confirmatory scale drops α = 0.5 and adds controls).
+FIRST_2022 = ("sgd", "sam", "gnp_paper", "gnp_released", "gnp_alpha0.5")
 # The confirmatory study's plan (issue 26), committed before any of its runs.
 PLAN_FILE = Path(__file__).resolve().parents[2] / "docs" / "study" / "plan.md"
 RUN_FILE = "study_run.json"
@@ -39,6 +41,24 @@ class Scale:
     lanczos_iterations: int
     trace_probes: int
     parts: tuple[str, ...] = PARTS  # the parts the scale runs (``--only`` picks one of them)
+    variants_2022: tuple[str, ...] = FIRST_2022
+    # One grid in λ = α·r for every tuned variant (a variant's r grid is λ/α); empty: r_grid.
+    lambda_grid: tuple[float, ...] = ()
+    # Mean validation errors within this of the lowest are ties, which go to the smaller r.
+    tie_tolerance: float = 0.0
+    validation_size: int = 0  # MNIST-1D's validation split (0: the source's default, 2,000)
+    flip_validation: bool = False  # tune on validation labels flipped at the training rate
+    # The learning-rate ablation (tuning seeds, each variant at its r chosen at base lr 0.1).
+    lr_grid: tuple[float, ...] = ()
+    lr_variants: tuple[str, ...] = ()
+    holm_on: str = "sign_test_p"  # the p-value the Holm correction adjusts
+    contrasts: str = "declared"  # the family: DECLARED (the first study) or CONFIRMATORY
+    # The 2024 part: GR's r tuned over this grid at width ``tune_width_2024`` (empty: r = 0.1)
+    # and, where given, the final runs as (width, variant, seeds 0..n−1) instead of every
+    # variant at every width on ``seeds_2024``.
+    r_grid_2024: tuple[float, ...] = ()
+    tune_width_2024: int = 64
+    design_2024: tuple[tuple[int, str, int], ...] = ()
 
     def vit(self, width: int) -> tuple[str, dict[str, Any]]:
         """The 2024 part's model name and ``model_params`` at ``width``."""
@@ -117,6 +137,62 @@ SCALES["pilot"] = dataclasses.replace(
     widths=(32,),
 )
 
+# The confirmatory study, declared in docs/study/plan.md before any of its runs; its plan
+# shard 1 is ``--only=icml2022``, shard 2 ``--only=icml2024``.
+SCALES["confirm"] = dataclasses.replace(
+    SCALES["full"],
+    r_grid=(),
+    lambda_grid=(0.1, 0.2, 0.4, 0.56, 0.8, 1.12),
+    tie_tolerance=1e-4,  # 0.01 pp
+    tune_seeds=(100, 101, 102),
+    validation_size=4000,
+    flip_validation=True,
+    variants_2022=(
+        "sgd",
+        "sam",
+        "sam_matched",
+        "gnp_paper",
+        "gnp_released",
+        "released_term",
+    ),
+    lr_grid=(0.05, 0.2),
+    lr_variants=("sgd", "sam", "gnp_paper", "gnp_released"),
+    holm_on="t_test_p",
+    contrasts="confirmatory",
+    widths=(32, 64, 128),
+    seeds_2024=tuple(range(20)),
+    r_grid_2024=(0.05, 0.1, 0.2),
+    design_2024=(
+        (64, "adam", 20),
+        (64, "gr", 20),
+        (64, "gr_warmup_zero", 20),
+        (64, "gr_warmup_r", 10),
+        (64, "gr_warmup_lambda", 10),
+        (32, "adam", 10),
+        (32, "gr", 10),
+        (128, "adam", 10),
+        (128, "gr", 10),
+    ),
+)
+# The confirmatory scale's machinery on the digits set (a test's size).
+SCALES["confirm_smoke"] = dataclasses.replace(
+    SCALES["confirm"],
+    dataset="digits",
+    model_2022="SmallCNN",
+    epochs_2022=1,
+    label_noise=(0.3,),
+    lambda_grid=(0.04, 0.08),
+    tune_seeds=(100,),
+    seeds_2022=(0,),
+    validation_size=0,
+    variants_2022=("sgd", "sam", "sam_matched", "gnp_paper", "released_term"),
+    lr_grid=(0.05,),
+    lr_variants=("sgd", "sam"),  # one the plan's cut 3 keeps, one it drops
+    lanczos_iterations=3,
+    trace_probes=2,
+    parts=("icml2022",),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -126,6 +202,15 @@ class Variant:
     label: str
     overrides: dict[str, Any]
     tuned: bool = False
+    # Its final runs at the λ another (tuned) variant chose, in the runs' folder of ``folder``
+    # (so that they are one set of runs where both r coincide).
+    matched_to: str = ""
+    folder: str = ""
+    fixed_r: float | None = None  # a final-only variant at one r
+
+    @property
+    def alpha(self) -> float:
+        return self.overrides.get("gnp.alpha", 1.0)
 
 
 ICML2022_VARIANTS = (
@@ -139,7 +224,22 @@ ICML2022_VARIANTS = (
         tuned=True,
     ),
     Variant("gnp_alpha0.5", "GNP α=0.5 (paper)", {"gnp.alpha": 0.5}, tuned=True),
+    # The confirmatory study's controls (final runs only).
+    Variant(
+        "sam_matched",
+        "SAM at GNP α=0.8's λ",
+        {"gnp.alpha": 1.0},
+        matched_to="gnp_paper",
+        folder="sam",
+    ),
+    Variant(
+        "released_term",
+        "released form, r=1e-4 (its (1−α)·g1/‖g1‖ term)",
+        {"gnp.alpha": 0.8, "gnp.norm_perturbations": True},
+        fixed_r=1e-4,
+    ),
 )
+VARIANTS_2022 = {variant.key: variant for variant in ICML2022_VARIANTS}
 ICML2024_VARIANTS = (
     Variant("adam", "Adam", {"gnp.alpha": 0.0}),
     Variant("gr", "GR", {}),
@@ -149,15 +249,20 @@ ICML2024_VARIANTS = (
     Variant("adam_no_lr_warmup", "Adam, no lr warmup", {"gnp.alpha": 0.0, "warmup_epochs": 0}),
     Variant("gr_no_lr_warmup", "GR, no lr warmup", {"warmup_epochs": 0}),
 )
+VARIANTS_2024 = {variant.key: variant for variant in ICML2024_VARIANTS}
 
 
 @dataclasses.dataclass(frozen=True)
 class Contrast:
-    """A declared comparison: test error of ``a`` minus ``b``, paired by seed, in one group."""
+    """A declared comparison: test error of ``a`` minus ``b``, paired by seed, in each of
+    ``groups`` (empty: every group of the part); with ``versus``, the interaction
+    (a − b in group ``groups[0]``) − (a − b in group ``versus``)."""
 
     part: str
     a: str
     b: str
+    groups: tuple[str, ...] = ()
+    versus: str = ""
 
 
 # Declared before any run: every group (label-noise level, width) of its part gets each.
@@ -169,6 +274,29 @@ DECLARED = (
     Contrast("icml2024", "gr", "adam"),
     Contrast("icml2024", "gr_warmup_zero", "gr"),
 )
+# The confirmatory study's one Holm family (docs/study/plan.md, rows 1–12: 18 in all).
+# Decoupled GR (row 13) is not implemented, so it is not in the family.
+CONFIRMATORY = (
+    Contrast("icml2022", "gnp_paper", "sgd"),
+    Contrast("icml2022", "gnp_released", "sgd"),
+    Contrast("icml2022", "gnp_paper", "sam"),
+    Contrast("icml2022", "gnp_paper", "sam_matched"),
+    Contrast("icml2022", "gnp_released", "gnp_paper"),
+    Contrast("icml2022", "released_term", "sgd"),
+    Contrast("icml2024", "gr", "adam", ("width64",)),
+    Contrast("icml2024", "gr_warmup_zero", "gr", ("width64",)),
+    Contrast("icml2024", "gr_warmup_r", "gr", ("width64",)),
+    Contrast("icml2024", "gr_warmup_lambda", "gr", ("width64",)),
+    Contrast("icml2024", "gr_warmup_zero", "adam", ("width64",)),
+    Contrast("icml2024", "gr", "adam", ("width128",), versus="width32"),
+)
+
+
+def family_size(declared: Sequence[Contrast], scale: Scale) -> int:
+    """The rows a declared family has once every part ran: a contrast with no groups of its
+    own has one per label-noise level (2022) or width (2024)."""
+    every = {"icml2022": len(scale.label_noise), "icml2024": len(scale.widths)}
+    return sum(len(c.groups) or every[c.part] for c in declared)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +304,7 @@ class RunSpec:
     """One training run: where it lives and the config it trains."""
 
     part: str
-    stage: str  # "tune" (evaluated on validation) or "final" (on test)
+    stage: str  # "tune", "lr" (the lr ablation; both on validation) or "final" (on test)
     group: str  # "noise0.3", "width64"
     variant: Variant
     r: float
@@ -185,7 +313,7 @@ class RunSpec:
     cost: float  # relative compute: epochs × (2 for a penalized run, 1 for plain)
 
     def directory(self, out: Path) -> Path:
-        path = out / self.part / self.stage / self.group / self.variant.key
+        path = out / self.part / self.stage / self.group / (self.variant.folder or self.variant.key)
         return path / f"r{self.r:g}" / f"seed{self.seed}"
 
 
@@ -204,6 +332,8 @@ def base_config(scale: Scale, epochs: int) -> ml_collections.ConfigDict:
     config.keep_checkpoints = 1
     config.eval_batch_size = 1000
     config.log_every_n_steps = 1000
+    if scale.validation_size:
+        config.dataset.mnist1d_validation_size = scale.validation_size
     return config
 
 
@@ -231,9 +361,13 @@ def icml2024_config(scale: Scale, width: int) -> ml_collections.ConfigDict:
 def make_run(
     part: str, stage: str, group: str, variant: Variant, r: float, seed: int, base: Any
 ) -> RunSpec:
+    """``stage`` "final" is evaluated on the test split, "tune" and "lr" on validation."""
     config = base.copy_and_resolve_references()
     overrides = {**variant.overrides, "gnp.r": r, "seeds": seed, "init_seeds": seed}
-    overrides["use_test_set"] = stage != "tune"  # tuning runs never see the test set
+    held_out = stage != "final"  # tuning and ablation runs never see the test set
+    overrides["use_test_set"] = not held_out
+    # Only validation labels are ever flipped (the base says whether this scale does).
+    overrides["dataset.flip_validation_labels"] = held_out and base.dataset.flip_validation_labels
     config.update_from_flattened_dict(overrides)
     penalized = config.gnp.alpha > 0 and r > 0
     cost = config.total_epochs * (2.0 if penalized else 1.0)
@@ -245,19 +379,53 @@ def icml2022_groups(scale: Scale) -> dict[str, Any]:
     for noise in scale.label_noise:
         config = icml2022_config(scale)
         config.dataset.label_noise = noise
+        config.dataset.flip_validation_labels = scale.flip_validation
         groups[f"noise{noise:g}"] = config
     return groups
 
 
+def r_grid(scale: Scale, variant: Variant) -> tuple[float, ...]:
+    """The r a tuned variant is tuned over: λ/α on the scale's λ grid, else its r grid."""
+    if scale.lambda_grid:
+        return tuple(tidy(lam / variant.alpha) for lam in scale.lambda_grid)
+    return scale.r_grid
+
+
+def variants_2022(scale: Scale) -> list[Variant]:
+    return [VARIANTS_2022[key] for key in scale.variants_2022]
+
+
 def tuning_runs(scale: Scale) -> list[RunSpec]:
-    return [
-        make_run("icml2022", "tune", group, variant, r, seed, base)
-        for group, base in icml2022_groups(scale).items()
-        for variant in ICML2022_VARIANTS
-        if variant.tuned and len(scale.r_grid) > 1
-        for r in scale.r_grid
-        for seed in scale.tune_seeds
-    ]
+    """Every tuned variant over its grid; with an lr ablation also SGD (its lr-0.1 point)."""
+    runs = []
+    for group, base in icml2022_groups(scale).items():
+        for variant in variants_2022(scale):
+            if variant.tuned and len(r_grid(scale, variant)) > 1:
+                radii = r_grid(scale, variant)
+            elif variant.key in scale.lr_variants:
+                radii = (default_r(scale),)
+            else:
+                continue
+            for r in radii:
+                runs += [
+                    make_run("icml2022", "tune", group, variant, r, s, base)
+                    for s in scale.tune_seeds
+                ]
+    return runs
+
+
+def part_tuning_runs(scale: Scale, part: str) -> list[RunSpec]:
+    return tuning_runs(scale) if part == "icml2022" else tuning_runs_2024(scale)
+
+
+def final_r(variant: Variant, group: str, chosen_r: Callable[[str, str], float]) -> float:
+    """A final run's r: the tuned one, one fixed, or the λ that ``matched_to`` chose."""
+    if variant.fixed_r is not None:
+        return variant.fixed_r
+    if variant.matched_to:
+        target = VARIANTS_2022[variant.matched_to]
+        return tidy(target.alpha * chosen_r(group, target.key) / variant.alpha)
+    return chosen_r(group, variant.key)
 
 
 def final_runs(scale: Scale, part: str, chosen_r: Callable[[str, str], float]) -> list[RunSpec]:
@@ -268,29 +436,91 @@ def final_runs(scale: Scale, part: str, chosen_r: Callable[[str, str], float]) -
     """
     if part == "icml2022":
         return [
-            make_run("icml2022", "final", group, variant, chosen_r(group, variant.key), seed, base)
+            make_run(
+                "icml2022", "final", group, variant, final_r(variant, group, chosen_r), seed, base
+            )
             for seed in scale.seeds_2022
             for group, base in icml2022_groups(scale).items()
-            for variant in ICML2022_VARIANTS
+            for variant in variants_2022(scale)
         ]
     bases = {width: icml2024_config(scale, width) for width in scale.widths}
-    return [
-        make_run("icml2024", "final", f"width{width}", variant, 0.1, seed, bases[width])
-        for seed in scale.seeds_2024
+    design = scale.design_2024 or [
+        (width, variant.key, len(scale.seeds_2024))
         for width in scale.widths
         for variant in ICML2024_VARIANTS
     ]
+    tuned_group = f"width{scale.tune_width_2024}"
+    return [
+        make_run("icml2024", "final", f"width{width}", variant, r, seed, bases[width])
+        for seed in scale.seeds_2024
+        for width, key, count in design
+        if seed < count
+        for variant in (VARIANTS_2024[key],)
+        # GR's r, tuned at one width, serves every width (untuned: 0.1); Adam's is not used.
+        for r in (chosen_r(tuned_group, "gr") if scale.r_grid_2024 and variant.alpha else 0.1,)
+    ]
+
+
+def tuning_runs_2024(scale: Scale) -> list[RunSpec]:
+    """GR over ``r_grid_2024`` at one width on the tuning seeds (none without a grid)."""
+    base = icml2024_config(scale, scale.tune_width_2024)
+    group, gr = f"width{scale.tune_width_2024}", VARIANTS_2024["gr"]
+    return [
+        make_run("icml2024", "tune", group, gr, r, seed, base)
+        for r in scale.r_grid_2024
+        for seed in scale.tune_seeds
+    ]
+
+
+def lr_variant(variant: Variant, lr: float) -> Variant:
+    """``variant`` at base learning rate ``lr``, in a folder of its own."""
+    overrides = variant.overrides | {"base_lr": lr}
+    return Variant(f"{variant.key}_lr{lr:g}", f"{variant.label}, lr {lr:g}", overrides)
+
+
+def lr_ablation_runs(
+    scale: Scale, chosen_r: Callable[[str, str], float], keys: Sequence[str] | None = None
+) -> list[RunSpec]:
+    """The lr ablation of ``keys`` (default: the scale's) on the tuning seeds, each variant at
+    the r it chose at the base lr (whose runs are the tuning runs)."""
+    return [
+        make_run("icml2022", "lr", group, lr_variant(VARIANTS_2022[key], lr), r, seed, base)
+        for group, base in icml2022_groups(scale).items()
+        for key in (scale.lr_variants if keys is None else keys)
+        for r in (chosen_r(group, key),)
+        for lr in scale.lr_grid
+        for seed in scale.tune_seeds
+    ]
+
+
+def distinct(specs: Sequence[RunSpec], out: Path) -> list[RunSpec]:
+    """``specs`` without a second run of one folder (matched SAM where it is tuned SAM)."""
+    seen: dict[Path, RunSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.directory(out), spec)
+    return list(seen.values())
 
 
 # Choosing r.
 
 
-def choose_r(tuning: Sequence[dict[str, Any]]) -> dict[tuple[str, str], float]:
-    """Per (group, variant): the r of lowest mean validation error (ties: the smaller r)."""
-    return {
-        key: min(by_r, key=lambda r, by_r=by_r: (by_r[r], r))
-        for key, by_r in validation_errors(tuning).items()
-    }
+def choose_r(
+    tuning: Sequence[dict[str, Any]], tolerance: float = 0.0
+) -> dict[tuple[str, str], float]:
+    """Per (group, variant): the smallest r whose mean validation error is within
+    ``tolerance`` of the lowest (so exact ties, too, go to the smaller r)."""
+    chosen = {}
+    for key, by_r in validation_errors(tuning).items():
+        best = min(by_r.values())
+        # 1e-12: a mean that equals best + tolerance in decimal but not in binary is a tie.
+        chosen[key] = min(r for r, error in by_r.items() if error <= best + tolerance + 1e-12)
+    return chosen
+
+
+def bracketed(grid: Sequence[float], r: float) -> bool:
+    """Whether a chosen r lies inside its grid: at an edge the optimum may lie beyond it
+    (reported as "not bracketed"; the grid is not extended)."""
+    return min(grid) < r < max(grid)
 
 
 def default_r(scale: Scale) -> float:

@@ -19,12 +19,20 @@ from matplotlib.figure import Figure
 from gnp.analysis import statistics
 from gnp.analysis.plots import json_ready
 
+TEST_CORRECT = "test_correct.npy"  # a final run's per-signal test correctness (gnp.study.measure)
+
 GATE_THRESHOLD = 0.02  # SGD's train error on the flipped labels must fall below this
 CURVATURE = ("top_eigenvalue", "trace", "full_gradient_norm")
 ADAM_STATS = ("mean_sqrt_nu", "cv_sqrt_nu", "mean_step_size", "cv_step_size")
 
 
 Labels = dict[str, dict[str, str]]  # part → variant key → label, in table order
+
+
+def tidy(value: float) -> float:
+    """``value`` to 10 significant digits: λ/α and α·r as the grid's own numbers
+    (0.56 / 0.8 is 0.7000000000000001 in floating point)."""
+    return float(f"{value:.10g}")
 
 
 def estimate(values: Sequence[float], factor: float = 1.0, digits: int = 2) -> str:
@@ -75,45 +83,124 @@ def variant_table(results: dict[str, Any], labels: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+Term = tuple[int, str, str]  # (sign, group, variant): one summand of a contrast's side
+
+
+def sides(contrast: Any, group: str) -> tuple[list[Term], list[Term]]:
+    """The two sides a and b of a contrast in ``group``, each a signed sum of variants' runs
+    (an interaction: a − b in ``group`` against a − b in ``contrast.versus``)."""
+    if getattr(contrast, "versus", ""):
+        low = contrast.versus
+        return [(1, group, contrast.a), (-1, group, contrast.b)], [
+            (1, low, contrast.a),
+            (-1, low, contrast.b),
+        ]
+    return [(1, group, contrast.a)], [(1, group, contrast.b)]
+
+
+def _side(runs: Sequence[dict], side: list[Term], seeds: list[int], key: str) -> list[Any]:
+    """Per seed, the signed sum of the side's runs' ``key`` (numbers or lists of numbers)."""
+    members = [(sign, by_seed(runs, group, variant)) for sign, group, variant in side]
+    return [
+        sum(sign * np.asarray(found[seed][key], np.float64) for sign, found in members)
+        for seed in seeds
+    ]
+
+
+def _common_seeds(runs: Sequence[dict], terms: list[Term]) -> list[int]:
+    found = [set(by_seed(runs, group, variant)) for _, group, variant in terms]
+    return sorted(set.intersection(*found))
+
+
+def signal_bootstrap(
+    runs: Sequence[dict], a: list[Term], b: list[Term], seeds: list[int], out: Path, resamples: int
+) -> dict[str, Any] | None:
+    """The contrast's mean over seeds, resampled over test signals: every final run saved
+    which test signals it got right; the per-signal difference of errors (mean over seeds) is
+    resampled. None where a run has no saved correctness (a run from before it was saved)."""
+    total = None
+    for side, factor in ((a, 1), (b, -1)):
+        for sign, group, variant in side:
+            found = by_seed(runs, group, variant)
+            for seed in seeds:
+                path = out / found[seed].get("directory", "-") / TEST_CORRECT
+                if not path.exists():
+                    return None
+                wrong = 1.0 - np.load(path).astype(np.float64)
+                total = factor * sign * wrong + (0.0 if total is None else total)
+    delta = total / len(seeds)
+    low, high = statistics.bootstrap_interval(delta, resamples)
+    return {"resamples": resamples, "mean": float(delta.mean()), "ci_low": low, "ci_high": high}
+
+
 def contrasts(
-    results: dict[str, Any], declared: Sequence[Any], labels: Labels
+    results: dict[str, Any],
+    declared: Sequence[Any],
+    labels: Labels,
+    *,
+    holm_on: str = "sign_test_p",
+    family_size: int | None = None,
+    out: Path | None = None,
+    resamples: int = 10_000,
 ) -> list[dict[str, Any]]:
-    """Every declared contrast (``.part``, ``.a``, ``.b``) in every group of a part that ran,
-    Holm-corrected together."""
+    """Every declared contrast (``.part``, ``.a``, ``.b``, optionally ``.groups`` and
+    ``.versus``) in every group it names (none named: every group of its part that ran),
+    Holm-corrected together on ``holm_on``. A family of ``family_size`` rows of which some did
+    not run yet counts each missing row at p = 1, so the adjusted p of the rows present can
+    only fall when the rest arrive. With ``out``, a bootstrap over test signals beside."""
     rows = []
     for contrast in declared:
         if contrast.part not in results:
             continue
         runs = results[contrast.part]["runs"]
-        for group in _groups(runs):
-            a, b = by_seed(runs, group, contrast.a), by_seed(runs, group, contrast.b)
-            seeds = sorted(a.keys() & b.keys())
+        names = labels[contrast.part]
+        for group in getattr(contrast, "groups", ()) or _groups(runs):
+            a, b = sides(contrast, group)
+            seeds = _common_seeds(runs, a + b)
             if not seeds:
                 continue
             error = statistics.paired_difference(
-                [a[s]["error_rate"] for s in seeds], [b[s]["error_rate"] for s in seeds]
+                _side(runs, a, seeds, "error_rate"), _side(runs, b, seeds, "error_rate")
             )
-            trace_se = [
-                statistics.paired_standard_error(a[s]["trace_samples"], b[s]["trace_samples"])
-                for s in seeds
-            ]
-            rows.append(
-                {
-                    "part": contrast.part,
-                    "group": group,
-                    "a": contrast.a,
-                    "b": contrast.b,
-                    "name": f"{labels[contrast.part][contrast.a]} − "
-                    f"{labels[contrast.part][contrast.b]}",
-                    "seeds": seeds,
-                    "test_error_difference": error.__dict__,
-                    "trace_difference": [a[s]["trace"] - b[s]["trace"] for s in seeds],
-                    "trace_difference_paired_standard_error": trace_se,
-                }
-            )
-    adjusted = statistics.holm([row["test_error_difference"]["sign_test_p"] for row in rows])
-    for row, p in zip(rows, adjusted, strict=True):
+            samples_a = _side(runs, a, seeds, "trace_samples")
+            samples_b = _side(runs, b, seeds, "trace_samples")
+            name = f"{names[contrast.a]} − {names[contrast.b]}"
+            if getattr(contrast, "versus", ""):
+                name = f"({name}) {group} − {contrast.versus}"
+            row = {
+                "part": contrast.part,
+                "group": group,
+                "a": contrast.a,
+                "b": contrast.b,
+                "name": name,
+                "seeds": seeds,
+                "test_error_difference": error.__dict__
+                | {"t_test_p": statistics.t_test_p(error.differences)},
+                "trace_difference": [
+                    float(x - y)
+                    for x, y in zip(
+                        _side(runs, a, seeds, "trace"), _side(runs, b, seeds, "trace"), strict=True
+                    )
+                ],
+                "trace_difference_paired_standard_error": [
+                    statistics.paired_standard_error(x, y)
+                    for x, y in zip(samples_a, samples_b, strict=True)
+                ],
+            }
+            if getattr(contrast, "versus", ""):
+                row["versus"] = contrast.versus
+            if out is not None:
+                bootstrap = signal_bootstrap(runs, a, b, seeds, out, resamples)
+                if bootstrap is not None:
+                    row["test_signal_bootstrap"] = bootstrap
+            rows.append(row)
+    size = len(rows) if family_size is None else family_size
+    p_values = [row["test_error_difference"][holm_on] for row in rows]
+    p_values = [1.0 if math.isnan(p) else p for p in p_values] + [1.0] * (size - len(rows))
+    for row, p in zip(rows, statistics.holm(p_values), strict=False):
         row["holm_p"] = p
+        row["holm_on"] = holm_on
+        row["holm_family_size"] = size
     return rows
 
 
@@ -139,6 +226,105 @@ def contrast_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {error['positive']} / {error['negative']} | {error['sign_test_p']:.3g} "
             f"| {row['holm_p']:.3g} | {trace} |"
         )
+    return "\n".join(lines)
+
+
+def confirmatory_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The one Holm family: paired t (primary, Holm-adjusted), the sign test and the test
+    signals' bootstrap interval beside the seeds' t interval."""
+    lines = [
+        "| contrast (test error, a − b) | group | seeds | mean (pp) | 95 % t CI (pp) | t p "
+        "| a worse / better | sign test p | test-signal bootstrap 95 % CI (pp) "
+        "| Holm p (t, family) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        error = row["test_error_difference"]
+        interval = "—" if math.isnan(error["ci_low"]) else _pp_interval(error)
+        bootstrap = row.get("test_signal_bootstrap")
+        lines.append(
+            f"| {row['name']} | {row['group']} | {len(row['seeds'])} "
+            f"| {100 * error['mean']:+.2f} | {interval} | {error['t_test_p']:.3g} "
+            f"| {error['positive']} / {error['negative']} | {error['sign_test_p']:.3g} "
+            f"| {_pp_interval(bootstrap) if bootstrap else '—'} "
+            f"| {row['holm_p']:.3g} (of {row['holm_family_size']}) |"
+        )
+    return "\n".join(lines)
+
+
+def _pp_interval(values: dict[str, float]) -> str:
+    return f"[{100 * values['ci_low']:+.2f}, {100 * values['ci_high']:+.2f}]"
+
+
+def lambda_tuning_table(
+    tuning: Sequence[dict], labels: dict[str, str], alphas: dict[str, float]
+) -> str:
+    """Mean validation error (%) over the tuning seeds per group, variant and λ = α·r: on
+    the flipped validation labels (what λ is chosen by), the clean ones in parentheses."""
+    flipped = validation_errors(tuning)
+    clean = validation_errors(
+        [run | {"error_rate": run.get("clean_validation_error_rate", math.nan)} for run in tuning]
+    )
+    lam = lambda key, r: tidy(alphas[key] * r)
+    grid = sorted({lam(run["variant"], run["r"]) for run in tuning if alphas[run["variant"]]})
+    lines = [
+        "| group | variant | " + " | ".join(f"λ = {x:g}" for x in grid) + " |",
+        "|---|---|" + "---|" * len(grid),
+    ]
+    for group in _groups(tuning):
+        for key, label in labels.items():
+            if (group, key) not in flipped or not alphas[key]:
+                continue
+            by_lambda = {lam(key, r): r for r in flipped[(group, key)]}
+            cells = [
+                _with_clean(flipped[(group, key)][by_lambda[x]], clean[(group, key)][by_lambda[x]])
+                if x in by_lambda
+                else "—"
+                for x in grid
+            ]
+            lines.append(f"| {group} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _with_clean(error: float, clean: float) -> str:
+    """``error`` in %, the clean-label error beside it where the run measured one."""
+    return f"{100 * error:.2f}" + ("" if math.isnan(clean) else f" ({100 * clean:.2f})")
+
+
+def chosen_table(chosen: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
+    lines = ["| group | variant | chosen r | λ = α·r | inside the grid |", "|---|---|---|---|---|"]
+    for name, setting in chosen.items():
+        group, key = name.split("/")
+        inside = "yes" if setting["bracketed"] else "no: optimum not bracketed"
+        lines.append(
+            f"| {group} | {labels[key]} | {setting['r']:g} | {setting['lambda']:g} | {inside} |"
+        )
+    return "\n".join(lines)
+
+
+def lr_table(results: dict[str, Any], labels: dict[str, str], lr_grid: Sequence[float]) -> str:
+    """The lr ablation (descriptive): mean flipped validation error (%) over the tuning seeds
+    per variant at its chosen r; base lr 0.1's column is the tuning runs at that r."""
+    chosen = {tuple(k.split("/")): r for k, r in results["chosen_r"].items()}
+    rates = sorted({0.1, *lr_grid})
+    cells: dict[tuple[str, str, float], list[float]] = {}
+    for run in results.get("tuning", []):
+        if chosen.get((run["group"], run["variant"])) == run["r"]:
+            cells.setdefault((run["group"], run["variant"], 0.1), []).append(run["error_rate"])
+    for run in results.get("lr_ablation", []):
+        key, _, rate = run["variant"].rpartition("_lr")
+        cells.setdefault((run["group"], key, float(rate)), []).append(run["error_rate"])
+    lines = [
+        "| group | variant | " + " | ".join(f"lr {x:g}" for x in rates) + " |",
+        "|---|---|" + "---|" * len(rates),
+    ]
+    for group in _groups(results.get("lr_ablation", [])):
+        for key, label in labels.items():
+            row = [cells.get((group, key, x)) for x in rates]
+            if not any(row[i] for i, x in enumerate(rates) if x != 0.1):
+                continue
+            text = [f"{100 * np.mean(v):.2f} ({len(v)})" if v else "—" for v in row]
+            lines.append(f"| {group} | {label} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 
@@ -226,6 +412,36 @@ def gate(results: dict[str, Any]) -> dict[str, Any] | None:
         "passed": worst < GATE_THRESHOLD,
         "threshold": GATE_THRESHOLD,
     }
+
+
+def confirmatory_sections(
+    results: dict[str, Any], labels: dict[str, str], confirmatory: dict[str, Any]
+) -> list[str]:
+    """The chosen λ (with grid edges said), the tuning runs by λ, the lr ablation, the budget."""
+    sections = []
+    if results.get("chosen"):
+        sections.append("Chosen settings\n\n" + chosen_table(results["chosen"], labels) + "\n")
+    sections.append(
+        "Validation error (%) of the tuning runs by λ = α·r, mean over the tuning seeds, on "
+        "the validation labels flipped at the training rate (clean ones in parentheses, where "
+        "labels are flipped)\n\n"
+        + lambda_tuning_table(results["tuning"], labels, confirmatory["alphas"])
+        + "\n"
+    )
+    if results.get("lr_ablation"):
+        sections.append(
+            "Learning-rate ablation (descriptive; flipped validation error %, tuning seeds "
+            "in parentheses)\n\n" + lr_table(results, labels, confirmatory["lr_grid"]) + "\n"
+        )
+    if results.get("budget"):
+        decision = results["budget"]
+        cuts = ", ".join(decision["cut_rules"].values()) or "none"
+        sections.append(
+            f"Budget: projected {decision['projected_seconds'] / 3600:.2f} h of CPU for the "
+            f"shard (from {decision['runs_finished_at_decision']} finished runs' cpu_seconds; "
+            f"budget {decision['budget_seconds'] / 3600:g} h); cuts: {cuts}.\n"
+        )
+    return sections
 
 
 # Figures.
@@ -341,10 +557,23 @@ def plot_adam(results: dict[str, Any], labels: dict[str, str], path: Path) -> Pa
 
 
 def write_report(
-    results: dict[str, Any], out: Path, *, declared: Sequence[Any], labels: Labels
+    results: dict[str, Any],
+    out: Path,
+    *,
+    declared: Sequence[Any],
+    labels: Labels,
+    confirmatory: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Tables (markdown), contrasts, correlations, the gate and figures of the parts run."""
-    rows = contrasts(results, declared, labels)
+    """Tables (markdown), contrasts, correlations, the gate and figures of the parts run.
+
+    ``confirmatory`` (the confirmatory scale's ``holm_on``, ``family_size``, ``alphas`` of its
+    variants and ``lr_grid``): one Holm family on the t-test's p with the test-signal
+    bootstrap, and its tables in λ."""
+    if confirmatory:
+        family = {"holm_on": confirmatory["holm_on"], "family_size": confirmatory["family_size"]}
+        rows = contrasts(results, declared, labels, out=out, **family)
+    else:
+        rows = contrasts(results, declared, labels)
     sections, figures, report = [], [], {"contrasts": rows}
     report["correlations"] = {}
     for part in ("icml2022", "icml2024"):
@@ -355,7 +584,9 @@ def write_report(
         figures.append(plot_test_errors(results[part], labels[part], out / f"{part}_errors.png"))
         if part == "icml2022":
             report["gate"] = gate(results[part])
-            if results[part].get("tuning"):
+            if confirmatory and results[part].get("tuning"):
+                sections += confirmatory_sections(results[part], labels[part], confirmatory)
+            elif results[part].get("tuning"):
                 sections.append(
                     "Validation error (%) of the tuning runs, by r\n\n"
                     + tuning_table(results[part], labels[part])
@@ -372,10 +603,19 @@ def write_report(
                 )
             )
         else:
+            if confirmatory and results[part].get("tuning"):
+                sections += confirmatory_sections(results[part], labels[part], confirmatory)
             figures.append(
                 plot_adam(results[part], labels[part], out / "icml2024_adam_moments.png")
             )
-    if rows:
+    if rows and confirmatory:
+        sections.append(
+            f"## The confirmatory family (paired by seed; Holm over its "
+            f"{confirmatory['family_size']} rows on the t-test's p, a row not run yet counted "
+            f"at p = 1)\n\n{confirmatory_table(rows)}\n\nDecoupled GR (the plan's row 13) "
+            "is not implemented, so it was not run and is not in the family.\n"
+        )
+    elif rows:
         sections.append(
             "## Declared contrasts (paired by seed; Holm over all rows)\n\n"
             + contrast_table(rows)
@@ -390,7 +630,7 @@ def write_report(
             if result["passed"]
             # The smoke mode's tiny runs check the machinery; memorizing needs the real scale.
             else "not reached, as expected of the smoke mode's tiny runs"
-            if results.get("mode") == "smoke"
+            if str(results.get("mode", "")).endswith("smoke")
             else "FAILED: widen the model or train longer"
         )
         sections.append(

@@ -108,16 +108,24 @@ def wait_for(specs: Sequence[RunSpec], out: Path, poll_seconds: float = 10.0) ->
 
 
 def finished_runs(specs: Sequence[RunSpec], out: Path) -> list[dict[str, Any]]:
-    """The results of the runs in ``specs`` that have finished, in plan order."""
-    paths = [spec.directory(out) / RUN_FILE for spec in specs]
-    return [json.loads(path.read_text()) for path in paths if path.exists()]
+    """The results of the runs in ``specs`` that have finished, in plan order, each under its
+    spec's variant (a folder two variants share holds the key of the one that ran first) and
+    with its folder relative to ``out``."""
+    found = []
+    for spec in specs:
+        path = spec.directory(out) / RUN_FILE
+        if path.exists():
+            named = {"variant": spec.variant.key, "label": spec.variant.label}
+            where = {"directory": str(spec.directory(out).relative_to(out))}
+            found.append(json.loads(path.read_text()) | named | where)
+    return found
 
 
 def planned_r(tuning: Sequence[RunSpec], out: Path, scale: Scale) -> Callable[[str, str], float]:
     """The final runs' r as far as known before running: chosen if every tuning run finished
     (so that finished final runs are counted as such), else a placeholder."""
     finished = finished_runs(tuning, out)
-    chosen = choose_r(finished) if len(finished) == len(tuning) else {}
+    chosen = choose_r(finished, scale.tie_tolerance) if len(finished) == len(tuning) else {}
     return lambda group, key: chosen.get((group, key), default_r(scale))
 
 

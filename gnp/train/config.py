@@ -324,6 +324,7 @@ def validate_config(config: Any) -> Any:
     check_choice(config.model.dtype, models.DTYPES, "model.dtype")
     _check_sync_batch_norm(config.model)
     _check_switch(config, "shard_params", "shard_params")
+    _check_switch(config.dataset, "flip_validation_labels", "dataset.flip_validation_labels")
     for notice in ignored_key_notices(config):
         logging.getLogger("gnp").warning(notice)
     build.build_model(config, num_classes=2)  # its fields (the released WideResNet option)
