@@ -146,10 +146,12 @@ def test_alpha_sweep_ends_a_stop_in_one_line(monkeypatch, capsys, tmp_path):
 
 
 # gnp-train with an exit that takes a while (as orbax's and JAX's clean-up can): a Ctrl-C
-# pressed during it ends the process at once.
+# pressed during it ends the process at once. The 60 s are short sleeps: the kernel may hand
+# the signal to one of JAX's threads, and Python runs its handler only when the main thread
+# next runs Python code (one long sleep would then finish first).
 SLOW_EXIT = """
 import atexit, sys, time
-atexit.register(time.sleep, 60)
+atexit.register(lambda: [time.sleep(0.1) for _ in range(600)])
 atexit.register(print, "exiting", flush=True)  # runs first: atexit calls the last one first
 from gnp.main.main import run
 sys.argv = ["gnp-train", *sys.argv[1:]]
