@@ -103,7 +103,7 @@ def test_finished_runs_are_skipped_and_the_report_rebuilt(smoke_2022):
     assert results["plan_commit"] == again["plan_commit"] == plan.plan_commit()
 
 
-def test_a_torn_results_file_is_refused_naming_it_and_the_fix(smoke_2022, tmp_path):
+def test_a_torn_results_file_is_refused_naming_it_and_the_fix(tmp_path):
     (tmp_path / "results.json").write_text('{"mode": "sm')
     argv = ["--mode=smoke", "--only=icml2022", "--variants=sgd", f"--out={tmp_path}"]
     with pytest.raises(DamagedFile, match=r"results\.json is damaged .*delete it"):

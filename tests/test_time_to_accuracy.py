@@ -148,6 +148,7 @@ def test_summary_costs_retention_and_holm_by_hand():
     assert "holm_p" not in rows["GNP"] and "holm_p" not in rows["plain"]
 
 
+@pytest.mark.slow  # two trainings and the step timing: about 40 s
 def test_smoke_run_end_to_end_then_resumed_without_training(tmp_path, monkeypatch, capsys):
     out, json_path = tmp_path / "runs", tmp_path / "smoke.json"
     argv = ["--smoke", f"--out={out}", "--variants=plain,GNP", f"--json={json_path}"]
