@@ -49,6 +49,7 @@ from gnp import analysis
 from gnp.analysis.curves import plot_runs, read_run_records
 from gnp.analysis.plots import clean_gradient_norm_key, json_ready
 from gnp.files import read_json, write_json_atomically
+from gnp.train import distributed
 from gnp.train.config import normalize_argv, read_config
 from gnp.train.loop import train_and_evaluate
 from gnp.train.run import (
@@ -736,6 +737,7 @@ def main(argv: Sequence[str]) -> None:
     """Runs one subcommand; a bad run directory or config exits with ``error: ...``."""
     args = parse_args(argv)
     try:
+        distributed.check_platforms()
         args.handler(args)
     except ValueError as e:  # RunError, and the trainer's config errors
         raise SystemExit(f"error: {e}") from None

@@ -190,6 +190,23 @@ def test_jax_platforms_naming_a_missing_platform_is_one_line(platform, plugin):
     )
 
 
+@pytest.mark.parametrize(
+    "command", [["gnp.study", "--mode=smoke"], ["gnp.analyze", "curves"]], ids=["study", "analyze"]
+)
+def test_the_study_and_analysis_say_the_same_of_a_missing_platform(command, tmp_path):
+    if find_spec("jax_cuda12_plugin") is not None:
+        pytest.skip("JAX for cuda is installed here")
+    arguments = [f"--out={tmp_path}"] if command[0] == "gnp.study" else [str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", *command, *arguments],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cuda"},
+        timeout=120,
+    )
+    assert_one_line_error(result, r"^error: the environment variable JAX_PLATFORMS=cuda names")
+
+
 def test_a_working_dir_the_checkpoints_cannot_take_is_refused_before_any_work(tmp_path):
     not_utf8 = os.fsdecode(bytes(tmp_path) + b"/run-\xff")
     with pytest.raises(NotWritable, match=r"run-\\xff is not valid UTF-8.*whose name is UTF-8"):

@@ -205,7 +205,7 @@ def main(argv: list[str], model_fields_set: dict[str, str] | None = None) -> Non
     from gnp.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    check_platforms()
+    distributed.check_platforms()
     if _DRY_RUN.value:
         dry_run(config)
         return
@@ -222,26 +222,6 @@ def main(argv: list[str], model_fields_set: dict[str, str] | None = None) -> Non
     )
     if "test_error_rate" in record:
         print(f"test error rate {record['test_error_rate']:.4f}; outputs in {_WORKING_DIR.value}")
-
-
-def check_platforms() -> None:
-    """The devices start: with ``JAX_PLATFORMS`` naming a platform this machine lacks (cuda,
-    gpu, tpu), JAX's own failure is an AssertionError or a RuntimeError of its start-up, which
-    reads as a bug in gnp rather than a setting of the user's environment."""
-    import jax
-
-    platforms = os.environ.get("JAX_PLATFORMS", "")
-    try:
-        jax.devices()
-    except (RuntimeError, AssertionError) as error:
-        if not platforms:
-            raise
-        cause = f" ({one_line(error)})" if str(error) else ""
-        raise ValueError(
-            f"the environment variable JAX_PLATFORMS={platforms} names a platform that does not "
-            f"start on this machine{cause}: unset it (JAX then uses what is there), or set it "
-            "to one this machine has (e.g. cpu), or install JAX for that platform (jax[cuda12])"
-        ) from None
 
 
 def _quiet_errors(record: Any) -> bool:

@@ -5,11 +5,13 @@ import sys
 
 from gnp.files import DamagedFile
 from gnp.study.main import main
+from gnp.train.distributed import PlatformMissing, check_platforms
 from gnp.train.stops import Preempted, exit_at_once_on_interrupt
 
 try:
+    check_platforms()
     main(sys.argv[1:])
-except DamagedFile as error:  # a torn results file: one line naming it and the fix
+except (DamagedFile, PlatformMissing) as error:  # a torn results file, a missing platform
     sys.exit(f"error: {error}")
 except (Preempted, KeyboardInterrupt) as error:  # a stop asked for: the study ends here
     code = getattr(error, "exit_code", 128 + signal.SIGINT)

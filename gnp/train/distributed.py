@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gnp
+from gnp.errors import one_line
 
 PyTree = Any
 AXIS = "data"
@@ -173,3 +174,25 @@ class ParamLayout:
         for spec, x in zip(jax.tree.leaves(self.specs), jax.tree.leaves(tree), strict=True):
             squares[self.axis in tuple(spec)] += gnp.global_norm(x) ** 2
         return jnp.sqrt(jax.lax.psum(squares[True], self.axis) + squares[False])
+
+
+class PlatformMissing(ValueError):
+    """``JAX_PLATFORMS`` names a platform this machine cannot start: the user's environment."""
+
+
+def check_platforms() -> None:
+    """The devices start: with ``JAX_PLATFORMS`` naming a platform this machine lacks (cuda,
+    gpu, tpu), JAX's own failure is an AssertionError or a RuntimeError of its start-up, which
+    reads as a bug in gnp rather than a setting of the user's environment."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as error:
+        if not platforms:
+            raise
+        cause = f" ({one_line(error)})" if str(error) else ""
+        raise PlatformMissing(
+            f"the environment variable JAX_PLATFORMS={platforms} names a platform that does not "
+            f"start on this machine{cause}: unset it (JAX then uses what is there), or set it "
+            "to one this machine has (e.g. cpu), or install JAX for that platform (jax[cuda12])"
+        ) from None
