@@ -110,7 +110,8 @@ class PreemptionGuard:
 
 def describe_stop(error: BaseException) -> tuple[int, str] | None:
     """(exit code, one line) when ``error`` is a stop asked for (a signal, Ctrl-C), else None:
-    the same line from every command line that trains (gnp-train, the study, alpha-sweep)."""
+    the same line from gnp-train and alpha-sweep; the study takes the exit code and says a line
+    of its own (its finished runs, not one run's checkpoints, are what is kept)."""
     if isinstance(error, Preempted):
         return error.exit_code, str(error)
     if isinstance(error, KeyboardInterrupt):
