@@ -21,11 +21,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-    """A finished 2-epoch run of test_train's tiny config, checkpoints at steps 5 and 10 (the
-    run-safety tests copy it and damage the copy). Imports inside: JAX must load after the
-    environment above is set."""
+    """A finished 2-epoch run of test_train's tiny config, checkpoints at steps 5 and 10, trained
+    once per test worker: the tests only read it, or copy it and damage the copy. Imports
+    inside: JAX must load after the environment above is set."""
     from test_train import tiny_config
 
     from gnp.train.loop import train_and_evaluate

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from analysis_problems import quadratic
 
 from gnp import analysis, models
@@ -230,6 +231,7 @@ def test_default_filters_name_every_layer_type_of_the_zoo():
         assert rule(("block", name), shape) is None
 
 
+@pytest.mark.slow
 def test_directions_of_small_cait_and_swin_have_per_head_norms():
     # Real zoo modules at toy sizes: the layouts attention_filters reads are the ones they use.
     images = jnp.zeros((1, 8, 8, 3), jnp.float32)

@@ -176,6 +176,7 @@ def test_shake_gradient_uses_forward_coefficient_only_with_true_gradient(true_gr
     assert np.allclose(jax.grad(lambda x: drop(x).sum())(x), drop(x)) == true_gradient
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["shake_shake", "shake_drop"])
 def test_true_gradient_changes_only_the_backward_pass(family):
     module = small_model(family)
@@ -361,17 +362,23 @@ def test_resnet_biases_on_basic_block_convolutions_only():
 def test_resnet_cifar_stem_is_16_wide_without_relu():
     module = models.get_model("ResNet18", num_classes=4, stage_sizes=(1,), width=32)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    variables = module.init(jax.random.key(0), x, train=False)
-    block_inputs = []
 
-    def record_first_block_input(next_fun, args, kwargs, context):
-        if context.module.name == "BasicBlock_0" and context.method_name == "__call__":
-            block_inputs.append(args[0])
-        return next_fun(*args, **kwargs)
+    @jit
+    def first_block_input(x):
+        block_inputs = []
 
-    with nn.intercept_methods(record_first_block_input):
-        module.apply(variables, x, train=False)
-    (stem,) = block_inputs
+        def record_first_block_input(next_fun, args, kwargs, context):
+            if context.module.name == "BasicBlock_0" and context.method_name == "__call__":
+                block_inputs.append(args[0])
+            return next_fun(*args, **kwargs)
+
+        variables = init(module, x)
+        with nn.intercept_methods(record_first_block_input):
+            module.apply(variables, x, train=False)
+        (stem,) = block_inputs
+        return stem
+
+    stem = first_block_input(x)
     assert stem.shape == (2, 8, 8, 16)  # 16 channels whatever the stage width (32 here)
     assert float(stem.min()) < 0.0  # BatchNorm, no ReLU after it
 
@@ -382,14 +389,13 @@ def test_wide_resnet_additional_skip_connection_by_hand():
     kwargs = dict(depth=10, widen_factor=1, use_additional_skip_connections=True)
     module = models.get_model("WideResNet_16_4", num_classes=3, **kwargs)
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
-    variables = module.init(jax.random.key(0), x, train=False)
     zeroed = jax.tree_util.tree_map_with_path(
         lambda path, leaf: (
             jnp.zeros_like(leaf) if leaf.ndim == 4 and path[-1].key == "kernel" else leaf
         ),
-        variables,
+        jit(lambda x: init(module, x))(x),
     )
-    logits = module.apply(zeroed, x, train=False)
+    logits = jit(lambda v, x: module.apply(v, x, train=False))(zeroed, x)
     pooled = np.asarray(x).reshape(2, 4, 4, 4, 4, 3).mean(axis=(2, 4))  # 4×4 windows
     features = np.zeros((2, 64))
     features[:, :3] = np.maximum(pooled / np.sqrt(1 + 1e-5), 0).mean(axis=(1, 2))
@@ -397,7 +403,7 @@ def test_wide_resnet_additional_skip_connection_by_hand():
     np.testing.assert_allclose(logits, features @ head["kernel"] + head["bias"], rtol=1e-5)
     # Off (the default), the same zeroed network sees nothing of its input.
     plain = models.get_model("WideResNet_16_4", num_classes=3, depth=10, widen_factor=1)
-    np.testing.assert_array_equal(plain.apply(zeroed, x, train=False), 0.0)
+    np.testing.assert_array_equal(jit(lambda v, x: plain.apply(v, x, train=False))(zeroed, x), 0.0)
 
 
 def test_vit_released_initialization():
@@ -406,8 +412,8 @@ def test_vit_released_initialization():
     )
     assert (module.dropout_rate, module.attention_dropout_rate) == (0.1, 0.1)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    variables = module.init(jax.random.key(0), x, train=False)
-    np.testing.assert_array_equal(module.apply(variables, x, train=False), 0.0)  # zero head
+    variables, logits = jit(lambda x: (v := init(module, x), module.apply(v, x, train=False)))(x)
+    np.testing.assert_array_equal(logits, 0.0)  # zero head
     mlp = variables["params"]["EncoderBlock_0"]["MlpBlock_0"]
     for dense in mlp.values():
         bias = np.asarray(dense["bias"])

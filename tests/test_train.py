@@ -42,6 +42,7 @@ def read_jsonl(working_dir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(tmp_path, capsys):
     record = train_and_evaluate(tiny_config(), str(tmp_path))
     # Off a terminal (as here) progress is plain lines: no bar's \r fragments; the compile is
@@ -113,6 +114,7 @@ def test_run_writes_every_output(tmp_path, capsys):
     assert not (tmp_path / "run.lock").exists()  # a run that ended names no process
 
 
+@pytest.mark.slow
 def test_evaluation_counts_every_test_sample_once(tmp_path):
     # 360 test images, an eval batch of 52 (a multiple of 4 devices that does not divide 360).
     record = train_and_evaluate(tiny_config(total_epochs=1, eval_batch_size=52), str(tmp_path))
@@ -130,6 +132,7 @@ def test_evaluation_counts_every_test_sample_once(tmp_path):
     assert record["test_error_rate"] == pytest.approx(np.mean(np.argmax(logits, -1) != labels))
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     config = tiny_config(total_epochs=4, save_ckpt_every_n_epochs=2)
     train_and_evaluate(config, str(tmp_path / "straight"))
@@ -192,6 +195,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.slow
 def test_zero_warmup_trains_plain_during_warmup(tmp_path):
     lines = read_jsonl_after(
         tiny_config(gr_warmup_strategy="zero", warmup_epochs=2, evaluate_every_n_epochs=3), tmp_path
