@@ -91,8 +91,8 @@ def test_finite_difference_converges_linearly_to_exact():
     with jax.enable_x64(True):
         loss, params, args = mlp_problem()
         lam = 0.01
-        exact = jax.jit(gnp.value_and_grad(loss, r=0.1, alpha=lam / 0.1, method="exact"))
-        exact = exact(params, *args)[1]
+        exact_grad = jax.jit(gnp.value_and_grad(loss, r=0.1, alpha=lam / 0.1, method="exact"))
+        exact = exact_grad(params, *args)[1]
         # r traced: one program for every radius.
         fd_grad = jax.jit(lambda r, *a: gnp.value_and_grad(loss, r=r, alpha=lam / r)(*a)[1])
         radii = [1e-1, 1e-2, 1e-3]

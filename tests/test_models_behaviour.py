@@ -89,6 +89,11 @@ def init(module, x: jnp.ndarray):
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
+def eval_logits(module, variables, x: jnp.ndarray) -> jax.Array:
+    """The eval-mode forward pass, compiled as one program (eagerly each op compiles apart)."""
+    return jit(lambda v, x: module.apply(v, x, train=False))(variables, x)
+
+
 @pytest.mark.parametrize("family", SMALL)
 def test_bfloat16_compute_keeps_float32_params_and_logits(family):
     module = small_model(family, dtype=jnp.bfloat16)
@@ -347,9 +352,7 @@ def test_resnet_biases_on_basic_block_convolutions_only():
     small = dict(num_classes=4, stage_sizes=(1, 1), width=8)
     # Shapes only (eval_shape): an eager init compiles each initializer op apart.
     basic, bottleneck = (
-        jax.eval_shape(
-            lambda n=name: models.get_model(n, **small).init(jax.random.key(0), x, train=False)
-        )
+        jax.eval_shape(lambda n=name: init(models.get_model(n, **small), x))
         for name in ("ResNet18", "ResNet50")
     )
     for block in ("BasicBlock_0", "BasicBlock_1"):  # two 3×3 convs and a projection each
@@ -395,7 +398,7 @@ def test_wide_resnet_additional_skip_connection_by_hand():
         ),
         jit(lambda x: init(module, x))(x),
     )
-    logits = jit(lambda v, x: module.apply(v, x, train=False))(zeroed, x)
+    logits = eval_logits(module, zeroed, x)
     pooled = np.asarray(x).reshape(2, 4, 4, 4, 4, 3).mean(axis=(2, 4))  # 4×4 windows
     features = np.zeros((2, 64))
     features[:, :3] = np.maximum(pooled / np.sqrt(1 + 1e-5), 0).mean(axis=(1, 2))
@@ -403,7 +406,7 @@ def test_wide_resnet_additional_skip_connection_by_hand():
     np.testing.assert_allclose(logits, features @ head["kernel"] + head["bias"], rtol=1e-5)
     # Off (the default), the same zeroed network sees nothing of its input.
     plain = models.get_model("WideResNet_16_4", num_classes=3, depth=10, widen_factor=1)
-    np.testing.assert_array_equal(jit(lambda v, x: plain.apply(v, x, train=False))(zeroed, x), 0.0)
+    np.testing.assert_array_equal(eval_logits(plain, zeroed, x), 0.0)
 
 
 def test_vit_released_initialization():
@@ -412,8 +415,8 @@ def test_vit_released_initialization():
     )
     assert (module.dropout_rate, module.attention_dropout_rate) == (0.1, 0.1)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    variables, logits = jit(lambda x: (v := init(module, x), module.apply(v, x, train=False)))(x)
-    np.testing.assert_array_equal(logits, 0.0)  # zero head
+    variables = jit(lambda x: init(module, x))(x)
+    np.testing.assert_array_equal(eval_logits(module, variables, x), 0.0)  # zero head
     mlp = variables["params"]["EncoderBlock_0"]["MlpBlock_0"]
     for dense in mlp.values():
         bias = np.asarray(dense["bias"])
