@@ -73,6 +73,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # the whole batch's): 1 + f passes of a batch per step; 1.0 = GNP.
     config.gnp.perturbed_fraction = 1.0
     config.gnp.perturbation_direction = "gradient"  # or "momentum": along −momentum (MSAM)
+    # Decoupled GR (after WSAM's decouple): the optimizer steps on the clean gradient g1 alone,
+    # the penalty part (g − g1) joins the update outside it, at the step's learning rate.
+    config.gnp.decoupled = False
     config.gr_warmup_strategy = "none"  # none | r | lambda | zero
     config.use_hybrid_training = False
     config.hybrid_config = ml_collections.ConfigDict()

@@ -114,6 +114,20 @@ def gnp_options(config: Any) -> GNPOptions:
         raise ValueError(error.named(keys)) from None
 
 
+def decoupled_gr(config: Any) -> bool:
+    """``gnp.decoupled``: decoupled GR (``steps.decoupled_updates``), the optimizer on the clean
+    gradient g1 and the penalty part outside it; refused where a GNP step computes no g1."""
+    if not config.gnp.decoupled:
+        return False
+    if gnp_options(config).one_pass:
+        raise ValueError(
+            "gnp.decoupled needs the clean gradient g1, which MSAM's one-pass step "
+            "(gnp.perturbation_direction='momentum' at gnp.alpha=1) does not compute; set "
+            "gnp.decoupled=False or gnp.perturbation_direction='gradient'"
+        )
+    return True
+
+
 def gr_schedule(config: Any, steps_per_epoch: int) -> GRSchedule:
     """Which steps are GNP steps, and their r and α at each step."""
     return GRSchedule(
@@ -189,6 +203,7 @@ def train_steps(
             gradient_clipping=config.gradient_clipping,
             sync_batch_norm=config.model.sync_batch_norm,
             state_specs=state_specs,
+            decoupled=decoupled_gr(config),
         )
         for kind in STEP_KINDS
     }

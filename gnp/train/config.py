@@ -280,6 +280,8 @@ def _check_gnp(config: Any) -> None:
     """The ``gnp`` block, every option checked once where it is defined (``gnp.GNPOptions``),
     and what it needs of the optimizer."""
     options = build.gnp_options(config)
+    _check_switch(config.gnp, "decoupled", "gnp.decoupled")
+    build.decoupled_gr(config)
     if options.direction == "momentum" and not has_momentum(
         config.opt.opt_type, config.opt.opt_params
     ):

@@ -19,9 +19,10 @@ the shards. Per-device perturbations are unchanged; synced ones are computed on 
 The norms logged have one meaning on every kind of step and any number of devices
 (``docs/training.md``): ``gradient_norm`` is ‖ḡ‖ of the gradient handed to the optimizer
 (averaged over devices, clipped), ``clean_gradient_norm`` is ‖∇L(θ)‖ of the whole global batch
-at the clean point (equal to the unclipped ‖ḡ‖ on a plain step), ``update_norm`` the
-optimizer's update, ``param_norm`` θ after the update. A GNP step also logs the sharpness
-diagnostics of its two passes (``sharpness_metrics``), of the whole global batch too.
+at the clean point (equal to the unclipped ‖ḡ‖ on a plain step), ``update_norm`` the update
+applied (the optimizer's; with decoupled GR, plus the penalty part), ``param_norm`` θ after the
+update. A GNP step also logs the sharpness diagnostics of its two passes
+(``sharpness_metrics``), of the whole global batch too.
 """
 
 from __future__ import annotations
@@ -94,6 +95,41 @@ def sharpness_metrics(
     return {key: jnp.asarray(value, jnp.float32) for key, value in found._asdict().items()}
 
 
+def device_means(
+    result: efficient.StepGradient,
+    layout: ParamLayout,
+    *,
+    averaged: bool,
+    penalized: bool,
+    synced: bool,
+    shard: bool,
+) -> tuple[PyTree, PyTree | None, PyTree, dict[str, jax.Array]]:
+    """``(grads, clean_mean, batch_stats, metrics)`` of the whole global batch: the gradient, the
+    clean one g1 (None on a one-pass MSAM step, which has none), the BatchNorm statistics and the
+    metrics averaged over devices, with the clean gradient's own metrics. ``shard``: g1 as the
+    optimizer takes it (decoupled GR), each device's shard of sharded parameters, never whole."""
+    _, (batch_stats, metrics) = result.value
+    grads = result.grads
+    if layout.sharded:
+        grads = grads if averaged else layout.device_mean(grads)
+        batch_stats, metrics = jax.lax.pmean((batch_stats, metrics), AXIS)
+    else:  # one all-reduce for all three
+        grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
+    if not penalized:  # the plain step's clean gradient is the averaged one
+        result, averaged = result._replace(reference=grads), True
+    if result.reference is None:
+        return grads, None, batch_stats, metrics
+    clean_mean, norm = clean_gradient_mean(
+        result.reference, layout, averaged=averaged, synced=synced
+    )
+    metrics["clean_gradient_norm"] = norm(clean_mean)
+    if result.perturbed is not None:
+        metrics |= sharpness_metrics(result, clean_mean, norm, layout, averaged=averaged)
+    if shard and layout.sharded and synced and not averaged:
+        clean_mean = layout.device_mean(clean_mean)  # whole on every device: its shard
+    return grads, clean_mean, batch_stats, metrics
+
+
 def clip_by_norm(grads: PyTree, norm: jax.Array, limit: float, sharded: bool) -> tuple:
     """``(grads, ‖grads‖)`` after clipping the global norm at ``limit`` (0: none).
 
@@ -105,6 +141,47 @@ def clip_by_norm(grads: PyTree, norm: jax.Array, limit: float, sharded: bool) ->
         factor = jnp.minimum(1.0, limit / norm)
         grads = jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
     return grads, jnp.minimum(norm, limit)  # ‖clip(g)‖ = min(‖g‖, c)
+
+
+def optimizer_step(
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    grads: PyTree,
+    clean_mean: PyTree | None,
+    *,
+    learning_rate: jax.Array,
+    gradient_clipping: float,
+    layout: ParamLayout,
+    decoupled: bool,
+) -> tuple[PyTree, Any, jax.Array]:
+    """``(updates, opt_state, gradient_norm)``: the optimizer's step on the step's gradient, or
+    (``decoupled``) on the clean one with the penalty part added outside it
+    (``decoupled_updates``). ``gradient_norm`` is of what the optimizer received, clipped."""
+    if decoupled and clean_mean is None:
+        raise ValueError("gnp.decoupled needs the step's clean gradient; this step has none")
+    given = clean_mean if decoupled else grads
+    given, gradient_norm = clip_by_norm(
+        given, layout.norm(given), gradient_clipping, layout.sharded
+    )
+    updates, opt_state = optimizer.update(given, state.opt_state, state.params)
+    if decoupled:
+        updates = decoupled_updates(updates, grads, clean_mean, learning_rate)
+    return updates, opt_state, gradient_norm
+
+
+def decoupled_updates(
+    updates: PyTree, grads: PyTree, clean_mean: PyTree, learning_rate: jax.Array
+) -> PyTree:
+    """Decoupled GR (WSAM's ``decouple``): ``updates − lr·(g − g1)``.
+
+    The optimizer stepped on the clean gradient g1 alone, so its state (Adam's moments, the
+    momentum) never sees the penalty; the penalty part of the step's gradient g (α·(g2 − g1) in
+    the paper's mix) joins here, at this step's learning rate, as plain gradient descent would
+    take it. Not clipped: clipping applies to what the optimizer receives. α = 0: g = g1, the
+    optimizer's step exactly."""
+    return jax.tree.map(
+        lambda u, g, g1: u - (learning_rate * (g - g1)).astype(u.dtype), updates, grads, clean_mean
+    )
 
 
 def on_shards(options: gnp.GNPOptions, layout: ParamLayout) -> bool:
@@ -195,6 +272,7 @@ def make_train_step(
     gradient_clipping: float = 0.0,
     sync_batch_norm: bool = False,
     state_specs: TrainState | None = None,
+    decoupled: bool = False,
 ) -> Any:
     """``step(state, images, labels) → (state, metrics)``, jitted, the state donated.
 
@@ -208,7 +286,8 @@ def make_train_step(
     statistics follow them; a model without BatchNorm is unchanged.
     ``state_specs``: the state's ``PartitionSpec`` tree when its parameters and optimizer
     state are sharded over ``data`` (``gnp.train.distributed.state_specs``); None: replicated.
-    The metrics are the module docstring's.
+    ``decoupled``: decoupled GR on a GNP step (``decoupled_updates``). The metrics are the
+    module docstring's.
     """
     penalized = check_choice(kind, STEP_KINDS, "kind") != "plain"
     if sync_batch_norm:
@@ -216,6 +295,7 @@ def make_train_step(
     loss_fn = make_loss_fn(model, loss_config)
     layout = ParamLayout(None if state_specs is None else state_specs.params)
     synced = gnp_options.axis_name is not None
+    decoupled = decoupled and penalized  # a plain step has no penalty part
 
     def per_device(state: TrainState, images: jax.Array, labels: jax.Array):
         rng = jax.random.fold_in(
@@ -235,33 +315,27 @@ def make_train_step(
         result, averaged = step_gradient(
             state, clean, perturbed, params, kind=kind, gr=gr, options=gnp_options, layout=layout
         )
-        _, (batch_stats, metrics) = result.value
-        grads = result.grads
-        if layout.sharded:
-            grads = grads if averaged else layout.device_mean(grads)
-            batch_stats, metrics = jax.lax.pmean((batch_stats, metrics), AXIS)
-        else:  # one all-reduce for all three
-            grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), AXIS)
-        if not penalized:  # the plain step's clean gradient is the averaged one
-            result, averaged = result._replace(reference=grads), True
-        if result.reference is not None:  # a one-pass (MSAM) step has no clean gradient
-            clean_mean, norm = clean_gradient_mean(
-                result.reference, layout, averaged=averaged, synced=synced
-            )
-            metrics["clean_gradient_norm"] = norm(clean_mean)
-        if result.perturbed is not None:
-            metrics |= sharpness_metrics(result, clean_mean, norm, layout, averaged=averaged)
-        grads, gradient_norm = clip_by_norm(
-            grads, layout.norm(grads), gradient_clipping, layout.sharded
+        grads, clean_mean, batch_stats, metrics = device_means(
+            result, layout, averaged=averaged, penalized=penalized, synced=synced, shard=decoupled
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        learning_rate = schedule(state.step)
+        updates, opt_state, gradient_norm = optimizer_step(
+            optimizer,
+            state,
+            grads,
+            clean_mean,
+            learning_rate=learning_rate,
+            gradient_clipping=gradient_clipping,
+            layout=layout,
+            decoupled=decoupled,
+        )
         params = optax.apply_updates(state.params, updates)
         r, alpha = gr.values(state.step) if penalized else (0.0, 0.0)
         metrics |= {
             "gradient_norm": gradient_norm,
             "update_norm": layout.norm(updates),
             "param_norm": layout.norm(params),
-            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "learning_rate": jnp.asarray(learning_rate, jnp.float32),
             "r": jnp.asarray(r, jnp.float32),
             "alpha": jnp.asarray(alpha, jnp.float32),
         }
