@@ -152,7 +152,7 @@ def test_the_2024_part_tunes_gr_at_width_64_and_runs_the_plans_seeds():
     assert {s.config.use_test_set for s in tuning} == {False}
     assert {s.config.dataset.mnist1d_validation_size for s in tuning} == {4000}
     finals = plan.final_runs(CONFIRM, "icml2024", lambda group, key: {"gr": 0.2}[key])
-    assert len(finals) == 120  # with the 9 tuning runs, the plan's 129
+    assert len(finals) == 140  # with the 9 tuning runs, the plan's 129 and decoupled GR's 20
     seeds = Counter((s.group, s.variant.key) for s in finals)
     assert seeds == {
         ("width64", "adam"): 20,
@@ -160,6 +160,7 @@ def test_the_2024_part_tunes_gr_at_width_64_and_runs_the_plans_seeds():
         ("width64", "gr_warmup_zero"): 20,
         ("width64", "gr_warmup_r"): 10,
         ("width64", "gr_warmup_lambda"): 10,
+        ("width64", "gr_decoupled"): 20,
         ("width32", "adam"): 10,
         ("width32", "gr"): 10,
         ("width128", "adam"): 10,
@@ -171,11 +172,11 @@ def test_the_2024_part_tunes_gr_at_width_64_and_runs_the_plans_seeds():
     assert {s.config.model.model_name for s in finals} == {"ViT1D_32", "ViT1D_64", "ViT1D_128"}
     # The plan's cuts: 1 drops the warmups' seeds 5–9, 2 the small and large widths' 6–9.
     rules = Counter(budget.cut_rule(s) for s in finals)
-    assert rules == {0: 120 - 10 - 16, 1: 10, 2: 16}
+    assert rules == {0: 140 - 10 - 16, 1: 10, 2: 16}
 
 
-def test_the_confirmatory_family_has_the_plans_18_rows():
-    assert plan.family_size(plan.CONFIRMATORY, CONFIRM) == 18
+def test_the_confirmatory_family_has_the_plans_19_rows():
+    assert plan.family_size(plan.CONFIRMATORY, CONFIRM) == 19  # with decoupled GR's row 13
     assert plan.family_size(plan.DECLARED, plan.SCALES["full"]) == 4 * 2 + 2 * 2
 
 

@@ -30,7 +30,7 @@ A run lives in ``OUT/<part>/<stage>/<group>/<variant>/r<r>/seed<k>``; it is fini
 shard 1 is ``--only=icml2022``, shard 2 ``--only=icml2024``): one λ = α·r grid for every
 penalized variant, chosen on 4,000 validation signals with flipped labels over three tuning
 seeds; matched-λ SAM, the released form's term alone at r = 1e-4 and an lr ablation; GR's r
-tuned for the 2024 part, 20 seeds at width 64 and three widths; one Holm family of 18 rows
+tuned for the 2024 part, 20 seeds at width 64 and three widths; one Holm family of 19 rows
 on the paired t-test, with the exact sign test and a bootstrap over test signals (every final
 run saves which test signals it gets right) beside it; and the plan's budget rule
 (``budget``), decided once from the measured ``cpu_seconds``.

@@ -613,7 +613,7 @@ def write_report(
             f"## The confirmatory family (paired by seed; Holm over its "
             f"{confirmatory['family_size']} rows on the t-test's p, a row not run yet counted "
             f"at p = 1)\n\n{confirmatory_table(rows)}\n\nDecoupled GR (the plan's row 13) "
-            "is not implemented, so it was not run and is not in the family.\n"
+            "joined the family before shard 2 started.\n"
         )
     elif rows:
         sections.append(
