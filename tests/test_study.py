@@ -239,9 +239,8 @@ def test_plan_sizes_and_progress_line(tmp_path):
     assert len(finals) == 2 * 5 * 10 and {s.config.use_test_set for s in finals} == {True}
     assert {s.seed for s in finals[:10]} == {0} and len({s.group for s in finals[:10]}) == 2
     vits = plan.final_runs(scale, "icml2024", lambda group, key: 0.1)
-    assert len(vits) == 2 * 8 * 3
-    decoupled = [s for s in vits if s.variant.key == "gr_decoupled"]
-    assert decoupled and {s.config.gnp.decoupled for s in decoupled} == {True}
+    assert len(vits) == 2 * 7 * 3  # the first study's variants: decoupled GR is the confirm's
+    assert {s.config.gnp.decoupled for s in vits} == {False}
     assert {s.config.model.model_name for s in vits} == {"ViT1D_32", "ViT1D_64"}
     no_warmup = [s for s in vits if s.variant.key == "gr_no_lr_warmup"]
     assert {s.config.warmup_epochs for s in no_warmup} == {0}

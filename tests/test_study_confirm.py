@@ -170,6 +170,8 @@ def test_the_2024_part_tunes_gr_at_width_64_and_runs_the_plans_seeds():
     assert {s.r for s in finals if s.variant.key != "adam"} == {0.2}
     assert {s.r for s in finals if s.variant.key == "adam"} == {0.1}
     assert {s.config.model.model_name for s in finals} == {"ViT1D_32", "ViT1D_64", "ViT1D_128"}
+    decoupled = {(s.variant.key == "gr_decoupled", s.config.gnp.decoupled) for s in finals}
+    assert decoupled == {(True, True), (False, False)}
     # The plan's cuts: 1 drops the warmups' seeds 5–9, 2 the small and large widths' 6–9.
     rules = Counter(budget.cut_rule(s) for s in finals)
     assert rules == {0: 140 - 10 - 16, 1: 10, 2: 16}

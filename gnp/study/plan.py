@@ -18,6 +18,17 @@ from gnp.study.report import tidy, validation_errors
 PARTS = ("icml2022", "icml2024")
 # The first study's 2022 variants (the confirmatory scale drops α = 0.5 and adds controls).
 FIRST_2022 = ("sgd", "sam", "gnp_paper", "gnp_released", "gnp_alpha0.5")
+# The first study's 2024 variants, at every width of a scale without a ``design_2024`` (the
+# confirmatory design adds decoupled GR, so rerunning the first study starts no new runs).
+FIRST_2024 = (
+    "adam",
+    "gr",
+    "gr_warmup_r",
+    "gr_warmup_lambda",
+    "gr_warmup_zero",
+    "adam_no_lr_warmup",
+    "gr_no_lr_warmup",
+)
 # The confirmatory study's plan (issue 26), committed before any of its runs.
 PLAN_FILE = Path(__file__).resolve().parents[2] / "docs" / "study" / "plan.md"
 RUN_FILE = "study_run.json"
@@ -448,9 +459,7 @@ def final_runs(scale: Scale, part: str, chosen_r: Callable[[str, str], float]) -
         ]
     bases = {width: icml2024_config(scale, width) for width in scale.widths}
     design = scale.design_2024 or [
-        (width, variant.key, len(scale.seeds_2024))
-        for width in scale.widths
-        for variant in ICML2024_VARIANTS
+        (width, key, len(scale.seeds_2024)) for width in scale.widths for key in FIRST_2024
     ]
     tuned_group = f"width{scale.tune_width_2024}"
     return [
