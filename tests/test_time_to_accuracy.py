@@ -210,3 +210,69 @@ def test_write_doc_before_the_json_exists_is_one_error_line(tmp_path, capsys):
         tta.main(["--write_doc", f"--json={tmp_path / 'none.json'}"])
     err = capsys.readouterr().err
     assert "error: " in err and "does not exist yet: run the benchmark" in err
+
+
+def test_the_prose_numbers_of_the_tuned_run_come_from_its_json():
+    """Every number in docs/benchmarks.md's list under the tuned table, recomputed from the
+    committed JSON: a rerun that changes one fails here until the prose follows."""
+    summary = read_json(
+        ROOT / "docs" / "figures" / "time_to_accuracy_mnist1d_noise30_tuned.json", ""
+    )
+    rows, timing = summary["variants"], summary["timing"]
+    doc = (ROOT / "docs" / "benchmarks.md").read_text()
+    prose = doc[doc.index("What it shows, for this one task") : doc.index("### Before the plan")]
+    prose = " ".join(prose.split())
+    head = doc[doc.index("**Measured 2026-12-03**") : doc.index("<!-- table from")]
+
+    def pct(value: float) -> str:
+        return f"{100 * value:.1f}"
+
+    def kept(key: str) -> str:
+        low, high = rows[key]["retention_ci95"]
+        return f"{pct(rows[key]['retention_mean'])} % ({pct(low)} to {pct(high)} %)"
+
+    cheap = [k for k, row in rows.items() if row.get("meets_target_tested")]
+    assert sorted(cheap) == ["ESAM", "reuse_k10", "reuse_k5"]
+    assert "Three cheap variants" in prose and max(rows[k]["holm_p"] for k in cheap) < 1e-9
+    esam = rows["ESAM"]
+    assert esam["knob_value"] == 0.25 and (
+        esam["passes_x_plain"],
+        round(esam["seconds_x_plain"], 2),
+    ) == (1.25, 1.21)
+    assert "keeps 99.6 % (95 % CI 99.3 to 100.0 %)" in prose and kept("ESAM").endswith(
+        "(99.3 to 100.0 %)"
+    )
+    assert pct(esam["retention_mean"]) == "99.6"
+    errors = {k: f"{100 * rows[k]['mean_test_error']:.2f} %" for k in ("ESAM", "GNP", "plain")}
+    assert (
+        f"{errors['ESAM']} test error against GNP's {errors['GNP']} and plain's {errors['plain']}"
+        in prose
+    )
+    for key in ("reuse_k5", "reuse_k10", "RST", "window", "MSAM"):
+        assert kept(key) in prose, key
+    for key, cost in (("reuse_k5", "(1.20×, 1.19×)"), ("reuse_k10", "(1.10×, 1.10×)")):
+        row = rows[key]
+        assert (
+            f"({row['passes_x_plain']:.2f}×, {row['seconds_x_plain']:.2f}×)" == cost
+            and cost in prose
+        )
+        assert row["r"] == 0.5 and rows["GNP"]["r"] == 0.7
+    gap = max(abs(row["passes_x_plain"] - row["seconds_x_plain"]) for row in rows.values())
+    assert 0.05 < gap <= 0.06 and "within 0.06×" in prose
+    assert f"k = 2 keeps {pct(rows['reuse_k2']['retention_mean'])} % but costs 1.50×" in prose
+    assert rows["reuse_k2"]["passes_x_plain"] == 1.5
+    assert rows["RST"]["knob_value"] == 0.5 == max(run["value"] for run in summary["tuning"]["RST"])
+    assert rows["MSAM"]["r"] == max(summary["args"]["r_grid"]) == 1.0
+    msam = {}
+    for run in summary["tuning"]["MSAM"]:
+        msam.setdefault(run["r"], []).append(run["error"])
+    means = {r: f"{100 * float(np.mean(e)):.2f} %" for r, e in msam.items()}
+    assert f"({means[0.7]} at r = 0.7, {means[1.0]} at r = 1)" in prose
+    before, after = (timing[f"load_average_{when}"][0] for when in ("before", "after"))
+    assert f"load average {before:.2f} before the step timing, {after:.2f} after" in " ".join(
+        head.split()
+    )
+    assert f"{summary['cpu_seconds']:,.0f} s of CPU" in head
+    n_tuning = sum(len(runs) for runs in summary["tuning"].values())
+    n_final = sum(len(row["per_seed_final_test_error"]) for row in rows.values())
+    assert f"{n_tuning + n_final} runs, {n_tuning} tuning and {n_final} final" in head
