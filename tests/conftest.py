@@ -33,3 +33,23 @@ def finished_run(tmp_path_factory):
     working_dir = tmp_path_factory.mktemp("finished") / "run"
     train_and_evaluate(tiny_config(total_epochs=2), str(working_dir))
     return working_dir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cheap_compiles(request):
+    """In a file marked ``compile_bound``, XLA compiles without its expensive passes: those
+    files compile many small steps (sharded, multi-device, per-metric) and run each a few
+    times, so optimizing them costs more than it saves (measured per file, paired, on a cold
+    compilation cache). The level is part of the compilation cache's key, so the two never
+    share an entry. Files whose time is computation keep the default (there, level 0 is
+    several times slower)."""
+    if request.node.get_closest_marker("compile_bound") is None:
+        yield
+        return
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)

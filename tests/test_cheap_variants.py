@@ -14,6 +14,8 @@ from gnp.train import build
 from gnp.train.config import validate_config
 from gnp.train.steps import step_kind
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 R, ALPHA = 0.3, 0.8
 
 

@@ -24,6 +24,8 @@ from gnp.train.distributed import replicate, shard_batch
 from gnp.train.objective import LossConfig
 from gnp.train.steps import make_train_step
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 R, ALPHA = 0.3, 0.8
 
 

@@ -27,6 +27,8 @@ from gnp.train.objective import LossConfig
 from gnp.train.state import create_train_state
 from gnp.train.steps import make_train_step
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 HERE = os.path.dirname(__file__)
 LR = 0.5
 

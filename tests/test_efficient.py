@@ -11,6 +11,8 @@ from test_gradient import mlp_data, mlp_params, tanh_mlp, tree_max_rel_error
 import gnp
 from gnp import efficient
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 R, ALPHA = 0.1, 0.8
 
 

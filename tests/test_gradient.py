@@ -9,6 +9,8 @@ from jax.sharding import PartitionSpec as P
 
 import gnp
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 
 def tanh_mlp(params, x, y):
     h = jnp.tanh(x @ params["w1"] + params["b1"])

@@ -22,6 +22,8 @@ from step_harness import applied_gradient, assert_close, loss_gradient, problem
 from gnp.gr_schedule import GRSchedule
 from gnp.options import GNPOptions
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 R, ALPHA, WARMUP = 0.3, 0.8, 10
 
 

@@ -31,6 +31,8 @@ from gnp.train.objective import LossConfig
 from gnp.train.state import create_train_state
 from gnp.train.steps import make_train_step
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 
 class WideMLP(nn.Module):
     """Most of its parameters in leaves that 4 devices divide; one replicated bias (10)."""

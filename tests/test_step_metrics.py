@@ -30,6 +30,8 @@ from gnp.train.objective import LossConfig
 from gnp.train.state import create_train_state
 from gnp.train.steps import make_train_step
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 LR, R, ALPHA = 0.5, 0.1, 0.8
 SHARDS = 4
 

@@ -14,6 +14,8 @@ from gnp.train.checkpoint import Checkpoints
 from gnp.train.loop import train_and_evaluate
 from gnp.train.stops import NonFiniteError, Preempted
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 
 def tiny_config(**overrides):
     config = default.get_config()

@@ -22,6 +22,8 @@ from gnp.train.config import validate_config
 from gnp.train.loop import train_and_evaluate
 from gnp.train.workdir import ConfigChanged
 
+pytestmark = pytest.mark.compile_bound  # conftest: its compiles skip XLA's expensive passes
+
 OLD_RUNS = Path(__file__).parent / "fixtures" / "old_runs"
 NAMES = sorted(p.name for p in OLD_RUNS.iterdir() if p.is_dir())
 RECORDS = ("config.json", "config_history.jsonl", "metrics.jsonl")
