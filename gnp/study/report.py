@@ -514,10 +514,11 @@ def figure3_section(runs: Sequence[dict[str, Any]]) -> str:
 # Figures.
 
 
-def _band(axes: Any, x: np.ndarray, curves: np.ndarray, label: str) -> None:
-    """Mean over seeds (rows) with its 95 % t band; the band needs two seeds."""
+def _band(axes: Any, x: np.ndarray, curves: np.ndarray, label: str, **style: Any) -> None:
+    """Mean over seeds (rows) with its 95 % t band; the band needs two seeds. ``style``: the
+    line's matplotlib keywords."""
     mean = curves.mean(axis=0)
-    (line,) = axes.plot(x, mean, label=label)
+    (line,) = axes.plot(x, mean, label=label, **style)
     if len(curves) > 1:
         low, high = np.transpose([statistics.t_interval(column) for column in curves.T])
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -600,14 +601,16 @@ def plot_figure3(runs: Sequence[dict[str, Any]], path: Path) -> Path:
     is zero, so that panel leaves it out)."""
     figure = Figure(figsize=(20, 4), layout="constrained")
     panels = dict(zip(FIGURE3_NORMS, figure.subplots(1, len(FIGURE3_NORMS)), strict=True))
-    for members in _settings(runs).values():
+    for index, members in enumerate(_settings(runs).values()):
         epochs = np.asarray([row["epoch"] for row in members[0]["curve"]])
         series = [figure3_series(run) for run in members]
+        # One colour per setting in every panel; markers: a one-epoch run is a point.
+        style = {"color": f"C{index}", "marker": ".", "markersize": 3}
         for key, axes in panels.items():
             values = [s[key] for s in series]
             if any(v is None for curve in values for v in curve) or not np.any(values):
                 continue  # not logged (an older trainer), or zero (α = 1's term)
-            _band(axes, epochs, np.asarray(values, np.float64), members[0]["label"])
+            _band(axes, epochs, np.asarray(values, np.float64), members[0]["label"], **style)
     r = ", ".join(sorted({f"{run['r']:g}" for run in runs}))
     for key, axes in panels.items():
         axes.set_title(f"{runs[0]['group']}, r = {r}: {FIGURE3_NORMS[key]}")
