@@ -402,7 +402,7 @@ def mix_term_norms(
 FIGURE3_NORMS = {
     "clean_gradient_norm": "clean ‖g1‖",
     "perturbed_gradient_norm": "perturbed ‖g2‖",
-    "term": "(1 − α) term",
+    "term": "‖(1 − α) term‖",
     "combined_gradient_norm": "combined ‖g‖ (the released trainer's log)",
 }
 
@@ -418,9 +418,9 @@ def figure3_series(run: dict[str, Any]) -> dict[str, list[float | None]]:
 def _settings(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Runs by variant (a setting: α and mix), in the order they ran, each in seed order."""
     settings: dict[str, list[dict[str, Any]]] = {}
-    for run in sorted(runs, key=lambda run: run["seed"]):
+    for run in runs:
         settings.setdefault(run["variant"], []).append(run)
-    return dict(sorted(settings.items(), key=lambda item: runs.index(item[1][0])))
+    return {key: sorted(members, key=lambda run: run["seed"]) for key, members in settings.items()}
 
 
 def figure3_table(runs: Sequence[dict[str, Any]]) -> str:
@@ -503,6 +503,8 @@ def confirmatory_sections(
 
 
 def figure3_section(runs: Sequence[dict[str, Any]]) -> str:
+    """Figure 3's table, headed by what its runs are (validation, not the family) and how the
+    (1 − α) term is computed, so the numbers read without the code."""
     return (
         "Figure 3 at one r (descriptive, validation runs; last epoch, mean over seeds; the "
         "(1 − α) term: (1 − α)·‖g1‖ under the paper's mix, 1 − α under the released one)\n\n"
