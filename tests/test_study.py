@@ -64,6 +64,11 @@ def test_numbers_come_from_the_runs(smoke_2022):
         # ‖g1‖ per epoch: ``clean_gradient_norm`` where the trainer logs it, else gradient_norm.
         clean = final.get("clean_gradient_norm", final["gradient_norm"])
         assert run["curve"][-1]["clean_gradient_norm"] == clean
+        # ‖g2‖ where there is one (SAM's GNP steps), None for SGD's plain steps.
+        perturbed = run["curve"][-1]["perturbed_gradient_norm"]
+        assert perturbed == final.get("perturbed_gradient_norm")
+        assert (perturbed is None) == (run["variant"] == "sgd")
+    assert "figure3" not in results["icml2022"]  # the first study's scales have no Figure 3 runs
 
 
 @pytest.mark.slow

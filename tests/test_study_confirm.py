@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from gnp.analysis import statistics
-from gnp.study import budget, plan
+from gnp.study import budget, measure, plan
 from gnp.study import main as study_main
 from gnp.study import report as study_report
 from gnp.train.run import load_run
+from gnp.train.workdir import read_metrics
 
 CONFIRM = plan.SCALES["confirm"]
 
@@ -177,6 +178,94 @@ def test_the_2024_part_tunes_gr_at_width_64_and_runs_the_plans_seeds():
     assert rules == {0: 140 - 10 - 16, 1: 10, 2: 16}
 
 
+def test_figure3_runs_are_five_settings_at_gnp_papers_r_on_clean_labels(tmp_path):
+    # GNP (paper) chose r = 0.7 on clean labels, 1.4 on flipped ones; SAM chose 0.4.
+    chosen = {("noise0", "gnp_paper"): 0.7, ("noise0.3", "gnp_paper"): 1.4, ("noise0", "sam"): 0.4}
+    pick = lambda group, key: chosen.get((group, key), 0.05)
+    runs = plan.figure3_runs(CONFIRM, pick)
+    assert len(runs) == 5 * 3
+    settings = {s.variant.key: (s.config.gnp.alpha, s.config.gnp.norm_perturbations) for s in runs}
+    assert settings == {
+        "fig3_a0.5_paper": (0.5, False),
+        "fig3_a0.5_released": (0.5, True),
+        "fig3_a0.8_paper": (0.8, False),
+        "fig3_a0.8_released": (0.8, True),
+        "fig3_a1": (1.0, False),  # α = 1: the (1 − α) term is zero under either mix
+    }
+    assert Counter(s.seed for s in runs) == {0: 5, 1: 5, 2: 5}
+    assert {s.r for s in runs} == {0.7} and {s.group for s in runs} == {"noise0"}
+    assert {s.config.gnp.r for s in runs} == {0.7}
+    assert {s.config.dataset.label_noise for s in runs} == {0.0}
+    # Held out: validation split, never the test set (and no curvature: not "final").
+    assert {s.stage for s in runs} == {"figure3"}
+    assert {s.config.use_test_set for s in runs} == {False}
+    assert {(s.config.model.model_name, s.config.total_epochs) for s in runs} == {("CNN1D_64", 60)}
+    assert runs[1].directory(Path("OUT")) == Path(
+        "OUT/icml2022/figure3/noise0/fig3_a0.5_released/r0.7/seed0"
+    )
+    family = {key for c in plan.CONFIRMATORY for key in (c.a, c.b)}
+    assert not family & set(settings)
+    # Outside the budget's cuts and projection, inside the plan's run count (the ETA).
+    core, cuts = study_main.icml2022_runs(CONFIRM, pick, tmp_path)
+    assert "figure3" not in {s.stage for s in core + cuts[3]}
+    args = study_main.parse_args(["--mode=confirm"])
+    planned = study_main.planned_runs(CONFIRM, args, tmp_path, "icml2022")
+    assert Counter(s.stage for s in planned) == {"final": 120, "lr": 48, "figure3": 15}
+    # The smoke scale's first (only) noise level and its one final seed.
+    smoke = plan.figure3_runs(plan.SCALES["confirm_smoke"], pick)
+    assert {(s.group, s.r, s.seed) for s in smoke} == {("noise0.3", 1.4, 0)} and len(smoke) == 5
+    # The first study's scales start no Figure 3 runs.
+    for mode in ("full", "smoke", "pilot", "wide_r", "wider_r", "widest_r", "wider_r_clean"):
+        assert plan.figure3_runs(plan.SCALES[mode], pick) == []
+
+
+def test_figure3_mix_term_and_table_by_hand(tmp_path):
+    curve = [{"clean_gradient_norm": 2.0}, {"clean_gradient_norm": 0.5}]
+    # Paper mix: ‖(1 − α)·g1‖ = (1 − α)·‖g1‖; released: ‖(1 − α)·g1/‖g1‖‖ = 1 − α.
+    assert study_report.mix_term_norms(curve, 0.8, False) == pytest.approx([0.4, 0.1])
+    assert study_report.mix_term_norms(curve, 0.5, False) == pytest.approx([1.0, 0.25])
+    assert study_report.mix_term_norms(curve, 0.8, True) == pytest.approx([0.2, 0.2])
+    assert study_report.mix_term_norms(curve, 1.0, False) == [0.0, 0.0]
+
+    def run(variant, seed, clean, perturbed, combined, normalized):
+        rows = [
+            {"epoch": 1, "clean_gradient_norm": 9.0, "combined_gradient_norm": 9.0},
+            {"epoch": 2, "clean_gradient_norm": clean, "combined_gradient_norm": combined},
+        ]
+        for row in rows:
+            if perturbed is not None:  # an older run's curve lacks the key
+                row["perturbed_gradient_norm"] = perturbed
+        mix = {"alpha": 0.8, "norm_perturbations": normalized}
+        named = {"group": "noise0", "variant": variant, "label": f"{variant} label"}
+        return named | {"seed": seed, "r": 0.7, "curve": rows} | mix
+
+    runs = [
+        run("paper", 1, 0.3, 1.0, 0.5, False),
+        run("paper", 0, 0.1, 2.0, 0.3, False),
+        run("released", 0, 0.1, None, 0.4, True),
+    ]
+    # Paper: ‖g1‖ (0.1 + 0.3)/2 = 0.2, ‖g2‖ 1.5, term 0.2·0.2 = 0.04, combined 0.4.
+    assert study_report.figure3_table(runs).splitlines()[2:] == [
+        "| noise0 | paper label | 0.7 | 2 | 0.200 | 1.500 | 0.040 | 0.400 |",
+        "| noise0 | released label | 0.7 | 1 | 0.100 | — | 0.200 | 0.400 |",
+    ]
+    assert study_report.plot_figure3(runs, tmp_path / "f.png").stat().st_size > 0
+
+
+def test_epoch_curve_reads_the_perturbed_norm_where_logged(tmp_path):
+    rows = [
+        {"epoch": 1, "gradient_norm": 0.5, "clean_gradient_norm": 0.2, "train_loss": 1.0},
+        {"epoch": 2, "gradient_norm": 0.4, "clean_gradient_norm": 0.1, "train_loss": 0.5},
+    ]
+    rows[1]["perturbed_gradient_norm"] = 0.3  # epoch 1 had no GNP step
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps(row | {"train_error_rate": 0.1}) + "\n" for row in rows)
+    )
+    curve = measure.epoch_curve(tmp_path)
+    assert [row["perturbed_gradient_norm"] for row in curve] == [None, 0.3]
+    assert [row["combined_gradient_norm"] for row in curve] == [0.5, 0.4]
+
+
 def test_the_confirmatory_family_has_the_plans_19_rows():
     assert plan.family_size(plan.CONFIRMATORY, CONFIRM) == 19  # with decoupled GR's row 13
     assert plan.family_size(plan.DECLARED, plan.SCALES["full"]) == 4 * 2 + 2 * 2
@@ -295,6 +384,19 @@ def test_confirm_smoke_end_to_end(tmp_path):
         plan.family_size(plan.CONFIRMATORY, plan.SCALES["confirm_smoke"])
     }
     assert all(row["test_signal_bootstrap"]["resamples"] == 10_000 for row in rows)
+    # Figure 3: five settings at GNP (paper)'s chosen r in the first noise level, held out.
+    figure3 = part["figure3"]
+    mixes = {f"fig3_a{alpha}_{mix}" for alpha in (0.5, 0.8) for mix in ("paper", "released")}
+    assert {run["variant"] for run in figure3} == mixes | {"fig3_a1"} and len(figure3) == 5
+    assert {run["r"] for run in figure3} == {part["chosen"]["noise0.3/gnp_paper"]["r"]}
+    assert {run["use_test_set"] for run in figure3} == {False}
+    assert not any("trace" in run for run in figure3)  # no curvature measured
+    for run in figure3:  # every setting is penalized: ‖g2‖ in every epoch
+        metrics = read_metrics(str(tmp_path / run["directory"] / "metrics.jsonl"))
+        perturbed = [row["perturbed_gradient_norm"] for row in run["curve"]]
+        assert perturbed == [row["perturbed_gradient_norm"] for row in metrics]
+        assert min(perturbed) > 0
+    assert (tmp_path / "icml2022_figure3.png").stat().st_size > 0
 
 
 def test_tables_in_lambda_and_the_lr_ablation_by_hand():

@@ -33,7 +33,10 @@ seeds; matched-λ SAM, the released form's term alone at r = 1e-4 and an lr abla
 tuned for the 2024 part, 20 seeds at width 64 and three widths; one Holm family of 19 rows
 on the paired t-test, with the exact sign test and a bootstrap over test signals (every final
 run saves which test signals it gets right) beside it; and the plan's budget rule
-(``budget``), decided once from the measured ``cpu_seconds``.
+(``budget``), decided once from the measured ``cpu_seconds``. Last, descriptive and outside
+the family and the budget: Figure 3's runs (stage ``figure3``), α = 0.5 and 0.8 under both
+mixes and α = 1 at the r GNP (paper) chose on clean labels, on validation, with ‖g1‖, ‖g2‖
+and the combined norm per epoch.
 
 The package: ``plan`` (the design: scales, variants, contrasts, runs, the choice of r), ``run``
 (running the runs resumably, in shards, with an ETA), ``measure`` (what is measured of a run),

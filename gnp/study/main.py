@@ -31,6 +31,7 @@ from gnp.study.plan import (
     default_r,
     distinct,
     family_size,
+    figure3_runs,
     final_runs,
     lr_ablation_runs,
     part_tuning_runs,
@@ -185,6 +186,26 @@ def icml2024_runs(
     return [s for s, rule in zip(finals, rules, strict=True) if not rule], cuts
 
 
+def descriptive_runs(scale: Scale, pick: Any, part: str) -> list[RunSpec]:
+    """The part's runs outside the family and the budget cuts (Figure 3's), run last so that
+    they never delay a run the family needs."""
+    return figure3_runs(scale, pick) if part == "icml2022" else []
+
+
+def figure3_records(specs: list[RunSpec], out: Path) -> list[dict[str, Any]]:
+    """Figure 3's finished runs with their curves, each with the α and mix that its (1 − α)
+    term's norm needs (``report.mix_term_norms``)."""
+    variants = {spec.variant.key: spec.variant for spec in specs}
+    return [
+        run
+        | {
+            "alpha": variants[run["variant"]].alpha,
+            "norm_perturbations": variants[run["variant"]].overrides["gnp.norm_perturbations"],
+        }
+        for run in finished_runs(specs, out)
+    ]
+
+
 def run_part(
     scale: Scale,
     args: argparse.Namespace,
@@ -194,18 +215,24 @@ def run_part(
     planned: list[RunSpec],
 ) -> dict[str, Any]:
     """Tuning (every shard's), then the final runs at the chosen r (for 2022 with the lr
-    ablation, on the tuning seeds) as the plan's budget rule allows."""
+    ablation, on the tuning seeds) as the plan's budget rule allows, then the descriptive
+    runs (Figure 3's)."""
     pick, result = tune(scale, args, out, progress, part)
     split = (icml2022_runs if part == "icml2022" else icml2024_runs)(scale, pick, out)
     core, cuts = split
-    progress.replan(planned, select(core + [s for rule in cuts.values() for s in rule], args))
+    extra = descriptive_runs(scale, pick, part)
+    every = core + [s for rule in cuts.values() for s in rule] + extra
+    progress.replan(planned, select(every, args))
     decision = run_with_cuts(scale, args, out, progress, part, split)
+    run_all(select(extra, args), out, scale, progress)
     if part == "icml2022" and scale.lr_grid:
         ablation = finished_runs(lr_ablation_runs(scale, pick), out)
         result["lr_ablation"] = [strip(run) for run in ablation]
     if decision is not None:
         result["budget"] = decision
     result["runs"] = finished_runs(final_runs(scale, part, pick), out)
+    if extra:
+        result["figure3"] = figure3_records(extra, out)
     return result
 
 
@@ -213,7 +240,8 @@ def planned_runs(scale: Scale, args: argparse.Namespace, out: Path, part: str) -
     """A part's runs after its tuning as far as known before it (see ``planned_r``)."""
     pick = planned_r(select(part_tuning_runs(scale, part), args, sharded=False), out, scale)
     core, cuts = (icml2022_runs if part == "icml2022" else icml2024_runs)(scale, pick, out)
-    return select(core + [s for rule in cuts.values() for s in rule], args)
+    extra = descriptive_runs(scale, pick, part)
+    return select(core + [s for rule in cuts.values() for s in rule] + extra, args)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

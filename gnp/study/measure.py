@@ -151,11 +151,15 @@ def clean_validation_error(run: Run) -> float:
 
 
 def epoch_curve(directory: Path) -> list[dict[str, float]]:
-    """Per epoch: the clean mini-batch ‖g1‖ and the combined gradient's norm.
+    """Per epoch: the clean mini-batch ‖g1‖, the perturbed ‖g2‖ and the combined gradient's
+    norm (Figure 3's, ``report.plot_figure3``).
 
     ``clean_gradient_norm`` is ‖g1‖ and ``gradient_norm`` the combined (clipped) gradient's
     norm, as the released trainer logs it. A trainer older than that split logs ‖g1‖ as
     ``gradient_norm`` only: then ‖g1‖ is read from it and the combined norm is absent.
+    ``perturbed_gradient_norm`` (the mean over the epoch's GNP steps) is None in an epoch
+    without one (a plain run) or from a trainer that did not log it; runs measured before it
+    was recorded lack the key, so readers use ``.get``.
     """
     rows = []
     for row in read_metrics(str(directory / "metrics.jsonl")):
@@ -166,6 +170,7 @@ def epoch_curve(directory: Path) -> list[dict[str, float]]:
                 "epoch": row["epoch"],
                 "clean_gradient_norm": clean,
                 "combined_gradient_norm": combined,
+                "perturbed_gradient_norm": row.get("perturbed_gradient_norm"),
                 "train_loss": row["train_loss"],
                 "train_error_rate": row["train_error_rate"],
             }

@@ -70,6 +70,11 @@ class Scale:
     r_grid_2024: tuple[float, ...] = ()
     tune_width_2024: int = 64
     design_2024: tuple[tuple[int, str, int], ...] = ()
+    # Figure 3 of the 2022 paper (descriptive: outside the family and the budget cuts): these
+    # α at one r on the first noise level and the first ``figure3_seeds`` final seeds (empty:
+    # no such runs, as in the first study's scales).
+    figure3_alphas: tuple[float, ...] = ()
+    figure3_seeds: int = 3
 
     def vit(self, width: int) -> tuple[str, dict[str, Any]]:
         """The 2024 part's model name and ``model_params`` at ``width``."""
@@ -185,6 +190,7 @@ SCALES["confirm"] = dataclasses.replace(
         (128, "adam", 10),
         (128, "gr", 10),
     ),
+    figure3_alphas=(0.5, 0.8, 1.0),
 )
 # The confirmatory scale's machinery on the digits set (a test's size).
 SCALES["confirm_smoke"] = dataclasses.replace(
@@ -318,7 +324,9 @@ class RunSpec:
     """One training run: where it lives and the config it trains."""
 
     part: str
-    stage: str  # "tune", "lr" (the lr ablation; both on validation) or "final" (on test)
+    # "tune", "lr" (the lr ablation), "figure3" (Figure 3's norms; these three on validation)
+    # or "final" (on test)
+    stage: str
     group: str  # "noise0.3", "width64"
     variant: Variant
     r: float
@@ -375,10 +383,10 @@ def icml2024_config(scale: Scale, width: int) -> ml_collections.ConfigDict:
 def make_run(
     part: str, stage: str, group: str, variant: Variant, r: float, seed: int, base: Any
 ) -> RunSpec:
-    """``stage`` "final" is evaluated on the test split, "tune" and "lr" on validation."""
+    """``stage`` "final" is evaluated on the test split, every other stage on validation."""
     config = base.copy_and_resolve_references()
     overrides = {**variant.overrides, "gnp.r": r, "seeds": seed, "init_seeds": seed}
-    held_out = stage != "final"  # tuning and ablation runs never see the test set
+    held_out = stage != "final"  # tuning, ablation and Figure 3 runs never see the test set
     overrides["use_test_set"] = not held_out
     # Only validation labels are ever flipped (the base says whether this scale does).
     overrides["dataset.flip_validation_labels"] = held_out and base.dataset.flip_validation_labels
@@ -502,6 +510,43 @@ def lr_ablation_runs(
         for r in (chosen_r(group, key),)
         for lr in scale.lr_grid
         for seed in scale.tune_seeds
+    ]
+
+
+# Figure 3's two ways of mixing g1 into the gradient (``gnp.norm_perturbations``).
+MIXES = {"paper": False, "released": True}
+
+
+def figure3_variants(alphas: Sequence[float]) -> list[Variant]:
+    """Each α < 1 under both mixes, α = 1 once: its (1 − α) term is zero, so the mixes are one
+    (SAM)."""
+    variants = []
+    for alpha in alphas:
+        if alpha >= 1:
+            overrides = {"gnp.alpha": alpha, "gnp.norm_perturbations": False}
+            label = f"α={alpha:g} (SAM: both mixes)"
+            variants.append(Variant(f"fig3_a{alpha:g}", label, overrides))
+            continue
+        for mix, normalized in MIXES.items():
+            overrides = {"gnp.alpha": alpha, "gnp.norm_perturbations": normalized}
+            term = "(1−α)·g1/‖g1‖" if normalized else "(1−α)·g1"
+            label = f"α={alpha:g}, {mix} mix {term} + α·g2"
+            variants.append(Variant(f"fig3_a{alpha:g}_{mix}", label, overrides))
+    return variants
+
+
+def figure3_runs(scale: Scale, chosen_r: Callable[[str, str], float]) -> list[RunSpec]:
+    """Figure 3's runs (descriptive): every setting at GNP paper's chosen r in the scale's first
+    noise level (the confirmatory scale's 0 %: the paper's clean labels), so that their norms
+    differ by α and mix alone; seed-major, on validation (a stage other than "final")."""
+    if not scale.figure3_alphas:
+        return []
+    group = f"noise{scale.label_noise[0]:g}"
+    base, r = icml2022_groups(scale)[group], chosen_r(group, "gnp_paper")
+    return [
+        make_run("icml2022", "figure3", group, variant, r, seed, base)
+        for seed in scale.seeds_2022[: scale.figure3_seeds]
+        for variant in figure3_variants(scale.figure3_alphas)
     ]
 
 

@@ -381,6 +381,64 @@ def gradient_norm_table(results: dict[str, Any], labels: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def mix_term_norms(
+    curve: Sequence[dict[str, Any]], alpha: float, norm_perturbations: bool
+) -> list[float]:
+    """Per epoch, the norm of the (1 − α) term of the mix: ‖(1 − α)·g1‖ under the paper's mix,
+    ‖(1 − α)·g1/‖g1‖‖ under the released one.
+
+    Computed from the logged values because it is exact, so no run needs to log it: a norm is
+    absolutely homogeneous, so ‖(1 − α)·g1‖ = |1 − α|·‖g1‖ at every step, and the epoch's mean
+    of it is |1 − α| times the epoch's mean ‖g1‖ (``clean_gradient_norm``); g1/‖g1‖ has norm 1,
+    so the released term's norm is |1 − α| at every step. (The study's runs are on one device,
+    every step a GNP step at a constant α: the g1 logged is the one mixed.)"""
+    factor = abs(1.0 - alpha)
+    if norm_perturbations:
+        return [factor for _ in curve]
+    return [factor * row["clean_gradient_norm"] for row in curve]
+
+
+# Figure 3's norms: the key of each in a figure3 run's curve (the (1 − α) term's is computed).
+FIGURE3_NORMS = {
+    "clean_gradient_norm": "clean ‖g1‖",
+    "perturbed_gradient_norm": "perturbed ‖g2‖",
+    "term": "‖(1 − α) term‖",
+    "combined_gradient_norm": "combined ‖g‖ (the released trainer's log)",
+}
+
+
+def figure3_series(run: dict[str, Any]) -> dict[str, list[float | None]]:
+    """A Figure 3 run's four norms per epoch (None where its trainer did not log one)."""
+    curve = run["curve"]
+    series = {key: [row.get(key) for row in curve] for key in FIGURE3_NORMS if key != "term"}
+    series["term"] = mix_term_norms(curve, run["alpha"], run["norm_perturbations"])
+    return {key: series[key] for key in FIGURE3_NORMS}
+
+
+def _settings(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs by variant (a setting: α and mix), in the order they ran, each in seed order."""
+    settings: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        settings.setdefault(run["variant"], []).append(run)
+    return {key: sorted(members, key=lambda run: run["seed"]) for key, members in settings.items()}
+
+
+def figure3_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Figure 3's four norms at the last epoch, per setting, mean over seeds."""
+    names = " | ".join(FIGURE3_NORMS.values())
+    lines = [f"| group | setting | r | seeds | {names} |", "|---|---|---|---|" + "---|" * 4]
+    for members in _settings(runs).values():
+        last = [{k: v[-1] for k, v in figure3_series(run).items()} for run in members]
+        cells = [
+            "—" if None in values else f"{np.mean(values):.3f}"
+            for values in ([row[key] for row in last] for key in FIGURE3_NORMS)
+        ]
+        first = members[0]
+        head = f"| {first['group']} | {first['label']} | {first['r']:g} | {len(members)} | "
+        lines.append(head + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def correlations(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Spearman's ρ of each curvature measure with test error, over a group's final runs."""
     runs = results["runs"]
@@ -444,13 +502,25 @@ def confirmatory_sections(
     return sections
 
 
+def figure3_section(runs: Sequence[dict[str, Any]]) -> str:
+    """Figure 3's table, headed by what its runs are (validation, not the family) and how the
+    (1 − α) term is computed, so the numbers read without the code."""
+    return (
+        "Figure 3 at one r (descriptive, validation runs; last epoch, mean over seeds; the "
+        "(1 − α) term: (1 − α)·‖g1‖ under the paper's mix, 1 − α under the released one)\n\n"
+        + figure3_table(runs)
+        + "\n"
+    )
+
+
 # Figures.
 
 
-def _band(axes: Any, x: np.ndarray, curves: np.ndarray, label: str) -> None:
-    """Mean over seeds (rows) with its 95 % t band; the band needs two seeds."""
+def _band(axes: Any, x: np.ndarray, curves: np.ndarray, label: str, **style: Any) -> None:
+    """Mean over seeds (rows) with its 95 % t band; the band needs two seeds. ``style``: the
+    line's matplotlib keywords."""
     mean = curves.mean(axis=0)
-    (line,) = axes.plot(x, mean, label=label)
+    (line,) = axes.plot(x, mean, label=label, **style)
     if len(curves) > 1:
         low, high = np.transpose([statistics.t_interval(column) for column in curves.T])
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -523,6 +593,32 @@ def plot_gradient_norms(results: dict[str, Any], labels: dict[str, str], path: P
             axes.set_yscale("log")
             if axes.lines:
                 axes.legend(fontsize=7)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_figure3(runs: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Figure 3 at one r: per epoch ‖g1‖, ‖g2‖, the (1 − α) term's norm and the combined
+    gradient's, each setting's mean over seeds with a 95 % band, on a log scale (α = 1's term
+    is zero, so that panel leaves it out)."""
+    figure = Figure(figsize=(20, 4), layout="constrained")
+    panels = dict(zip(FIGURE3_NORMS, figure.subplots(1, len(FIGURE3_NORMS)), strict=True))
+    for index, members in enumerate(_settings(runs).values()):
+        epochs = np.asarray([row["epoch"] for row in members[0]["curve"]])
+        series = [figure3_series(run) for run in members]
+        # One colour per setting in every panel; markers: a one-epoch run is a point.
+        style = {"color": f"C{index}", "marker": ".", "markersize": 3}
+        for key, axes in panels.items():
+            values = [s[key] for s in series]
+            if any(v is None for curve in values for v in curve) or not np.any(values):
+                continue  # not logged (an older trainer), or zero (α = 1's term)
+            _band(axes, epochs, np.asarray(values, np.float64), members[0]["label"], **style)
+    r = ", ".join(sorted({f"{run['r']:g}" for run in runs}))
+    for key, axes in panels.items():
+        axes.set_title(f"{runs[0]['group']}, r = {r}: {FIGURE3_NORMS[key]}")
+        axes.set_xlabel("epoch")
+        axes.set_yscale("log")
+    panels["clean_gradient_norm"].legend(fontsize=7)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
@@ -602,6 +698,9 @@ def write_report(
                     results[part], labels[part], out / "icml2022_gradient_norms.png"
                 )
             )
+            if results[part].get("figure3"):
+                sections.append(figure3_section(results[part]["figure3"]))
+                figures.append(plot_figure3(results[part]["figure3"], out / "icml2022_figure3.png"))
         else:
             if confirmatory and results[part].get("tuning"):
                 sections += confirmatory_sections(results[part], labels[part], confirmatory)
