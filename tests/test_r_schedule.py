@@ -174,7 +174,6 @@ def tiny_gsam_r(step, *, r=0.05, r_min=0.01):
     return r_min + (r - r_min) * lr / 0.1, lr
 
 
-@pytest.mark.slow  # a short run: compiles its GNP step (about 10 s on an idle 2-core machine)
 def test_the_logged_r_of_a_run_follows_the_learning_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "plot_training_curves", lambda *args: None)  # not tested here
     config = tiny_config(
@@ -225,7 +224,6 @@ def test_a_run_from_before_the_keys_trained_with_constant_r(tmp_path):
     )
 
 
-@pytest.mark.slow  # trains an epoch more: compiles its step (about 10 s on an idle 2-core machine)
 def test_a_run_from_before_the_keys_resumes_with_constant_r(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(loop, "plot_training_curves", lambda *args: None)
     run = tmp_path / "run"
