@@ -234,3 +234,13 @@ def test_a_run_from_before_the_keys_resumes_with_constant_r(tmp_path, capsys, mo
     epochs = [line for line in read_jsonl(run) if "train_loss" in line]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[2]["r"] == pytest.approx(0.05) and epochs[2]["alpha"] == pytest.approx(0.8)
+
+
+def test_the_dry_run_names_the_r_schedule():
+    from gnp.main import main
+
+    config = default.get_config()
+    config.update_from_flattened_dict({"gnp.r_schedule": "lr_proportional", "gnp.r_min": 0.01})
+    assert main.describe_gradient(validate_config(config)) == (
+        "r = 0.05, α = 0.8 (λ = α·r = 0.04), r ∝ learning rate (GSAM), from gnp.r_min = 0.01 to r"
+    )
