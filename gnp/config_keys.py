@@ -76,6 +76,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Decoupled GR (after WSAM's decouple): the optimizer steps on the clean gradient g1 alone,
     # the penalty part (g − g1) joins the update outside it, at the step's learning rate.
     config.gnp.decoupled = False
+    # ρ schedule: "constant" (r at every step) or "lr_proportional" (GSAM's ρ_t: r follows the
+    # learning rate, from gnp.r_min at its smallest to gnp.r at its largest; docs/training.md).
+    config.gnp.r_schedule = "constant"
+    config.gnp.r_min = 0.0  # lr_proportional's r at the smallest learning rate; 0 <= r_min <= r
     config.gr_warmup_strategy = "none"  # none | r | lambda | zero
     config.use_hybrid_training = False
     config.hybrid_config = ml_collections.ConfigDict()

@@ -5,6 +5,18 @@ Over the first ``warmup_steps`` (the learning-rate warmup):
   ``lambda`` α rises linearly from 0, r fixed;
   ``zero``   plain steps, no gradient regularization at all;
   ``none``   GNP with the configured r and α from the first step.
+The r a warmup ramps is itself scheduled (``r_schedule``): ``constant`` is the configured r at
+every step; ``lr_proportional`` is GSAM's ρ_t (Zhuang et al., "Surrogate Gap Guided
+Sharpness-Aware Minimization", ICLR 2022), r proportional to the learning rate between
+``r_min`` and r:
+
+    r_t = r_min + (r − r_min) · (lr_t − lr_min) / (lr_max − lr_min)     (r_t = r if lr_max = lr_min)
+
+lr_t the step's learning rate, lr_max and lr_min the largest and smallest over the run's steps
+(the formula and the lr_max = lr_min case as in big_vision's ``gsam_gradient``,
+``big_vision/trainers/proj/gsam/gsam.py``, checked 2026-12-04; there lr_max and lr_min are
+config values, here they are read off the schedule once on the host). The r warmup's ramp
+multiplies r_t.
 Hybrid training makes each step a GNP step with probability ``p(step)``, else a
 plain one. As in the released code, the config's ``schedule_function`` is called
 with the keys of ``hybrid_config`` and returns ``step ↦ p``; the released (and
@@ -30,6 +42,7 @@ from gnp.choices import check_choice
 from gnp.options import GNPOptions
 
 WARMUP_STRATEGIES = ("none", "r", "lambda", "zero")
+R_SCHEDULES = ("constant", "lr_proportional")
 Probability = Callable[[int], float]
 # Where this module lived before 2026-12 (``config.json`` files of older runs name functions there).
 MOVED_FROM = {"gnp.train.gr_schedule.": "gnp.gr_schedule."}
@@ -105,6 +118,15 @@ def _checked(probability: Probability, step: int) -> float:
     return p
 
 
+def learning_rate_range(
+    learning_rate: Callable[[Any], Any], total_steps: int
+) -> tuple[float, float]:
+    """(lr_min, lr_max) of ``learning_rate`` over the steps 0 … total_steps − 1, evaluated once
+    on the host (as float32, the values the step computes)."""
+    rates = np.asarray(jax.vmap(learning_rate)(jnp.arange(max(total_steps, 1))), np.float32)
+    return float(rates.min()), float(rates.max())
+
+
 @dataclasses.dataclass(frozen=True)
 class GRSchedule:
     r: float
@@ -113,10 +135,31 @@ class GRSchedule:
     warmup_steps: int = 0
     hybrid_p: float | Probability | None = None  # None: no hybrid training
     seed: int = 0
+    r_schedule: str = "constant"
+    r_min: float = 0.0
+    # lr_proportional: step ↦ learning rate (the optimizer's schedule) and the run's step count.
+    learning_rate: Callable[[Any], Any] | None = None
+    total_steps: int = 0
+    lr_range: tuple[float, float] | None = dataclasses.field(init=False, default=None)
 
     def __post_init__(self) -> None:
         check_choice(self.strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
+        check_choice(self.r_schedule, R_SCHEDULES, "gnp.r_schedule")
         GNPOptions(r=self.r, alpha=self.alpha)  # r and α checked where every GNP option is
+        if not 0 <= self.r_min <= self.r:
+            raise ValueError(
+                f"gnp.r_min must lie in [0, gnp.r] = [0, {self.r}], got {self.r_min}; set "
+                "gnp.r_min between 0 and gnp.r (or raise gnp.r)"
+            )
+        if self.r_schedule == "lr_proportional":
+            if self.learning_rate is None or self.total_steps < 1:
+                raise ValueError(
+                    "gnp.r_schedule='lr_proportional' needs the learning-rate schedule and the "
+                    "run's step count (GRSchedule learning_rate= and total_steps=)"
+                )
+            object.__setattr__(
+                self, "lr_range", learning_rate_range(self.learning_rate, self.total_steps)
+            )
         if self.hybrid_p is not None:
             _checked(self.probability, 0)
 
@@ -146,15 +189,28 @@ class GRSchedule:
     def _warms_up(self) -> bool:
         return self.warmup_steps > 0 and self.strategy in ("r", "lambda")
 
+    def scheduled_r(self, step: jax.Array | int) -> float | jax.Array:
+        """r at ``step`` before any warmup: the configured r (``constant``, a Python float) or
+        GSAM's r_t (``lr_proportional``, traced: the learning rate is computed in the step)."""
+        if self.lr_range is None:
+            return self.r
+        lr_min, lr_max = self.lr_range
+        if lr_max == lr_min:
+            return self.r
+        lr = jnp.asarray(self.learning_rate(step), jnp.float32)
+        return self.r_min + (self.r - self.r_min) * (lr - lr_min) / (lr_max - lr_min)
+
     def values(self, step: jax.Array | int) -> tuple[float | jax.Array, float | jax.Array]:
-        """(r, α) of a GNP step at ``step``: traced while ``r`` or ``lambda`` warms up (a
-        warmup never recompiles), else the configured numbers, concrete; zeros when no step
-        can use GNP. The step logs the values it used (a plain step: zeros)."""
+        """(r, α) of a GNP step at ``step``: traced while ``r`` or ``lambda`` warms up or r
+        follows the learning rate (neither ever recompiles), else the configured numbers,
+        concrete; zeros when no step can use GNP. The step logs the values it used (a plain
+        step: zeros)."""
         if not self.penalized:
             return 0.0, 0.0
+        r = self.scheduled_r(step)
         if not self._warms_up():
-            return self.r, self.alpha
+            return r, self.alpha
         ramp = jnp.minimum(jnp.asarray(step, jnp.float32) / self.warmup_steps, 1.0)
-        r = self.r * ramp if self.strategy == "r" else self.r
+        r = r * ramp if self.strategy == "r" else r
         alpha = self.alpha * ramp if self.strategy == "lambda" else self.alpha
         return r, alpha

@@ -128,6 +128,11 @@ def describe_gradient(config: Any) -> str:
     warmup = config.gr_warmup_strategy
     return ", ".join(
         [f"r = {options.r}, α = {options.alpha} (λ = α·r = {lam:.4g})", *others]
+        + (
+            [f"r ∝ learning rate (GSAM), from gnp.r_min = {config.gnp.r_min} to r"]
+            if config.gnp.r_schedule == "lr_proportional"
+            else []
+        )
         + ([f"GR warmup: {warmup} over {config.warmup_epochs} epochs"] if warmup != "none" else [])
         + (
             [f"hybrid: GNP with probability {config.hybrid_config.p}"]

@@ -129,7 +129,9 @@ def decoupled_gr(config: Any) -> bool:
 
 
 def gr_schedule(config: Any, steps_per_epoch: int) -> GRSchedule:
-    """Which steps are GNP steps, and their r and α at each step."""
+    """Which steps are GNP steps, and their r and α at each step (``gnp.r_schedule``
+    ``lr_proportional``: r follows the learning-rate schedule of the optimizer)."""
+    proportional = config.gnp.r_schedule == "lr_proportional"
     return GRSchedule(
         r=config.gnp.r,
         alpha=config.gnp.alpha,
@@ -141,6 +143,10 @@ def gr_schedule(config: Any, steps_per_epoch: int) -> GRSchedule:
             else None
         ),
         seed=config.seeds,
+        r_schedule=config.gnp.r_schedule,
+        r_min=config.gnp.r_min,
+        learning_rate=learning_rate_schedule(config, steps_per_epoch) if proportional else None,
+        total_steps=config.total_epochs * steps_per_epoch if proportional else 0,
     )
 
 

@@ -29,7 +29,6 @@ from gnp.choices import check_choice, did_you_mean
 from gnp.config_keys import get_base_config, ignored_key_notices
 from gnp.data import dataset_names
 from gnp.errors import one_line
-from gnp.gr_schedule import WARMUP_STRATEGIES, hybrid_probability
 from gnp.models.layers import BATCH_NORM_AXIS_FIELD
 from gnp.optim import has_momentum, learning_rate_schedule, optimizer_kwargs
 from gnp.train import build
@@ -319,10 +318,10 @@ def validate_config(config: Any) -> Any:
     check_choice(config.dataset.dataset_name, dataset_names(), "dataset.dataset_name")
     optimizer_kwargs(config.opt.opt_type, config.opt.opt_params)
     learning_rate_schedule(config, steps_per_epoch=1)  # lr_schedule_type: checked where it is used
-    check_choice(config.gr_warmup_strategy, WARMUP_STRATEGIES, "gr_warmup_strategy")
     _check_gnp(config)
-    if config.use_hybrid_training:
-        hybrid_probability(config.schedule_function, config.hybrid_config)
+    # gr_warmup_strategy, gnp.r_schedule, gnp.r_min and the hybrid probability: checked where
+    # they are used.
+    build.gr_schedule(config, steps_per_epoch=1)
     check_choice(config.model.dtype, models.DTYPES, "model.dtype")
     _check_sync_batch_norm(config.model)
     _check_switch(config, "shard_params", "shard_params")
