@@ -22,6 +22,7 @@ from gnp.data.label_noise import RelabeledSplit
 from gnp.optim import learning_rate_schedule
 from gnp.study.plan import RUN_FILE, RunSpec, Scale
 from gnp.study.report import TEST_CORRECT
+from gnp.train.checkpoint import gnp_version
 from gnp.train.loop import train_and_evaluate
 from gnp.train.objective import model_variables
 from gnp.train.run import Run, load_run, params_loss, split_batches
@@ -231,6 +232,8 @@ def execute(spec: RunSpec, out: Path, scale: Scale) -> dict[str, Any]:
         result |= {"error_rate": 1.0, "diverged": str(error)}
     # Wall time depends on what else runs; CPU time (all threads) is what to plan with.
     result["seconds"] = time.perf_counter() - started
+    # A study runs over days and commits: each run names the gnp (and commit) that made it.
+    result["gnp_version"] = gnp_version()
     result["cpu_seconds"] = time.process_time() - cpu_started
     directory.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(json_ready(result), indent=1) + "\n")
