@@ -268,6 +268,17 @@ def test_the_prose_numbers_of_the_tuned_run_come_from_its_json():
         msam.setdefault(run["r"], []).append(run["error"])
     means = {r: f"{100 * float(np.mean(e)):.2f} %" for r, e in msam.items()}
     assert f"({means[0.7]} at r = 0.7, {means[1.0]} at r = 1)" in prose
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:-1]) + " and " + items[-1]
+
+    for key, unit in (("ESAM", "f"), ("RST", "p")):
+        by_value: dict = {}
+        for run in summary["tuning"][key]:
+            by_value.setdefault(run["value"], []).append(run["error"])
+        errors = listed([f"{100 * float(np.mean(e)):.2f}" for e in by_value.values()])
+        values = listed([f"{value:g}" for value in by_value])
+        assert f"{key} {errors} % at {unit} = {values}" in prose, key
     before, after = (timing[f"load_average_{when}"][0] for when in ("before", "after"))
     assert f"load average {before:.2f} before the step timing, {after:.2f} after" in " ".join(
         head.split()
