@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 from pathlib import Path
 
 import jax
@@ -16,14 +15,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-import gnp
 from gnp.files import DamagedFile
 from gnp.optim import learning_rate_schedule
 from gnp.study import main as study_main
 from gnp.study import measure, plan
 from gnp.study import report as study_report
 from gnp.study import run as study_run
-from gnp.train.checkpoint import Checkpoints
+from gnp.train.checkpoint import Checkpoints, gnp_version
 from gnp.train.run import load_run
 from gnp.train.workdir import read_metrics
 
@@ -324,12 +322,7 @@ def test_a_diverged_run_is_finished_with_the_worst_error(tmp_path, monkeypatch):
     spec = plan.tuning_runs(dataclasses.replace(scale, r_grid=(0.05, 5.0)))[1]
     result = measure.execute(spec, tmp_path, scale)
     assert result["error_rate"] == 1.0 and result["diverged"] == "loss is nan at step 7"
-    checkout = Path(gnp.__file__).resolve().parents[1]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
-    ).stdout.strip()
-    expected = f"{gnp.__version__} (commit {commit})" if commit else gnp.__version__
-    assert result["gnp_version"] == expected
+    assert result["gnp_version"] == gnp_version()  # its format: tests/test_gnp_version.py
     assert json.loads((spec.directory(tmp_path) / plan.RUN_FILE).read_text()) == result
     assert plan.choose_r([result, {**result, "r": 0.05, "error_rate": 0.9}]) == {
         (spec.group, spec.variant.key): 0.05
