@@ -56,6 +56,7 @@ from gnp.files import read_json, write_json_atomically, write_text_atomically
 from gnp.gr_schedule import penalty_window
 from gnp.study import plan
 from gnp.train import build
+from gnp.train.checkpoint import gnp_version
 from gnp.train.config import validate_config
 from gnp.train.distributed import replicate, shard_batch
 from gnp.train.loop import train_and_evaluate
@@ -469,6 +470,7 @@ def summarize(runs: dict[str, Any], timing: dict[str, Any], scale: Scale) -> dic
             "r_tuned": True,
             "r_grid": list(R_GRID[: scale.grid_size]),
             "plan": "docs/cheap_gr_plan.md",
+            "gnp_version": gnp_version(),  # the gnp that summarized (and timed) the runs
             "target": f"retention >= {TARGET_RETENTION} at <= {TARGET_COST}x plain's passes "
             "and seconds, one-sided t test Holm-corrected over the cheap variants at 5 %",
         },

@@ -106,6 +106,7 @@ def test_finished_runs_are_skipped_and_the_report_rebuilt(smoke_2022):
     assert metrics.stat().st_mtime_ns == written
     assert again["icml2022"]["runs"][0] == results["icml2022"]["runs"][0]
     assert results["plan_commit"] == again["plan_commit"] == plan.plan_commit()
+    assert results["gnp_version"] == gnp_version()
 
 
 def test_a_torn_results_file_is_refused_naming_it_and_the_fix(tmp_path):

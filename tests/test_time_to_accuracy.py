@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import time_to_accuracy as tta  # noqa: E402
 
 from gnp.files import read_json  # noqa: E402
+from gnp.train.checkpoint import gnp_version  # noqa: E402
 
 
 def test_the_lowest_mean_validation_error_wins_and_a_tie_goes_to_the_cheaper_value():
@@ -132,6 +133,7 @@ def test_summary_costs_retention_and_holm_by_hand():
     summary = tta.summarize(runs, timing, tta.SCALES["full"])
     rows = summary["variants"]
     assert summary["args"]["r_tuned"] is True and summary["args"]["seeds"] == list(range(10))
+    assert summary["args"]["gnp_version"] == gnp_version()  # the gnp that summarized the runs
     assert rows["reuse_k5"]["passes_x_plain"] == pytest.approx(1.2)
     assert rows["reuse_k5"]["seconds_x_plain"] == pytest.approx(1.2)
     assert rows["RST"]["seconds_x_plain"] == pytest.approx(1.4)

@@ -41,6 +41,7 @@ from gnp.study.plan import (
 )
 from gnp.study.report import write_report
 from gnp.study.run import Progress, finished_runs, planned_r, run_all, select, strip, wait_for
+from gnp.train.checkpoint import gnp_version
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -266,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = read_json(path, fix) if path.exists() else {}
     results["mode"] = args.mode
     results["plan_commit"] = plan_commit()
+    results["gnp_version"] = gnp_version()  # the gnp that wrote the report (each run: its own)
     results["scale"] = dataclasses.asdict(scale)
     for part in parts:
         started = time.perf_counter()
