@@ -63,6 +63,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow  # a BatchNorm model's whole training run: about 12 s
 def test_batchnorm_model_trains_with_accumulation(tmp_path):
     train_and_evaluate(tiny_config(grad_accum_steps=2), str(tmp_path))
     lines = read_jsonl(tmp_path / "metrics.jsonl")

@@ -174,6 +174,7 @@ def tiny_gsam_r(step, *, r=0.05, r_min=0.01):
     return r_min + (r - r_min) * lr / 0.1, lr
 
 
+@pytest.mark.slow  # a whole training run: about 11 s
 def test_the_logged_r_of_a_run_follows_the_learning_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "plot_training_curves", lambda *args: None)  # not tested here
     config = tiny_config(
