@@ -123,7 +123,7 @@ def learning_rate_range(
 ) -> tuple[float, float]:
     """(lr_min, lr_max) of ``learning_rate`` over the steps 0 … total_steps − 1, evaluated once
     on the host (as float32, the values the step computes)."""
-    rates = np.asarray(jax.vmap(learning_rate)(jnp.arange(max(total_steps, 1))), np.float32)
+    rates = np.asarray(jax.vmap(learning_rate)(jnp.arange(total_steps)), np.float32)
     return float(rates.min()), float(rates.max())
 
 

@@ -28,9 +28,9 @@ def test_every_train_and_study_module_has_its_row():
     assert set(re.findall(r"`(\w+\.py)`", study_row)) == {p.name for p in modules("study")}
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(tree: ast.Module) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -43,9 +43,10 @@ def test_train_never_imports_the_config_files_and_stays_small():
     train = modules("train")
     assert len(train) <= 11
     for path in train:
-        configs = sorted(n for n in imported_modules(path) if n.startswith("gnp.configs"))
+        tree = ast.parse(path.read_text())
+        configs = sorted(n for n in imported_modules(tree) if n.startswith("gnp.configs"))
         assert not configs, f"{path.name} imports {configs}"
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef):
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 100, f"{path.name}:{node.name} is {length} lines"
