@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from gnp.analysis import statistics
 from gnp.analysis.plots import json_ready
+from gnp.study import wording
 
 TEST_CORRECT = "test_correct.npy"  # a final run's per-signal test correctness (gnp.study.measure)
 
@@ -452,6 +453,87 @@ def correlations(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return table
 
 
+FLATNESS = ("top_eigenvalue", "trace")
+
+
+def _rank_test(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    return {
+        "rho": statistics.spearman(x, y),
+        "permutation_p": statistics.spearman_permutation_p(x, y),
+        "n": len(x),
+    }
+
+
+def flatness(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What flatness ranks (descriptive): per group and measure, Spearman's ρ with test error
+    within each variant (over its seeds: does the flatter seed generalize better?) and between
+    variants (over variant means, with and without SGD: does the flatter method?). The first
+    study pooled both, which let the between-variant gap stand for a within-variant law."""
+    runs = results["runs"]
+    table = {}
+    for group in _groups(runs):
+        variants = {key: list(by_seed(runs, group, key).values()) for key in _variants(runs)}
+        variants = _distinct({key: members for key, members in variants.items() if members})
+        entry: dict[str, Any] = {}
+        for measure in FLATNESS:
+            within = {
+                key: _rank_test([m[measure] for m in members], [m["error_rate"] for m in members])
+                for key, members in variants.items()
+            }
+            means = {
+                key: (np.mean([m[measure] for m in ms]), np.mean([m["error_rate"] for m in ms]))
+                for key, ms in variants.items()
+            }
+            between = {}
+            for name, keys in (
+                ("all", list(means)),
+                ("without SGD", [k for k in means if k != "sgd"]),
+            ):
+                between[name] = _rank_test([means[k][0] for k in keys], [means[k][1] for k in keys])
+            entry[measure] = {"within": within, "between": between}
+        table[group] = entry
+    return table
+
+
+def _distinct(variants: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The variants whose runs are not another's (matched-λ SAM shares SAM's runs where the
+    two λ coincide: counted once, or the between-variant ρ would count one method twice)."""
+    seen, kept = set(), {}
+    for key, members in variants.items():
+        runs = frozenset(member.get("directory", f"{key}/{i}") for i, member in enumerate(members))
+        if runs not in seen:
+            seen.add(runs)
+            kept[key] = members
+    return kept
+
+
+def _variants(runs: Sequence[dict]) -> list[str]:
+    """Variant keys in the order their first run appears."""
+    return list(dict.fromkeys(run["variant"] for run in runs))
+
+
+def flatness_table(table: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
+    """``flatness``: ρ (permutation p, n) of λ₁ and of the trace with test error."""
+    cell = lambda t: (
+        f"— (n {t['n']})"
+        if math.isnan(t["rho"])
+        else f"{t['rho']:+.2f} (p {t['permutation_p']:.2g}, n {t['n']})"
+    )
+    lines = [
+        "| group | over | λ₁: ρ with test error (p, n) | trace: ρ with test error (p, n) |",
+        "|---|---|---|---|",
+    ]
+    for group, entry in table.items():
+        first = entry[FLATNESS[0]]
+        for key in first["within"]:
+            cells = " | ".join(cell(entry[m]["within"][key]) for m in FLATNESS)
+            lines.append(f"| {group} | seeds of {labels.get(key, key)} | {cells} |")
+        for name in first["between"]:
+            cells = " | ".join(cell(entry[m]["between"][name]) for m in FLATNESS)
+            lines.append(f"| {group} | variant means, {name} | {cells} |")
+    return "\n".join(lines)
+
+
 def gate(results: dict[str, Any]) -> dict[str, Any] | None:
     """SGD must memorize the flipped labels of the noisiest group (else: widen the model)."""
     runs = [
@@ -678,6 +760,12 @@ def write_report(
         sections.append(f"## {part}\n\n{variant_table(results[part], labels[part])}\n")
         report["correlations"][part] = correlations(results[part])
         figures.append(plot_test_errors(results[part], labels[part], out / f"{part}_errors.png"))
+        if confirmatory:
+            report.setdefault("flatness", {})[part] = flatness(results[part])
+            sections.append(
+                "What flatness ranks (descriptive; Spearman's ρ with test error, permutation p "
+                "uncorrected)\n\n" + flatness_table(report["flatness"][part], labels[part]) + "\n"
+            )
         if part == "icml2022":
             report["gate"] = gate(results[part])
             if confirmatory and results[part].get("tuning"):
@@ -708,11 +796,20 @@ def write_report(
                 plot_adam(results[part], labels[part], out / "icml2024_adam_moments.png")
             )
     if rows and confirmatory:
+        chosen = {
+            name: setting
+            for part in ("icml2022", "icml2024")
+            for name, setting in results.get(part, {}).get("chosen", {}).items()
+        }
+        every_label = {k: v for part_labels in labels.values() for k, v in part_labels.items()}
         sections.append(
             f"## The confirmatory family (paired by seed; Holm over its "
             f"{confirmatory['family_size']} rows on the t-test's p, a row not run yet counted "
             f"at p = 1)\n\n{confirmatory_table(rows)}\n\nDecoupled GR (the plan's row 13) "
-            "joined the family before shard 2 started.\n"
+            "joined the family before shard 2 started.\n\nVerdicts, worded by the rules fixed "
+            "before any error was read (`gnp/study/wording.py`)\n\n"
+            + wording.verdicts(rows, chosen, every_label)
+            + "\n"
         )
     elif rows:
         sections.append(
