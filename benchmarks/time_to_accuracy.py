@@ -54,9 +54,9 @@ from gnp.analysis.plots import json_ready
 from gnp.data import build_input_pipeline
 from gnp.files import read_json, write_json_atomically, write_text_atomically
 from gnp.gr_schedule import penalty_window
+from gnp.provenance import gnp_version
 from gnp.study import plan
 from gnp.train import build
-from gnp.train.checkpoint import gnp_version
 from gnp.train.config import validate_config
 from gnp.train.distributed import replicate, shard_batch
 from gnp.train.loop import train_and_evaluate

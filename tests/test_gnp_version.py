@@ -4,7 +4,7 @@ checkout it runs from, and a mark when its gnp/ differs from that commit."""
 import subprocess
 
 import gnp
-from gnp.train.checkpoint import checkout_version
+from gnp.provenance import checkout_version
 
 
 def git(repo, *args):

@@ -17,11 +17,12 @@ import pytest
 
 from gnp.files import DamagedFile
 from gnp.optim import learning_rate_schedule
+from gnp.provenance import gnp_version
 from gnp.study import main as study_main
 from gnp.study import measure, plan
 from gnp.study import report as study_report
 from gnp.study import run as study_run
-from gnp.train.checkpoint import Checkpoints, gnp_version
+from gnp.train.checkpoint import Checkpoints
 from gnp.train.run import load_run
 from gnp.train.workdir import read_metrics
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import time_to_accuracy as tta  # noqa: E402
 
 from gnp.files import read_json  # noqa: E402
-from gnp.train.checkpoint import gnp_version  # noqa: E402
+from gnp.provenance import gnp_version  # noqa: E402
 
 
 def test_the_lowest_mean_validation_error_wins_and_a_tie_goes_to_the_cheaper_value():

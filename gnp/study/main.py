@@ -13,6 +13,7 @@ import jax
 
 from gnp.analysis.plots import json_ready
 from gnp.files import read_json, write_json_atomically
+from gnp.provenance import gnp_version
 from gnp.study import __doc__ as study_doc
 from gnp.study.budget import BUDGET_FILE, LR_KEPT_BY_CUT, cut_rule, decide
 from gnp.study.plan import (
@@ -41,7 +42,6 @@ from gnp.study.plan import (
 )
 from gnp.study.report import write_report
 from gnp.study.run import Progress, finished_runs, planned_r, run_all, select, strip, wait_for
-from gnp.train.checkpoint import gnp_version
 
 
 def shard(text: str) -> tuple[int, int]:

@@ -20,9 +20,9 @@ from gnp.analysis.plots import json_ready
 from gnp.data import build_input_pipeline
 from gnp.data.label_noise import RelabeledSplit
 from gnp.optim import learning_rate_schedule
+from gnp.provenance import gnp_version
 from gnp.study.plan import RUN_FILE, RunSpec, Scale
 from gnp.study.report import TEST_CORRECT
-from gnp.train.checkpoint import gnp_version
 from gnp.train.loop import train_and_evaluate
 from gnp.train.objective import model_variables
 from gnp.train.run import Run, load_run, params_loss, split_batches

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from gnp.configs.default import get_config as default_config
+from gnp.provenance import git
 from gnp.study.report import tidy, validation_errors
 
 PARTS = ("icml2022", "icml2024")
@@ -589,13 +590,8 @@ def plan_commit(plan_file: Path = PLAN_FILE) -> str | None:
     """The git commit that last changed ``docs/study/plan.md`` (recorded in the results, so
     they show which declared plan they ran); None outside a git checkout."""
     try:
-        done = subprocess.run(
-            ["git", "log", "-1", "--format=%H", "--", plan_file.name],
-            cwd=plan_file.parent,
-            capture_output=True,
-            text=True,
-            check=True,
+        return (
+            git(plan_file.parent, "log", "-1", "--format=%H", "--", plan_file.name).strip() or None
         )
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() or None

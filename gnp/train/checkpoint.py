@@ -19,11 +19,9 @@ over its history.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
-import subprocess
 from typing import Any
 
 import grain
@@ -34,8 +32,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-import gnp
 from gnp.errors import one_line
+from gnp.provenance import gnp_version
 from gnp.train.state import TrainState
 from gnp.train.stops import NonFiniteError
 from gnp.train.workdir import NotWritable, how_to_start_over, run_id
@@ -117,36 +115,6 @@ class CheckpointMismatch(CheckpointError):
 
 class NoUsableCheckpoint(CheckpointError):
     """A working directory holds a run, but no checkpoint of it restores."""
-
-
-@functools.cache
-def gnp_version() -> str:
-    """This gnp's version and, when it runs from a git checkout of gnp, the commit: saved in
-    each checkpoint's meta, so that a checkpoint another version cannot read names its writer,
-    and in each study run's record."""
-    return checkout_version(os.path.dirname(os.path.dirname(os.path.realpath(gnp.__file__))))
-
-
-def checkout_version(checkout: str) -> str:
-    """gnp's version, with the commit of ``checkout`` when it is the top of a git checkout, and
-    a mark when its ``gnp/`` differs from that commit (the commit alone would then claim code
-    that did not run)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", checkout, *args], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-
-    try:
-        top, commit = git("rev-parse", "--show-toplevel", "--short", "HEAD").split()
-        modified = git("status", "--porcelain", "--untracked-files=no", "--", "gnp").strip()
-    except (OSError, subprocess.SubprocessError, ValueError):  # no git, or not a checkout
-        return gnp.__version__
-    # An installed gnp inside some other repository (a venv in a project) has no commit of its own.
-    if os.path.realpath(top) != os.path.realpath(checkout):
-        return gnp.__version__
-    mark = ", with uncommitted changes to gnp/" if modified else ""
-    return f"{gnp.__version__} (commit {commit}{mark})"
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
