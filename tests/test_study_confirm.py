@@ -348,7 +348,11 @@ def test_confirm_smoke_end_to_end(tmp_path):
     """The confirm scale's machinery on digits (one epoch, one seed): flipped validation with
     the clean error beside it, matched SAM, the lr ablation after the budget decision, and the
     saved per-signal test correctness that the bootstrap resamples."""
-    results = study_main.main(["--mode=confirm_smoke", f"--out={tmp_path}"])
+    published = tmp_path / "published.json"
+    results = study_main.main(
+        ["--mode=confirm_smoke", f"--out={tmp_path}", f"--publish={published}"]
+    )
+    assert json.loads(published.read_text()) == study_main.published(results)
     part = results["icml2022"]
     assert set(part["chosen"]) == {"noise0.3/sam", "noise0.3/gnp_paper"}
     assert results["plan_commit"] == plan.plan_commit()
@@ -431,3 +435,11 @@ def test_tables_in_lambda_and_the_lr_ablation_by_hand():
         "| noise0.3 | SGD | — | 10.00 (1) | 20.00 (1) |",
         "| noise0.3 | SAM | 8.00 (1) | 5.00 (2) | — |",
     ]
+
+
+def test_the_published_copy_keeps_six_significant_digits():
+    value = {"a": [0.123456789, 2, None, "x"], "b": {"c": 1234567.89, "d": -1.0000004e-7}}
+    assert study_main.published(value) == {
+        "a": [0.123457, 2, None, "x"],
+        "b": {"c": 1234570.0, "d": -1e-7},
+    }

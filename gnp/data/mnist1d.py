@@ -23,15 +23,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from gnp.data.source import ArraySplit, Source, SourceOptions, register_source
+from gnp.files import atomic_file
 
 NUM_CLASSES = 10
 SIGNAL_LENGTH = 40
@@ -102,14 +101,8 @@ def generate(sizes: Mnist1dSizes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, binary=True) as file:
+        np.savez(file, **arrays)
 
 
 def load_splits(sizes: Mnist1dSizes, data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

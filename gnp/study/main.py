@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import jax
 
 from gnp.analysis.plots import json_ready
-from gnp.files import read_json, write_json_atomically
+from gnp.files import read_json, write_json_atomically, write_text_atomically
 from gnp.provenance import gnp_version
 from gnp.study import __doc__ as study_doc
 from gnp.study.budget import BUDGET_FILE, LR_KEPT_BY_CUT, cut_rule, decide
@@ -89,6 +90,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="K/N: run every N-th run from the K-th (0-based), so that N processes share the "
         "study (e.g. 0/2 and 1/2 on 2 cores); the finals wait for every shard's tuning runs",
     )
+    parser.add_argument(
+        "--publish",
+        default="",
+        help="also write the results here, compact and every number to 6 significant digits "
+        "(the copy committed under docs/study/)",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.variants) - set(keys))
     if unknown:
@@ -97,6 +104,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parts = ", ".join(SCALES[args.mode].parts)
         parser.error(f"--mode={args.mode} has no part {args.only}; --only takes {parts}")
     return args
+
+
+def published(value: Any, digits: int = 6) -> Any:
+    """JSON-ready results with every float to ``digits`` significant digits: the committed
+    copy, half the size, and its numbers still far finer than any table quotes."""
+    if isinstance(value, dict):
+        return {key: published(item, digits) for key, item in value.items()}
+    if isinstance(value, list):
+        return [published(item, digits) for item in value]
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    return value
 
 
 def chosen_settings(scale: Scale, chosen: dict[tuple[str, str], float]) -> dict[str, Any]:
@@ -290,5 +309,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         report = write_report(results, out, declared=DECLARED, labels=labels)
     write_json_atomically(path, json_ready(results | report))
+    if args.publish:
+        text = json.dumps(published(json_ready(results | report)), separators=(",", ":"))
+        write_text_atomically(args.publish, text + "\n")
     print(report["markdown"])
     return read_json(path, fix)
