@@ -138,3 +138,23 @@ def test_flatness_within_and_between_variants_by_hand():
     text = study_report.flatness_table(study_report.flatness({"runs": runs}), LABELS)
     assert "| noise0 | seeds of SGD | -1.00 (p " in text
     assert "| noise0 | seeds of GNP α=0.8 (paper) | — (n 3) | — (n 3) |" in text
+
+
+def test_cost_counts_a_shared_run_once_by_hand():
+    def run(directory, seconds):
+        return {"directory": directory, "cpu_seconds": seconds}
+
+    results = {
+        "icml2022": {
+            "tuning": [run("t/a", 60.0), run("t/b", 90.0)],
+            # Matched SAM's record names SAM's folder: one run, 100 s, not two.
+            "runs": [run("f/sam/0", 100.0), run("f/sam/0", 100.0), run("f/sgd/0", 50.0)],
+        },
+        "icml2024": {"runs": [run("v/0", 3600.0)]},
+    }
+    table = study_report.cost(results)
+    assert table["icml2022"]["tuning"] == {"runs": 2, "cpu_hours": 150 / 3600, "mean_seconds": 75}
+    assert table["icml2022"]["final"]["runs"] == 2
+    assert table["icml2022"]["final"]["cpu_hours"] == pytest.approx(150 / 3600)
+    text = study_report.cost_table(table, 6)
+    assert text.splitlines()[-1] == "| all | | 5 | 1.08 (budget 6) | |"  # (150+150+3600)/3600

@@ -16,7 +16,7 @@ from gnp.analysis.plots import json_ready
 from gnp.files import read_json, write_json_atomically, write_text_atomically
 from gnp.provenance import gnp_version
 from gnp.study import __doc__ as study_doc
-from gnp.study.budget import BUDGET_FILE, LR_KEPT_BY_CUT, cut_rule, decide
+from gnp.study.budget import BUDGET_FILE, LR_KEPT_BY_CUT, SHARD_SECONDS, cut_rule, decide
 from gnp.study.plan import (
     CONFIRMATORY,
     DECLARED,
@@ -302,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "family_size": family_size(CONFIRMATORY, scale),
             "alphas": {v.key: v.alpha for v in (*ICML2022_VARIANTS, *ICML2024_VARIANTS)},
             "lr_grid": scale.lr_grid,
+            "budget_hours": 2 * SHARD_SECONDS / 3600,  # the plan's two shards
         }
         report = write_report(
             results, out, declared=CONFIRMATORY, labels=labels, confirmatory=confirmatory

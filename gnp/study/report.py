@@ -584,6 +584,43 @@ def confirmatory_sections(
     return sections
 
 
+STAGES = {"tuning": "tuning", "runs": "final", "lr_ablation": "lr ablation", "figure3": "Figure 3"}
+
+
+def cost(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """What the study cost, from each run's recorded ``cpu_seconds`` (user + system CPU of its
+    process, so two processes on 2 cores add up): per part and stage, the distinct runs (a
+    run two variants share, matched SAM's with SAM's, counted once), their total and mean."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for part in ("icml2022", "icml2024"):
+        for key, stage in STAGES.items():
+            distinct = {
+                run.get("directory", id(run)): run for run in results.get(part, {}).get(key, [])
+            }
+            seconds = [run["cpu_seconds"] for run in distinct.values() if "cpu_seconds" in run]
+            if seconds:
+                table.setdefault(part, {})[stage] = {
+                    "runs": len(seconds),
+                    "cpu_hours": float(np.sum(seconds)) / 3600,
+                    "mean_seconds": float(np.mean(seconds)),
+                }
+    return table
+
+
+def cost_table(table: dict[str, dict[str, dict[str, float]]], budget_hours: float) -> str:
+    lines = ["| part | stage | runs | CPU (h) | mean per run (s) |", "|---|---|---|---|---|"]
+    for part, stages in table.items():
+        for stage, entry in stages.items():
+            lines.append(
+                f"| {part} | {stage} | {entry['runs']} | {entry['cpu_hours']:.2f} "
+                f"| {entry['mean_seconds']:.1f} |"
+            )
+    total = sum(entry["cpu_hours"] for stages in table.values() for entry in stages.values())
+    runs = sum(entry["runs"] for stages in table.values() for entry in stages.values())
+    lines.append(f"| all | | {runs} | {total:.2f} (budget {budget_hours:g}) | |")
+    return "\n".join(lines)
+
+
 def figure3_section(runs: Sequence[dict[str, Any]]) -> str:
     """Figure 3's table, headed by what its runs are (validation, not the family) and how the
     (1 − α) term is computed, so the numbers read without the code."""
@@ -745,8 +782,9 @@ def write_report(
     """Tables (markdown), contrasts, correlations, the gate and figures of the parts run.
 
     ``confirmatory`` (the confirmatory scale's ``holm_on``, ``family_size``, ``alphas`` of its
-    variants and ``lr_grid``): one Holm family on the t-test's p with the test-signal
-    bootstrap, and its tables in λ."""
+    variants, ``lr_grid`` and ``budget_hours``, both shards'): one Holm family on the t-test's
+    p with the test-signal bootstrap, its tables in λ, flatness within and between variants,
+    the verdicts and what the study cost."""
     if confirmatory:
         family = {"holm_on": confirmatory["holm_on"], "family_size": confirmatory["family_size"]}
         rows = contrasts(results, declared, labels, out=out, **family)
@@ -795,6 +833,13 @@ def write_report(
             figures.append(
                 plot_adam(results[part], labels[part], out / "icml2024_adam_moments.png")
             )
+    if confirmatory:
+        report["cost"] = cost(results)
+        sections.append(
+            "What the study cost (each run's recorded cpu_seconds; descriptive)\n\n"
+            + cost_table(report["cost"], confirmatory["budget_hours"])
+            + "\n"
+        )
     if rows and confirmatory:
         chosen = {
             name: setting
