@@ -443,3 +443,36 @@ def test_the_published_copy_keeps_six_significant_digits():
         "a": [0.123457, 2, None, "x"],
         "b": {"c": 1234570.0, "d": -1e-7},
     }
+
+
+@pytest.mark.slow
+def test_the_2024_part_runs_end_to_end_on_digits(tmp_path, monkeypatch):
+    """Shard 2's path (GR's r tuned at width 64, every shard's tuning awaited, the finals of
+    ``design_2024`` with decoupled GR, the budget decision, the family's 2024 rows with their
+    bootstrap and verdicts) on digits, two epochs and two seeds: the plan's shard 2 runs for
+    hours, so its path is checked before, not found broken after."""
+    design = ((64, "adam", 2), (64, "gr", 2), (64, "gr_decoupled", 2))
+    design += ((32, "adam", 2), (32, "gr", 2), (128, "adam", 2), (128, "gr", 2))
+    scale = plan.SCALES["confirm_smoke"]
+    scale = plan.dataclasses.replace(
+        scale, parts=("icml2024",), epochs_2024=2, warmup_2024=1, design_2024=design
+    )
+    monkeypatch.setitem(plan.SCALES, "confirm_smoke", scale)
+    results = study_main.main(["--mode=confirm_smoke", "--only=icml2024", f"--out={tmp_path}"])
+    part = results["icml2024"]
+    assert {(run["r"], run["seed"]) for run in part["tuning"]} == {
+        (r, 100) for r in (0.05, 0.1, 0.2)
+    }
+    chosen = part["chosen"]["width64/gr"]["r"]
+    finals = Counter((run["group"], run["variant"]) for run in part["runs"])
+    assert finals == {(f"width{w}", key): n for w, key, n in design}
+    assert {run["r"] for run in part["runs"] if run["variant"] != "adam"} == {chosen}
+    assert part["budget"]["cuts"] == []
+    rows = {row["name"]: row for row in results["contrasts"]}
+    assert set(rows) == {"GR − Adam", "(GR − Adam) width128 − width32", "GR, decoupled − GR"}
+    assert {row["holm_family_size"] for row in rows.values()} == {13}  # one noise level: 6 + 7
+    assert all(row["test_signal_bootstrap"]["resamples"] == 10_000 for row in rows.values())
+    assert "- **(GR − Adam) width128 − width32** (width128 vs width32): " in results["markdown"]
+    # Adam's moments recorded for every step of the (short) run, decoupled GR's too.
+    decoupled = [run for run in part["runs"] if run["variant"] == "gr_decoupled"]
+    assert all(len(run["adam"]) == len(decoupled[0]["adam"]) > 0 for run in decoupled)

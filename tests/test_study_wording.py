@@ -134,10 +134,11 @@ def test_flatness_within_and_between_variants_by_hand():
     assert table["between"]["all"]["rho"] == pytest.approx(1.0)
     assert table["between"]["all"]["n"] == 3
     # Without SGD: SAM (2, 0.1) and GNP (4, 0.15), two points, ρ = +1.
-    assert table["between"]["without SGD"]["rho"] == pytest.approx(1.0)
+    assert table["between"]["without sgd"]["rho"] == pytest.approx(1.0)
     text = study_report.flatness_table(study_report.flatness({"runs": runs}), LABELS)
     assert "| noise0 | seeds of SGD | -1.00 (p " in text
     assert "| noise0 | seeds of GNP α=0.8 (paper) | — (n 3) | — (n 3) |" in text
+    assert "| noise0 | variant means, without SGD | +1.00 (p " in text
 
 
 def test_cost_counts_a_shared_run_once_by_hand():

@@ -464,11 +464,12 @@ def _rank_test(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     }
 
 
-def flatness(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def flatness(results: dict[str, Any], plain: str = "sgd") -> dict[str, dict[str, Any]]:
     """What flatness ranks (descriptive): per group and measure, Spearman's ρ with test error
     within each variant (over its seeds: does the flatter seed generalize better?) and between
-    variants (over variant means, with and without SGD: does the flatter method?). The first
-    study pooled both, which let the between-variant gap stand for a within-variant law."""
+    variants (over variant means, with and without the unpenalized ``plain``, SGD or Adam:
+    does the flatter method?). The first study pooled both, which let the between-variant gap
+    stand for a within-variant law. The between keys: "all" and "without <plain>"."""
     runs = results["runs"]
     table = {}
     for group in _groups(runs):
@@ -487,7 +488,7 @@ def flatness(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             between = {}
             for name, keys in (
                 ("all", list(means)),
-                ("without SGD", [k for k in means if k != "sgd"]),
+                (f"without {plain}", [k for k in means if k != plain]),
             ):
                 between[name] = _rank_test([means[k][0] for k in keys], [means[k][1] for k in keys])
             entry[measure] = {"within": within, "between": between}
@@ -530,7 +531,9 @@ def flatness_table(table: dict[str, dict[str, Any]], labels: dict[str, str]) -> 
             lines.append(f"| {group} | seeds of {labels.get(key, key)} | {cells} |")
         for name in first["between"]:
             cells = " | ".join(cell(entry[m]["between"][name]) for m in FLATNESS)
-            lines.append(f"| {group} | variant means, {name} | {cells} |")
+            without = name.removeprefix("without ")
+            said = name if name == without else f"without {labels.get(without, without)}"
+            lines.append(f"| {group} | variant means, {said} | {cells} |")
     return "\n".join(lines)
 
 
@@ -799,7 +802,8 @@ def write_report(
         report["correlations"][part] = correlations(results[part])
         figures.append(plot_test_errors(results[part], labels[part], out / f"{part}_errors.png"))
         if confirmatory:
-            report.setdefault("flatness", {})[part] = flatness(results[part])
+            plain = "sgd" if part == "icml2022" else "adam"
+            report.setdefault("flatness", {})[part] = flatness(results[part], plain)
             sections.append(
                 "What flatness ranks (descriptive; Spearman's ρ with test error, permutation p "
                 "uncorrected)\n\n" + flatness_table(report["flatness"][part], labels[part]) + "\n"
