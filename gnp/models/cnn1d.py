@@ -3,7 +3,7 @@
 Three convolutions (kernel 5, then 3, 3; the last two stride 2) with BatchNorm and ReLU,
 global average pooling, a linear head: about 20 k parameters at ``width=32``, enough to
 memorize MNIST-1D's 4,000 training signals with 30 % of their labels flipped, which the
-ICML 2022 noisy-label study needs (``docs/reproduction.md``).
+ICML 2022 noisy-label study needs (``docs/first_study.md``).
 """
 
 from __future__ import annotations

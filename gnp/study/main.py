@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=sorted(SCALES),
         default="full",
         help="full: the study (2.5 h of CPU; two --shard processes on 2 cores took 1 h 26 min, "
-        "docs/reproduction.md); pilot: every step on fewer runs (about 25 min of CPU); smoke: "
+        "docs/first_study.md); pilot: every step on fewer runs (about 25 min of CPU); smoke: "
         "the digits set, a check of the machinery (2 min on an idle 2-core machine, 7 on a shared "
         "one); wide_r: the follow-up with r up "
         "to 0.5 on flipped labels (icml2022 only); wider_r: the second, r up to 1.4; "

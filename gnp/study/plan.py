@@ -90,14 +90,14 @@ SCALES = {
     "full": Scale(
         dataset="mnist1d",
         # CNN1D_32 does not memorize 30 % flipped labels in 60 epochs (35 % of them still
-        # wrong); CNN1D_64 does (0 %), for the cost of CNN1D_32 in 100 (docs/reproduction.md).
+        # wrong); CNN1D_64 does (0 %), for the cost of CNN1D_32 in 100 (docs/first_study.md).
         model_2022="CNN1D_64",
         epochs_2022=60,
         epochs_2024=40,
         warmup_2024=8,
         label_noise=(0.0, 0.3),
         r_grid=(0.02, 0.05, 0.1, 0.2),
-        # One tuning seed and three ViT seeds: what fits 2.5 h on 2 cores (docs/reproduction.md).
+        # One tuning seed and three ViT seeds: what fits 2.5 h on 2 cores (docs/first_study.md).
         tune_seeds=(100,),
         seeds_2022=tuple(range(10)),
         seeds_2024=tuple(range(3)),
@@ -124,7 +124,7 @@ SCALES = {
 # A follow-up, not declared before the full study: with 30 % flipped labels every variant
 # chose the grid's largest r (0.2), so GNP against SAM was compared at the grid's edge. The
 # same runs with r up to 0.5; run with --out pointing at a copy of the full study's icml2022
-# runs, which it reuses (docs/reproduction.md).
+# runs, which it reuses (docs/first_study.md).
 SCALES["wide_r"] = dataclasses.replace(
     SCALES["full"], label_noise=(0.3,), r_grid=(0.1, 0.2, 0.3, 0.5), parts=("icml2022",)
 )
