@@ -2,9 +2,9 @@
 
 A reviewer's first question of a verdict is whether its words were chosen after the
 numbers. These rules (docs/study/confirm.md, "How the page words a row") were committed
-before any error of the confirmatory study was read, and the page's verdict list is this
-module's output, which tests/test_reproduction_doc.py checks against the results file: the
-words follow from the numbers alone.
+before any error of the confirmatory study was read; the page quotes this module's output
+for its verdicts, and its test (tests/test_reproduction_doc.py, once the results file lands)
+rebuilds them from the results: the words follow from the numbers alone.
 
 The rules, per row of the one Holm family (test error a − b, paired by seed):
 - Holm p (on the t-test) < 0.05: the difference is **detected**, in its direction; where the
