@@ -93,10 +93,14 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _centred_ranks(values: Sequence[float]) -> np.ndarray:
+    ranks = _ranks(np.asarray(values, np.float64))
+    return ranks - ranks.mean()
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (Pearson's on the ranks); NaN when either is constant."""
-    rx, ry = _ranks(np.asarray(x, np.float64)), _ranks(np.asarray(y, np.float64))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
+    rx, ry = _centred_ranks(x), _centred_ranks(y)
     denominator = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
     return float((rx * ry).sum() / denominator) if denominator > 0 else math.nan
 
@@ -158,9 +162,7 @@ def spearman_permutation_p(
     observed = spearman(x, y)
     if math.isnan(observed):
         return math.nan
-    rx = _ranks(np.asarray(x, np.float64))
-    ry = _ranks(np.asarray(y, np.float64))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
+    rx, ry = _centred_ranks(x), _centred_ranks(y)
     scale = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
     rng = np.random.default_rng(seed)
     shuffled = ry[np.argsort(rng.random((resamples, len(ry))), axis=1)]

@@ -309,9 +309,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     else:
         report = write_report(results, out, declared=DECLARED, labels=labels)
-    write_json_atomically(path, json_ready(results | report))
+    written = json_ready(results | report)
+    write_json_atomically(path, written)
     if args.publish:
-        text = json.dumps(published(json_ready(results | report)), separators=(",", ":"))
+        text = json.dumps(published(written), separators=(",", ":"))
         write_text_atomically(args.publish, text + "\n")
     print(report["markdown"])
     return read_json(path, fix)
