@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from gnp.provenance import git
 from gnp.study import plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +43,5 @@ def test_the_plan_commit_the_page_names_is_the_plans():
     assert named, "the page names no plan commit"
     commit = plan.plan_commit()
     assert commit is not None and commit.startswith(named.group(1))
+    date = git(ROOT, "log", "-1", "--format=%ad", "--date=short", commit).strip()
+    assert date == named.group(2)
